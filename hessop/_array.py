@@ -1,0 +1,80 @@
+"""Array-API plumbing shared by every layer: namespaces, host <-> device moves, seeded probes.
+
+This module imports no framework. Native arrays (torch, JAX, CuPy, numpy,
+``array_api_strict``) are handled through :mod:`array_api_compat`; the few
+framework-specific moves to the host are dispatched on the array's type.
+
+Random vectors are drawn on the host from a :class:`numpy.random.Generator` and
+moved to the operator's device once per draw (never inside a solver's inner
+loop). That keeps results bit-for-bit reproducible across frameworks: the same
+seed gives the same probes in PyTorch, JAX and numpy, which is what makes a
+PyTorch model and its JAX twin produce the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+Array = Any
+"""A native array of any array-API namespace (numpy, torch, JAX, CuPy, array_api_strict)."""
+
+
+def namespace(*arrays: Array):
+    """The array-API namespace of ``arrays`` (``numpy`` arrays give the compat numpy namespace)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def device_of(x: Array):
+    """The device of a native array, in its namespace's own terms."""
+    return array_api_compat.device(x)
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """Copy a native array to a host :class:`numpy.ndarray` (no copy when it already is one)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_jax_array(x):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
+def from_numpy(a: np.ndarray, xp, device=None, dtype=None) -> Array:
+    """Move a host array into namespace ``xp`` on ``device``, optionally casting to ``dtype``."""
+    out = xp.asarray(np.ascontiguousarray(a), device=device) if device is not None else xp.asarray(a)
+    if dtype is not None and out.dtype != dtype:
+        out = xp.astype(out, dtype)
+    return out
+
+
+def numpy_dtype(xp, dtype) -> np.dtype:
+    """The numpy dtype matching a native dtype (used to give scipy an explicit dtype)."""
+    for name in ("float64", "float32", "float16", "complex128", "complex64"):
+        if hasattr(xp, name) and dtype == getattr(xp, name):
+            return np.dtype(name)
+    if hasattr(xp, "bfloat16") and dtype == getattr(xp, "bfloat16"):
+        return np.dtype("float32")
+    return np.dtype(str(dtype).rsplit(".", 1)[-1])
+
+
+def rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from a seed, an existing generator (returned as is) or None (fresh entropy)."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def random_matrix(gen: np.random.Generator, shape, kind: str = "gaussian") -> np.ndarray:
+    """Host float64 random probes: ``"gaussian"`` N(0, 1) or ``"rademacher"`` +-1 entries."""
+    if kind == "gaussian":
+        return gen.standard_normal(shape)
+    if kind == "rademacher":
+        return gen.integers(0, 2, size=shape).astype(np.float64) * 2.0 - 1.0
+    raise ValueError(f"unknown probe kind {kind!r}; use 'gaussian' or 'rademacher'")

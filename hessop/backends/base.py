@@ -1,0 +1,83 @@
+"""The contract between a framework and :class:`hessop.HessianOperator`.
+
+A backend knows one framework (PyTorch, JAX, ...). It owns the parameters as one
+flat vector, the data, and the curvature-vector product over *this process's*
+data. It returns *sums* over samples, never means: the operator adds the sums
+of all processes with one all-reduce and divides by the global sample count, so
+unequal batches and unequal shards are exact and every backend is data-parallel
+for free.
+
+For a loss with ``reduction="mean"`` each batch's product is weighted by its
+number of samples (``Σ_b n_b · H_b v``) and :attr:`local_count` is ``Σ_b n_b``;
+for ``reduction="sum"`` batches add up unweighted and the operator does not
+divide (:attr:`normalize` is False).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+from .._array import Array
+
+CURVATURES = ("hessian", "ggn", "residual")
+
+
+class Backend(ABC):
+    """One framework's curvature-vector products over the local data.
+
+    Attributes a subclass sets
+    --------------------------
+    xp : the array-API namespace of the native vectors
+    device : the device vectors live on
+    dtype : the native dtype of vectors (float16/bfloat16 models use float32 here)
+    param_names : names of the parameter tensors this backend differentiates, in order
+    param_sizes : number of entries of each, same order; the flat vector concatenates them
+    module_names : for each parameter, the name of the group (module) it belongs to
+    curvature : one of ``CURVATURES``
+    normalize : True for mean-reduced losses (divide by the global sample count)
+    local_count : number of samples on this process (the weight total for mean losses)
+    """
+
+    xp: Any
+    device: Any
+    dtype: Any
+    param_names: list[str]
+    param_sizes: list[int]
+    module_names: list[str]
+    curvature: str
+    normalize: bool
+    local_count: float
+
+    @property
+    def n(self) -> int:
+        """Length of the flat parameter vector."""
+        return int(sum(self.param_sizes))
+
+    @abstractmethod
+    def hvp_sum(self, V: Array) -> Array:
+        """``Σ_b w_b C_b V`` over the local batches for the curvature C.
+
+        ``V`` is a native array of shape ``(n,)`` or ``(n, k)`` with this backend's
+        dtype and device; the result has the same shape, dtype and device.
+        """
+
+    @abstractmethod
+    def loss_sum(self) -> float:
+        """``Σ_b w_b L_b`` over the local batches, as a Python float."""
+
+    @abstractmethod
+    def grad_sum(self) -> Array:
+        """``Σ_b w_b ∇L_b`` over the local batches, a native vector of length n."""
+
+    @abstractmethod
+    def restrict(self, names: Sequence[str]) -> "Backend":
+        """A backend over the named parameters only, every other parameter held fixed."""
+
+    @abstractmethod
+    def flat_params(self) -> Array:
+        """The current parameter values as one native vector of length n."""
+
+    def loss_at(self, flat: Array) -> float:  # pragma: no cover - optional capability
+        """``Σ_b w_b L_b`` with the parameters set to ``flat`` (for loss landscapes)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot evaluate the loss at other parameters")

@@ -1,0 +1,76 @@
+"""``hessop.hessian``: build a :class:`HessianOperator` from a model in any supported framework."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .backends.base import CURVATURES
+from .operator import HessianOperator
+
+BACKENDS = ("torch", "jax")
+
+
+def hessian(
+    model: Any,
+    loss: Any,
+    data: Any,
+    *,
+    curvature: str = "hessian",
+    backend: str | None = None,
+    comm: Any = None,
+    **options: Any,
+) -> HessianOperator:
+    """The curvature of a loss over all of ``data`` as a scipy ``LinearOperator``.
+
+    PyTorch: ``hessian(model, loss_fn, data)`` with an ``nn.Module``, a loss
+    ``loss_fn(output, target)`` and data as a ``DataLoader``, a list of
+    ``(x, y)`` batches or one ``(x, y)`` batch.
+
+    JAX: ``hessian(loss_fn, params, data)`` with ``loss_fn(params, batch)``
+    returning a scalar and ``params`` a pytree.
+
+    Parameters
+    ----------
+    curvature : {"hessian", "ggn", "residual"}
+        The Hessian, the generalised Gauss-Newton matrix ``Jᵀ ∇²ℓ J``, or their
+        difference (Hessian minus GGN).
+    backend : {"torch", "jax"}, optional
+        The framework; detected from ``model`` when omitted.
+    comm : optional
+        An ``mpi4py`` (or hessop) communicator when each process holds a shard
+        of the data; products are summed over processes.
+    **options
+        Passed to the backend (for PyTorch: ``params``, ``hvp``, ``reduction``,
+        ``check_determinism``; for JAX: ``model_fn``, ``reduction``).
+    """
+    if curvature not in CURVATURES:
+        raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+    name = backend or _detect(model, loss)
+    if name == "torch":
+        from .backends.torch import TorchBackend
+
+        impl = TorchBackend(model, loss, data, curvature=curvature, **options)
+    elif name == "jax":
+        from .backends.jax import JaxBackend
+
+        impl = JaxBackend(model, loss, data, curvature=curvature, **options)
+    else:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    return HessianOperator(impl, comm)
+
+
+def _detect(model: Any, params: Any) -> str:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "torch"
+    if "jax" in sys.modules and callable(model):
+        import jax
+
+        leaves = jax.tree_util.tree_leaves(params)
+        if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):
+            return "jax"
+    raise TypeError(
+        f"cannot tell the framework of a {type(model).__name__}: pass a torch.nn.Module, "
+        "or a JAX loss_fn(params, batch) with a pytree of jax arrays, or say backend='torch'/'jax'"
+    )
