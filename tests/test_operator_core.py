@@ -175,3 +175,14 @@ def test_loss_and_gradient_are_means(batches):
     assert H.loss() == pytest.approx(0.5 * theta @ D @ theta)
     np.testing.assert_allclose(H.gradient(), D @ theta)
     assert H.loss_at(np.zeros(13)) == 0.0
+
+
+def test_factory_names_what_it_cannot_dispatch():
+    import hessop
+
+    with pytest.raises(TypeError, match="cannot tell the framework of a object"):
+        hessop.hessian(object(), None, [])
+    with pytest.raises(ValueError, match="unknown curvature 'fisher'"):
+        hessop.hessian(object(), None, [], curvature="fisher")
+    with pytest.raises(ValueError, match="unknown backend 'mxnet'"):
+        hessop.hessian(object(), None, [], backend="mxnet")
