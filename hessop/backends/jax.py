@@ -1,0 +1,386 @@
+"""The JAX backend: curvature-vector products of ``loss_fn(params, batch)`` over a pytree.
+
+Two ways to state the loss
+--------------------------
+* ``hessian(loss_fn, params, data)``: ``loss_fn(params, batch)`` returns a scalar.
+* ``hessian(loss_fn, params, data, model_fn=apply_fn)``: the PyTorch convention.
+  Each batch is a pair ``(inputs, targets)``, the network is
+  ``model_fn(params, inputs) -> outputs`` and the loss is ``loss_fn(outputs, targets)``.
+  This form is required for ``curvature="ggn"`` and ``"residual"``, whose
+  Gauss-Newton factor ``Jᵀ ∇²ℓ J`` needs the outputs (Schraudolph 2002).
+
+Data and weighting
+------------------
+``data`` is a ``list`` of batches, one batch (a ``tuple``, ``dict`` or array), or
+any other iterable of batches (re-iterated on every product when it can be, such as
+a ``DataLoader``; a one-shot iterator or generator is read once and kept). A
+batch's sample count is the leading dimension of its first leaf, or
+``batch_size_fn(batch)``. With ``reduction="mean"`` (the default) ``loss_fn``
+averages over its batch and batches are weighted by their sample counts, so the
+operator is the Hessian of the mean loss over all samples; with
+``reduction="sum"`` batch losses add up.
+
+Parameters and dtypes
+---------------------
+Parameter names are the pytree key paths joined by ``"."`` (``{"layer1": {"w": ...}}``
+gives ``"layer1.w"``; list and tuple positions are numbers, a bare array is
+``"params"``), so ``H.restrict("layer1")`` selects a sub-dictionary as it selects a
+PyTorch module. The vectors have the parameters' dtype (float32 for float16 and
+bfloat16 models). JAX computes in float32 unless the user enables 64-bit mode
+(``jax.config.update("jax_enable_x64", True)``); this backend never flips that
+global switch and refuses float64 parameters while it is off.
+
+Products are forward-over-reverse (``jax.jvp`` of ``jax.grad``, Pearlmutter 1994),
+jit-compiled once per batch shape, with ``jax.vmap`` over the columns of a block.
+``hvp="linearize"`` instead linearises the gradient once per batch and reuses it
+for every product: faster for many products at fixed parameters, at the cost of
+keeping every batch's linearisation in memory (see ``benchmarks/hvp_jax.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import array_api_compat
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .base import CURVATURES, Backend
+
+HVP_MODES = ("jvp", "linearize")
+
+
+class JaxBackend(Backend):
+    """Curvature-vector products of a JAX loss over a list or iterable of batches.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(params, batch) -> scalar``; with ``model_fn``, ``loss_fn(outputs, targets)``.
+    params : pytree
+        The point at which the curvature is taken; every leaf a floating array.
+    data : list, batch or iterable
+        The batches the loss is averaged (or summed) over.
+    curvature : {"hessian", "ggn", "residual"}
+        The Hessian, the generalised Gauss-Newton matrix, or the Hessian minus the GGN.
+    model_fn : callable, optional
+        ``model_fn(params, inputs) -> outputs``; batches are then ``(inputs, targets)`` pairs.
+    reduction : {"mean", "sum"}
+        How ``loss_fn`` reduces over the samples of its batch.
+    batch_size_fn : callable, optional
+        ``batch_size_fn(batch) -> int``, the sample count of a batch (default: the
+        leading dimension of its first leaf).
+    hvp : {"jvp", "linearize"}
+        Recompute the gradient's linearisation on every product, or cache it per batch.
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable,
+        params: Any,
+        data: Any,
+        *,
+        curvature: str = "hessian",
+        model_fn: Callable | None = None,
+        reduction: str = "mean",
+        batch_size_fn: Callable[[Any], int] | None = None,
+        hvp: str = "jvp",
+    ):
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, not {type(loss_fn).__name__}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+        if curvature != "hessian" and model_fn is None:
+            raise ValueError(
+                f"curvature={curvature!r} needs the network's outputs: pass model_fn=apply_fn with "
+                "apply_fn(params, inputs) -> outputs, a loss_fn(outputs, targets) and (inputs, targets) batches"
+            )
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+        if hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {HVP_MODES}, not {hvp!r}")
+        if hvp == "linearize" and curvature != "hessian":
+            raise ValueError("hvp='linearize' caches the Hessian only; use hvp='jvp' for the GGN and residual")
+        self.curvature = curvature
+        self.normalize = reduction == "mean"
+        self._loss_fn, self._model_fn, self._batch_size_fn = loss_fn, model_fn, batch_size_fn
+        self._hvp_mode = hvp
+
+        paths_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(params)
+        if not paths_leaves:
+            raise ValueError("params holds no arrays; pass the pytree of the model's parameters")
+        self._all_names = [_path_name(path) for path, _ in paths_leaves]
+        self._all_leaves = [_as_float_leaf(name, leaf) for name, (_, leaf) in zip(self._all_names, paths_leaves)]
+        self._device = next(iter(self._all_leaves[0].devices()))
+
+        self._data = _Data(data, self._device, batch_size_fn, model_fn is not None)
+        if hvp == "linearize" and not self._data.cached:
+            raise ValueError("hvp='linearize' caches one linearisation per batch; pass the data as a list of batches")
+        self.local_count = float(self._data.total)
+        self._select(list(self._all_names))
+        self._check_loss(self._data.first)
+
+    # -- the active parameter set -------------------------------------------------------
+    def _select(self, names: Sequence[str]) -> None:
+        chosen = set(names)
+        self._active = [i for i, name in enumerate(self._all_names) if name in chosen]
+        if not self._active:
+            raise ValueError("restrict selected no parameter")
+        self._fixed = [i for i, name in enumerate(self._all_names) if name not in chosen]
+        leaves = [self._all_leaves[i] for i in self._active]
+        vec_dtype = jnp.result_type(*leaves)
+        if jnp.finfo(vec_dtype).bits < 32:
+            vec_dtype = jnp.float32
+        self._flat, self._unravel = ravel_pytree([leaf.astype(vec_dtype) for leaf in leaves])
+        self._leaf_dtypes = [leaf.dtype for leaf in leaves]
+        self._fixed_leaves = tuple(self._all_leaves[i] for i in self._fixed)
+        self.param_names = [self._all_names[i] for i in self._active]
+        self.param_sizes = [int(self._all_leaves[i].size) for i in self._active]
+        self.module_names = [_module_of(name) for name in self.param_names]
+        self.dtype = self._flat.dtype
+        self.xp = array_api_compat.array_namespace(self._flat)
+        self.device = array_api_compat.device(self._flat)
+        self._compile()
+
+    def _params(self, flat, fixed):
+        """The full parameter pytree from the active flat vector and the fixed leaves."""
+        leaves: list[Any] = [None] * len(self._all_names)
+        for i, leaf, dtype in zip(self._active, self._unravel(flat), self._leaf_dtypes):
+            leaves[i] = leaf.astype(dtype)
+        for i, leaf in zip(self._fixed, fixed):
+            leaves[i] = leaf
+        return jax.tree_util.tree_unflatten(self._treedef, leaves)
+
+    def _compile(self) -> None:
+        model_fn, loss_fn = self._model_fn, self._loss_fn
+
+        def loss(flat, fixed, batch):
+            params = self._params(flat, fixed)
+            if model_fn is None:
+                return loss_fn(params, batch)
+            inputs, targets = batch
+            return loss_fn(model_fn(params, inputs), targets)
+
+        def hess_vec(flat, fixed, batch, v):
+            return jax.jvp(lambda p: jax.grad(loss)(p, fixed, batch), (flat,), (v,))[1]
+
+        def ggn_setup(flat, fixed, batch):
+            inputs, targets = batch
+            net = lambda p: model_fn(self._params(p, fixed), inputs)  # noqa: E731
+            outputs, pullback = jax.vjp(net, flat)
+            out_grad = jax.grad(lambda o: loss_fn(o, targets))
+            return net, outputs, pullback, out_grad
+
+        def ggn_vec(flat, fixed, batch, v):
+            net, outputs, pullback, out_grad = ggn_setup(flat, fixed, batch)
+            jv = jax.jvp(net, (flat,), (v,))[1]
+            return pullback(jax.jvp(out_grad, (outputs,), (jv,))[1])[0]
+
+        def ggn_block(flat, fixed, batch, V):  # one forward and one pullback setup for k columns
+            net, outputs, pullback, out_grad = ggn_setup(flat, fixed, batch)
+
+            def column(v):
+                jv = jax.jvp(net, (flat,), (v,))[1]
+                return pullback(jax.jvp(out_grad, (outputs,), (jv,))[1])[0]
+
+            return jax.vmap(column, in_axes=1, out_axes=1)(V)
+
+        def product(flat, fixed, batch, V, weight):
+            if V.ndim == 1:
+                h = lambda: hess_vec(flat, fixed, batch, V)  # noqa: E731
+                g = lambda: ggn_vec(flat, fixed, batch, V)  # noqa: E731
+            else:
+                h = lambda: jax.vmap(lambda v: hess_vec(flat, fixed, batch, v), in_axes=1, out_axes=1)(V)  # noqa: E731
+                g = lambda: ggn_block(flat, fixed, batch, V)  # noqa: E731
+            out = h() if self.curvature == "hessian" else g() if self.curvature == "ggn" else h() - g()
+            return (weight * out).astype(V.dtype)
+
+        def linearise(flat, fixed, batch):
+            return jax.linearize(lambda p: jax.grad(loss)(p, fixed, batch), flat)[1]
+
+        def apply_linear(lin, V, weight):
+            out = lin(V) if V.ndim == 1 else jax.vmap(lin, in_axes=1, out_axes=1)(V)
+            return (weight * out).astype(V.dtype)
+
+        self._loss = jax.jit(loss)
+        self._grad = jax.jit(jax.grad(loss))
+        self._product = jax.jit(product)
+        self._linearise = jax.jit(linearise)
+        self._apply_linear = jax.jit(apply_linear)
+        self._linear_cache: list | None = None
+
+    # -- Backend protocol ---------------------------------------------------------------
+    def hvp_sum(self, V):
+        weight = self._weight
+        if self._hvp_mode == "linearize":
+            if self._linear_cache is None:
+                self._linear_cache = [self._linearise(self._flat, self._fixed_leaves, b) for b in self._data]
+            return sum(
+                self._apply_linear(lin, V, weight(b)) for lin, b in zip(self._linear_cache, self._data)
+            )
+        return sum(self._product(self._flat, self._fixed_leaves, b, V, weight(b)) for b in self._data)
+
+    def loss_sum(self) -> float:
+        return self.loss_at(self._flat)
+
+    def loss_at(self, flat) -> float:
+        flat = self._as_vector(flat)
+        total = 0.0
+        for batch in self._data:
+            value = float(self._loss(flat, self._fixed_leaves, batch))
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss_fn returned {value} on a batch; check the model, data and parameters")
+            total += self._weight(batch) * value
+        return total
+
+    def grad_sum(self):
+        return sum(self._weight(b) * self._grad(self._flat, self._fixed_leaves, b) for b in self._data)
+
+    def flat_params(self):
+        return self._flat
+
+    def restrict(self, names: Sequence[str]) -> "JaxBackend":
+        unknown = [name for name in names if name not in self._all_names]
+        if unknown:
+            raise ValueError(f"restrict: no parameter named {unknown}; parameters are {self._all_names}")
+        if not names:
+            raise ValueError("restrict needs at least one parameter name")
+        out = copy.copy(self)
+        out._select(names)
+        return out
+
+    # -- helpers ------------------------------------------------------------------------
+    def _weight(self, batch) -> float:
+        return float(self._data.count(batch)) if self.normalize else 1.0
+
+    def _as_vector(self, flat):
+        if getattr(flat, "shape", None) != (self.n,):
+            raise ValueError(f"expected a parameter vector of shape ({self.n},); got {getattr(flat, 'shape', None)}")
+        return jnp.asarray(flat, dtype=self.dtype)
+
+    def _check_loss(self, batch) -> None:
+        out = jax.eval_shape(self._loss, self._flat, self._fixed_leaves, batch)
+        if out.shape != ():
+            raise ValueError(
+                f"loss_fn must return a scalar but returned shape {out.shape}; reduce it over the batch "
+                "(jnp.mean for reduction='mean', jnp.sum with reduction='sum')"
+            )
+        value = float(self._loss(self._flat, self._fixed_leaves, batch))
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss_fn returned {value} on the first batch; check the parameters (initialisation) and the data"
+            )
+
+
+class _Data:
+    """The batches: kept as a list of device arrays when possible, else re-iterated each pass."""
+
+    def __init__(self, data: Any, device, batch_size_fn, pairs: bool):
+        self._device, self._batch_size_fn, self._pairs = device, batch_size_fn, pairs
+        if isinstance(data, list):
+            batches: Iterable | None = data
+        elif isinstance(data, (tuple, dict)) or hasattr(data, "shape"):
+            batches = [data]
+        elif isinstance(data, Iterable):
+            batches = list(data) if iter(data) is data else None
+        else:
+            raise TypeError(
+                f"data must be a list of batches, one batch (tuple, dict or array) or an iterable of batches, "
+                f"not {type(data).__name__}"
+            )
+        self._source = data
+        self.cached = batches is not None
+        if self.cached:
+            self._batches = [self._prepare(b) for b in batches]
+            if not self._batches:
+                raise ValueError("data holds no batches; pass at least one batch")
+            self.first = self._batches[0]
+            self._structure = jax.tree_util.tree_structure(self.first)
+            for batch in self._batches[1:]:
+                self._check(batch)
+        else:
+            first = next(iter(data), None)
+            if first is None:
+                raise ValueError("data holds no batches; pass at least one batch")
+            self.first = self._prepare(first)
+            self._structure = jax.tree_util.tree_structure(self.first)
+        self.total = sum(self.count(b) for b in self)
+
+    def _prepare(self, batch):
+        if self._pairs and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError(
+                f"with model_fn every batch must be an (inputs, targets) pair; got a {type(batch).__name__}"
+            )
+        return jax.tree_util.tree_map(lambda a: _to_device(a, self._device), batch)
+
+    def __iter__(self):
+        if self.cached:
+            yield from self._batches
+            return
+        for batch in self._source:
+            batch = self._prepare(batch)
+            self._check(batch)
+            yield batch
+
+    def _check(self, batch) -> None:
+        structure = jax.tree_util.tree_structure(batch)
+        if structure != self._structure:
+            raise ValueError(
+                f"batches change structure: the first is {self._structure} but another is {structure}; "
+                "every batch must have the same (nested) layout"
+            )
+
+    def count(self, batch) -> int:
+        if self._batch_size_fn is not None:
+            return int(self._batch_size_fn(batch))
+        leaves = jax.tree_util.tree_leaves(batch)
+        if not leaves or not getattr(leaves[0], "ndim", 0):
+            raise ValueError(
+                "cannot count the samples of a batch whose first leaf is not an array with a leading batch "
+                "dimension; pass batch_size_fn=lambda batch: ..."
+            )
+        return int(leaves[0].shape[0])
+
+
+def _to_device(a, device):
+    if isinstance(a, jax.Array) or not hasattr(a, "__array__"):
+        return a
+    return jax.device_put(np.asarray(a), device)
+
+
+def _path_name(path) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts) if parts else "params"
+
+
+def _module_of(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _as_float_leaf(name: str, leaf):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        leaf = np.asarray(leaf)
+        dtype = leaf.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"parameter {name!r} has dtype {dtype}; every params leaf must be a floating array "
+            "(move integer state such as step counters out of the params pytree)"
+        )
+    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+        raise TypeError(
+            f"parameter {name!r} is float64 but JAX's 64-bit mode is off, so JAX would compute in float32; "
+            "enable it with jax.config.update('jax_enable_x64', True) or cast the parameters to float32"
+        )
+    return leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
