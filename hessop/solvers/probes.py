@@ -1,0 +1,114 @@
+"""Seeded probe vectors and probe-parallel bookkeeping shared by the stochastic estimators.
+
+Probe ``i`` of a call with seed ``s`` is always drawn from
+``numpy.random.default_rng([s, i])`` on the host, whatever else happens: so an
+estimate does not depend on how probes are batched or split across processes.
+In a probe-parallel run (``comm`` of size ``p``) rank ``r`` evaluates probes
+``i = r, r + p, ...``, writes what each probe produced into row ``i`` of a zero
+host array and one ``comm.allreduce`` of that array hands every rank all
+per-probe results, hence the same final answer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._array import Array, random_matrix, to_numpy
+from ..distributed import as_comm
+from ._linear_map import LinearMap
+
+PROBE_KINDS = ("rademacher", "gaussian")
+
+
+def check_seed(seed: Any) -> int:
+    """The seed as a non-negative int, or a clear error."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TypeError(f"seed must be a non-negative int (probe i is drawn from default_rng([seed, i])); got {seed!r}")
+    return int(seed)
+
+
+def check_kind(kind: str) -> str:
+    """The probe distribution, or a clear error."""
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"unknown probe {kind!r}; use one of {', '.join(map(repr, PROBE_KINDS))}")
+    return kind
+
+
+def check_budget(num_matvecs: Any, minimum: int, what: str) -> int:
+    """``num_matvecs`` as an int of at least ``minimum``, or an error naming that minimum."""
+    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, (int, np.integer)):
+        raise TypeError(f"num_matvecs must be an int; got {num_matvecs!r}")
+    if num_matvecs < minimum:
+        raise ValueError(f"{what} needs num_matvecs >= {minimum}; got {num_matvecs}")
+    return int(num_matvecs)
+
+
+def check_method(method: str, methods: Sequence[str]) -> str:
+    """``method`` lower-cased if it is one of ``methods``, else a clear error."""
+    m = str(method).lower()
+    if m not in methods:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, methods))}")
+    return m
+
+
+def probe_comm(A: Any, comm: Any):
+    """The communicator that splits probes, refusing a data-parallel operator.
+
+    Probe parallelism needs every rank to hold the whole operator. A
+    data-parallel :class:`~hessop.HessianOperator` (``A.comm.size > 1``) already
+    reduces each product across ranks, so splitting probes as well would make
+    ranks wait on each other's reductions forever.
+    """
+    if comm is not None and getattr(getattr(A, "comm", None), "size", 1) > 1:
+        raise ValueError(
+            "the operator is already data-parallel (A.comm.size > 1); pass comm=None so every rank works on "
+            "the same probes, or build the operator without a communicator to split probes across ranks"
+        )
+    return as_comm(comm)
+
+
+def probes(lm: LinearMap, seed: int, indices: Sequence[int], kind: str, stream: int | None = None) -> Array:
+    """Probes ``indices`` as the columns of one native ``(n, len(indices))`` array.
+
+    Probe ``i`` comes from ``default_rng([seed, i])`` (or ``[seed, stream, i]``
+    when an estimator needs several independent families of probes).
+    """
+    key = (lambda i: [seed, i]) if stream is None else (lambda i: [seed, stream, i])
+    cols = [random_matrix(np.random.default_rng(key(i)), lm.n, kind) for i in indices]
+    return lm.asarray(np.stack(cols, axis=1) if cols else np.zeros((lm.n, 0)))
+
+
+def mine(comm, start: int, stop: int) -> list[int]:
+    """The probe indices in ``[start, stop)`` this rank evaluates: ``i ≡ rank (mod size)``."""
+    return [i for i in range(start, stop) if i % comm.size == comm.rank]
+
+
+def blocks(indices: Sequence[int], size: int):
+    """``indices`` cut into consecutive chunks of at most ``size`` (one batched product each)."""
+    for k in range(0, len(indices), size):
+        yield list(indices[k:k + size])
+
+
+def gather(comm, local: np.ndarray) -> np.ndarray:
+    """Sum ``local`` (zeros except this rank's rows) over ranks with one all-reduce."""
+    return np.asarray(to_numpy(comm.allreduce(local)), dtype=np.float64)
+
+
+def host64(x: Array) -> np.ndarray:
+    """A native array on the host as float64, raising if a product returned NaN or Inf."""
+    out = np.asarray(to_numpy(x), dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("the operator returned NaN or Inf on a probe vector; check the model and data")
+    return out
+
+
+def mean_stderr(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sample mean and its standard error ``std(ddof=1) / sqrt(m)`` (inf with a single sample)."""
+    m = samples.shape[axis]
+    mean = samples.mean(axis=axis)
+    if m < 2:
+        return mean, np.full_like(mean, math.inf)
+    return mean, samples.std(axis=axis, ddof=1) / math.sqrt(m)
