@@ -1,0 +1,218 @@
+"""Communicators: serial semantics in-process, MPI collectives and data-parallel Hessians under mpiexec.
+
+The MPI tests launch the scripts in ``tests/mpi/`` with ``mpiexec -n 2`` (and 3,
+for uneven shards) and compare what every rank wrote with a one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hessop.distributed import (
+    RankDisagreementError,
+    SerialComm,
+    abort_on_error,
+    as_comm,
+    check_agree,
+    checksum,
+    shard,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "mpi"
+TIMEOUT = 120
+
+
+class FakeComm(SerialComm):
+    """A communicator pretending to be rank ``rank`` of ``size`` (no collectives beyond identity)."""
+
+    def __init__(self, rank: int, size: int):
+        self.rank, self.size = rank, size
+
+
+# -- serial, in-process --------------------------------------------------------------------------
+def test_serial_comm_is_identity_and_as_comm_dispatches():
+    comm = as_comm(None)
+    x = np.arange(3.0)
+    assert isinstance(comm, SerialComm)
+    assert comm.allreduce(x) is x and comm.allreduce_scalar(2) == 2.0
+    assert comm.broadcast({"a": 1}) == {"a": 1}
+    comm.check_agree(x)  # one process always agrees
+    assert as_comm(comm) is comm
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        as_comm("world")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("how", ["round_robin", "contiguous"])
+def test_shard_partitions_a_list_exactly(size, how):
+    items = list(range(10))
+    parts = [shard(items, FakeComm(r, size), how=how) for r in range(size)]
+    assert sorted(sum(parts, [])) == items
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    if how == "contiguous":
+        assert sum(parts, []) == items
+    else:
+        assert parts[1 % size][0] == 1 % size * (size > 1)
+
+
+def test_shard_one_batch_dataset_and_dataloader():
+    x, y = np.arange(14).reshape(7, 2), np.arange(7)
+    xs, ys = shard((x, y), FakeComm(1, 3), how="contiguous")
+    np.testing.assert_array_equal(ys, [3, 4])
+    np.testing.assert_array_equal(xs, x[3:5])
+
+    class Dataset:  # map-style, no slicing
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            if not 0 <= i < 5:
+                raise IndexError(i)
+            return i * 10
+
+    part = shard(Dataset(), FakeComm(0, 2))
+    assert len(part) == 3 and list(part) == [0, 20, 40]
+
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.arange(10.0)), batch_size=3)  # batches of 3, 3, 3, 1
+    for how, expect in [("round_robin", [[3, 4, 5], [9]]), ("contiguous", [[6, 7, 8], [9]])]:
+        mine = shard(loader, FakeComm(1, 2), how=how)
+        got = [b[0].tolist() for b in mine]
+        assert got == expect and [b[0].tolist() for b in mine] == expect  # re-iterable
+
+
+def test_shard_rejects_what_it_cannot_split():
+    with pytest.raises(ValueError, match="first dimensions"):
+        shard((np.zeros((3, 2)), np.zeros(4)), FakeComm(0, 2))
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        shard(iter([1, 2]), FakeComm(0, 2))
+    with pytest.raises(ValueError, match="how="):
+        shard([1, 2], FakeComm(0, 2), how="random")
+
+
+def test_checksum_sees_values_permutations_lengths_and_nans():
+    a = np.arange(5.0)
+    assert np.array_equal(checksum(a), checksum(a.copy()))
+    assert checksum(a)[4] != checksum(a[::-1])[4]  # permutation: position-weighted sum
+    assert checksum(a)[0] != checksum(np.arange(6.0))[0]
+    assert checksum(np.array([1.0, np.nan]))[1] == 1
+    assert checksum(2.5)[2] == 2.5
+
+
+def test_check_agree_with_a_sum_only_communicator_raises_on_every_rank():
+    class SumComm:
+        """Two ranks simulated through one broadcast value and one summed flag."""
+
+        size, rank = 2, 0
+
+        def __init__(self, root_value, other_flag):
+            self.root, self.other = root_value, other_flag
+
+        def broadcast(self, obj, root=0):
+            return checksum(self.root)
+
+        def allreduce_scalar(self, v):
+            return v + self.other
+
+    check_agree(SumComm(np.ones(3), 0.0), np.ones(3))
+    with pytest.raises(RankDisagreementError, match="disagree on the weights"):
+        check_agree(SumComm(np.ones(3), 0.0), np.zeros(3), what="weights")
+    with pytest.raises(RankDisagreementError):  # this rank agrees, the other one does not
+        check_agree(SumComm(np.ones(3), 1.0), np.ones(3))
+
+
+def test_abort_on_error_with_one_process_lets_the_exception_through():
+    with pytest.raises(ValueError, match="boom"):
+        with abort_on_error(SerialComm()):
+            raise ValueError("boom")
+
+    @abort_on_error(SerialComm())
+    def fine():
+        return 3
+
+    assert fine() == 3
+
+
+def test_mpi_comm_of_one_process():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    comm = as_comm(MPI.COMM_SELF)
+    x = np.arange(3.0)
+    assert (comm.rank, comm.size) == (0, 1)
+    assert comm.allreduce(x) is x and comm.allreduce_scalar(1.5) == 1.5
+    assert comm.broadcast([1, 2]) == [1, 2]
+    comm.check_agree(x)
+    assert "size=1" in repr(comm)
+
+
+# -- under mpiexec -------------------------------------------------------------------------------
+def _mpi_available() -> str | None:
+    if shutil.which("mpiexec") is None:
+        return "mpiexec is not on PATH"
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_available() is not None, reason=str(_mpi_available()))
+
+
+def mpiexec(n: int, script: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``tests/mpi/<script>`` on ``n`` processes, one thread each, hessop from this checkout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}"
+               + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    cmd = ["mpiexec", "-n", str(n), sys.executable, str(SCRIPTS / script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_ranks(n: int, script: str, tmp_path: Path, *args: str) -> list[dict]:
+    """Launch, require success, and return each rank's JSON record in rank order."""
+    out = tmp_path / f"n{n}"
+    out.mkdir()
+    proc = mpiexec(n, script, str(out), *args)
+    assert proc.returncode == 0, f"mpiexec -n {n} {script} failed:\n{proc.stdout}\n{proc.stderr}"
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_collectives_on_every_array_kind(tmp_path):
+    ranks = run_ranks(2, "comm_basics.py", tmp_path)
+    for rec in ranks:
+        for kind in ("numpy_f64", "numpy_f32", "numpy_f16", "numpy_noncontig", "numpy_int",
+                     "torch_f32", "torch_f64_T", "torch_bf16", "jax_f32", "strict"):
+            assert rec[kind]["ok"], (rec["rank"], kind, rec[kind])
+        assert rec["numpy_input_untouched"]
+        assert rec["numpy_f32"]["dtype"] == "float32" and rec["numpy_f16"]["dtype"] == "float16"
+        assert rec["torch_f32"]["type"] == "Tensor" and rec["torch_bf16"]["dtype"] == "torch.bfloat16"
+        assert rec["jax_f32"]["dtype"] == "float32" and "Cpu" in rec["jax_device"]
+        assert rec["scalar"] == 0.5 + 1.5
+        assert rec["broadcast"] == {"from": 1, "list": [1, 1, 1]}
+        scalar, perm, length, tiny = rec["disagree"]
+        assert "sum ranges from 0 to 1" in scalar and "position-weighted" in perm
+        assert "length ranges from 3 to 4" in length and tiny is not None
+    assert ranks[0]["shard_rr"] == [0, 2, 4, 6] and ranks[1]["shard_rr"] == [1, 3, 5]
+    assert ranks[0]["shard_contig"] == [0, 1, 2, 3] and ranks[1]["shard_contig"] == [4, 5, 6]
+    assert ranks[0]["shard_batch"] == [0, 1, 2] and ranks[1]["shard_batch"] == [3, 4]
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("mode", ["context", "hook"])
+def test_a_failing_rank_ends_the_job_with_its_message(mode):
+    proc = mpiexec(3, "abort.py", mode, timeout=60)  # a hang would raise TimeoutExpired
+    assert proc.returncode != 0
+    assert "rank 2: ValueError: batch 17 on rank 2 holds NaN" in proc.stderr
+    assert "rank 2: Traceback" in proc.stderr
