@@ -1,0 +1,197 @@
+"""Curvature through training: top eigenvalues, trace and density every N steps, to a JSONL file.
+
+:class:`CurvatureTracker` is a callback for any training loop. At every
+``every``-th step (or epoch) it builds a fresh operator with the user's
+``make_operator()``, estimates the top eigenvalues (thick-restart Lanczos), the
+trace with its standard error (XTrace) and optionally the SLQ density, and
+appends one JSON record to a file, flushed and synced to disk at once: an
+interrupted run (Ctrl-C, a killed job) keeps every record written before it.
+
+Every record uses the same probe seed (common random numbers), so changes from
+one record to the next reflect the curvature, not a new draw of probes.
+This is the measurement behind the curvature-through-training figures of
+Ghorbani et al. (2019) and Yao et al. (2020).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .._array import to_numpy
+
+__all__ = ["CurvatureTracker", "read_track", "plot_track"]
+
+UNITS = ("step", "epoch")
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class CurvatureTracker:
+    """Record curvature every ``every`` steps (or epochs) to a JSONL file.
+
+    Parameters
+    ----------
+    make_operator : callable
+        ``make_operator()`` returns the operator at the current parameters, e.g.
+        ``lambda: hessop.hessian(model.eval(), loss_fn, probe_batches)``.
+        (Put the model back in train mode after the call if your loop needs it.)
+    path : str or path-like
+        The JSONL file; records are appended, so a resumed run continues it.
+    every : int
+        Record at steps (or epochs) divisible by ``every``.
+    unit : {"step", "epoch"}
+        The name of the counter the loop passes; the records' x-axis.
+    k : int
+        Top eigenvalues per record (0 to skip).
+    trace : bool
+        Estimate the trace (with ``trace_matvecs`` products) and its standard error.
+    density : bool
+        Store the SLQ density (grid, values, negative mass) too.
+    seed : int
+        Probe seed, the same for every record.
+    trace_matvecs, density_steps, num_probes : int
+        Budgets of the trace and density estimators.
+
+    Examples
+    --------
+    >>> tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, batch), "track.jsonl", every=100)
+    >>> for step, (x, y) in enumerate(loader):
+    ...     train_step(x, y)
+    ...     tracker(step, loss=float(loss))
+    """
+
+    def __init__(
+        self,
+        make_operator: Callable[[], Any],
+        path: str | os.PathLike = "track.jsonl",
+        every: int = 100,
+        unit: str = "step",
+        k: int = 1,
+        trace: bool = True,
+        density: bool = False,
+        seed: int = 0,
+        trace_matvecs: int = 60,
+        density_steps: int = 60,
+        num_probes: int = 2,
+    ):
+        if not callable(make_operator):
+            raise TypeError("make_operator must be a function returning the operator, e.g. lambda: hessop.hessian(...)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer; got {every!r}")
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}; got {unit!r}")
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an integer >= 0 (0 skips the eigenvalues); got {k!r}")
+        if not (k or trace or density):
+            raise ValueError("nothing to record: ask for k >= 1 eigenvalues, trace=True or density=True")
+        self.make_operator = make_operator
+        self.path = os.fspath(path)
+        self.every, self.unit, self.k = every, unit, k
+        self.trace, self.density, self.seed = trace, density, seed
+        self.trace_matvecs, self.density_steps, self.num_probes = trace_matvecs, density_steps, num_probes
+        self.records_written = 0
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a recording step."""
+        return step % self.every == 0
+
+    def measure(self, H: Any) -> dict:
+        """The curvature numbers of one operator, as a JSON-ready dict."""
+        from ..solvers.density import density
+        from ..solvers.eigsh import eigsh
+        from ..solvers.trace import trace
+
+        rec: dict[str, Any] = {"num_params": int(H.shape[0])}
+        spent = 0
+        if self.k:
+            eig = eigsh(H, k=min(self.k, int(H.shape[0])), seed=self.seed)
+            rec["top_eigenvalues"] = sorted((float(v) for v in to_numpy(eig.eigenvalues)), reverse=True)
+            rec["residual_norms"] = [_finite(v) for v in np.ravel(to_numpy(eig.residual_norms))]
+            rec["converged"] = bool(np.all(eig.converged))
+            spent += int(eig.num_matvecs)
+        if self.trace:
+            tr = trace(H, num_matvecs=self.trace_matvecs, seed=self.seed)
+            rec["trace"], rec["trace_stderr"] = _finite(tr.estimate), _finite(tr.stderr)
+            spent += int(tr.num_matvecs)
+        if self.density:
+            rho = density(H, num_steps=self.density_steps, num_probes=self.num_probes, seed=self.seed)
+            rec["density"] = {
+                "grid": np.asarray(to_numpy(rho.grid), dtype=float).tolist(),
+                "values": np.asarray(to_numpy(rho.values), dtype=float).tolist(),
+                "negative_mass": float(rho.negative_mass()),
+            }
+            spent += int(getattr(rho, "num_matvecs", 0))
+        rec["num_matvecs"] = spent
+        return rec
+
+    def __call__(self, step: int, **extra: Any) -> dict | None:
+        """At a recording step, measure and append one record; return it (None on other steps).
+
+        Keyword arguments (e.g. ``loss=0.3``, ``accuracy=0.9``) are stored in the record.
+        """
+        if not self.due(step):
+            return None
+        start = time.perf_counter()
+        H = self.make_operator()
+        rec = {self.unit: int(step), "unit": self.unit, "time": time.time()}
+        rec.update({k: (_finite(v) if isinstance(v, float) else v) for k, v in extra.items()})
+        rec.update(self.measure(H))
+        rec["seconds"] = time.perf_counter() - start
+        self._append(rec)
+        return rec
+
+    def _append(self, rec: dict) -> None:
+        line = json.dumps(rec, allow_nan=False) + "\n"
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records_written += 1
+
+
+def _lines(path: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        yield from f
+
+
+def read_track(path: str | os.PathLike) -> list[dict]:
+    """The records of a tracking file, in order.
+
+    A last line cut short (a process killed mid-write) is skipped; a malformed
+    line elsewhere raises, since it means the file is not a tracking file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no tracking file at {path!r}; check the path given to CurvatureTracker")
+    lines = list(_lines(path))
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break
+            raise ValueError(f"{path}:{i + 1} is not a JSON record ({err.msg}); is this a tracking file?") from err
+    return records
+
+
+def plot_track(track: str | os.PathLike | list[dict], axes=None, *, title: str | None = None):
+    """Plot top eigenvalues and trace (±2 stderr) against the step or epoch, from a file or records."""
+    from .plots import plot_track as _plot
+
+    records = read_track(track) if isinstance(track, (str, os.PathLike)) else list(track)
+    return _plot(records, axes, title=title)
