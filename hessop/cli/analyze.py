@@ -1,0 +1,72 @@
+"""``hessop analyze``: the curvature report of a user's own model and data, given as factories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UsageError
+from .loading import as_model_and_loss, call_factory, check_data, load_checkpoint, load_object, shard
+from .run_state import RunState
+from .runner import Runner
+from .session import Session, chosen_steps, communicator, run, torch_device, torch_dtype
+
+
+def analyze(args: Any) -> int:
+    """Run ``hessop analyze`` with parsed options; returns the exit code."""
+    model_factory = load_object(args.model, "--model")
+    data_factory = load_object(args.data, "--data")
+    steps, budget = chosen_steps(args)
+    comm = communicator(args.comm)
+    device = torch_device(args.device)
+    model, loss_fn = as_model_and_loss(_call(model_factory, "--model", comm), "--model")
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint, device)
+    data = shard(check_data(_call(data_factory, "--data", comm), "--data"), comm.rank, comm.size)
+    dtype = torch_dtype(args.dtype)
+    model = model.to(device=device, dtype=dtype).eval() if dtype is not None else model.to(device).eval()
+    config = {
+        "command": "analyze",
+        "model": args.model,
+        "data": args.data,
+        "checkpoint": args.checkpoint,
+        "device": device,
+        "dtype": args.dtype or str(next(model.parameters()).dtype).removeprefix("torch."),
+        "seed": args.seed,
+        "budget": budget.to_dict(),
+        "steps": steps,
+        "ranks": comm.size,
+    }
+    session = Session(args, config, steps, budget, comm)
+    return run(session, lambda runner, state: _setup(session, state, model, loss_fn, data))
+
+
+def _call(factory: Any, flag: str, comm: Any) -> Any:
+    try:
+        return call_factory(factory, flag, rank=comm.rank, size=comm.size)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"{flag}: the factory raised {type(exc).__name__}: {exc}; fix it (rerun with --debug for the traceback)"
+        ) from exc
+
+
+def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: Any) -> Any:
+    from ..factory import hessian
+
+    session.keep_weights(model, state)
+    try:
+        H = hessian(model, loss_fn, data, comm=session.comm)
+        loss = H.loss()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"the model cannot be evaluated on the data: {exc}") from exc
+    session.info.update({
+        "model": f"{session.config['model']} ({type(model).__name__})",
+        "data": session.config["data"],
+        "parameters": int(H.shape[0]),
+        "loss": float(loss),
+        "dtype": session.config["dtype"],
+        "device": session.config["device"],
+        "processes": session.comm.size,
+    })
+    return H

@@ -1,0 +1,115 @@
+"""The ``hessop`` console script: argument parsing, exit codes and one-sentence errors.
+
+Exit codes: 0 ok; 1 an analysis failed (the report keeps the finished steps);
+2 bad usage or input; 130 interrupted (finished steps saved, report marked
+partial, ``--resume`` continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import EXIT_ANALYSIS_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+
+EPILOG = """\
+exit codes: 0 ok, 1 an analysis failed, 2 bad usage or input, 130 interrupted
+(finished steps are saved; rerun the same command with --resume to continue).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hessop`` argument parser with its ``demo`` and ``analyze`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="hessop",
+        description="Read the spectrum of a neural network's loss Hessian and write a report.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hessop {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,analyze}")
+    sub.required = True
+
+    demo = sub.add_parser(
+        "demo", help="train a small MLP on scikit-learn's digits and report its Hessian's spectrum",
+        description="Train a small MLP on scikit-learn's handwritten digits (no download) for a few seconds, then "
+        "compute the top eigenvalues, the trace, the spectral density, loss landscapes and a layer-wise table.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(demo, default_dtype="float64")
+
+    analyze = sub.add_parser(
+        "analyze", help="report the Hessian's spectrum of your own model and data",
+        description="Analyse your own model: --model and --data name factories as 'package.module:function' "
+        "or 'path/to/file.py:function'. The model factory returns an nn.Module or a (module, loss_fn) pair "
+        "(default loss: cross-entropy); the data factory returns a DataLoader, a list of (x, y) batches or one batch.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    analyze.add_argument("--model", required=True, metavar="MODULE:FACTORY", help="builds the model")
+    analyze.add_argument("--data", required=True, metavar="MODULE:FACTORY", help="builds the data")
+    analyze.add_argument("--checkpoint", metavar="PATH", help="a torch.save'd state dict to load into the model")
+    analyze.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    _common(analyze, default_dtype=None)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser, default_dtype: str | None) -> None:
+    what = p.add_argument_group("analyses (none given: all of them)")
+    what.add_argument("--eig", type=int, metavar="K", help="the K largest eigenvalues (Lanczos)")
+    what.add_argument("--trace", action="store_true", help="the trace, with its standard error")
+    what.add_argument("--density", action="store_true", help="the spectral density (stochastic Lanczos quadrature)")
+    what.add_argument("--landscape", action="store_true", help="the loss along and between the top two eigenvectors")
+    what.add_argument("--layerwise", action="store_true", help="top eigenvalue, trace and density of each module's block")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default="hessop-report", metavar="DIR", help="report folder (default: hessop-report)")
+    run.add_argument("--budget", choices=("full", "small"), default="full",
+                     help="work per analysis: full, or small for a run of a few seconds (default: full)")
+    run.add_argument("--dtype", choices=("float32", "float64"), default=default_dtype,
+                     help=f"precision of the analyses (default: {default_dtype or 'the model’s own'})")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping finished steps")
+    run.add_argument("--comm", choices=("auto", "serial", "mpi"), default="auto",
+                     help="processes: auto uses MPI when launched by mpiexec (default: auto)")
+    show = p.add_argument_group("output")
+    show.add_argument("--json", action="store_true", help="print the report's JSON to stdout")
+    show.add_argument("--quiet", action="store_true", help="no progress bars, no summary line")
+    show.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hessop`` command line; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with code 2 and a usage line on bad options
+    try:
+        if args.command == "demo":
+            from .demo import demo
+
+            return demo(args)
+        from .analyze import analyze
+
+        return analyze(args)
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"hessop {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"hessop {args.command}: interrupted before any analysis finished", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"hessop {args.command}: error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_ANALYSIS_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

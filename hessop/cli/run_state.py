@@ -1,0 +1,142 @@
+"""The saved state of a run: finished steps survive an interrupt and ``--resume`` skips them.
+
+The out folder holds ``state.json`` (the run's configuration and the JSON result
+of every finished step, rewritten atomically after each step) and ``arrays/``
+(``.npy`` arrays and ``.pt`` weights a later step needs, such as eigenvectors).
+A resumed run must have the same configuration, so the same seed gives the same
+numbers whether or not the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+
+STATE_FILE = "state.json"
+FORMAT = 1
+
+INTERRUPT_ENV = "HESSOP_INTERRUPT_AFTER"
+"""Testing hook: raise KeyboardInterrupt after this many steps have finished in this process."""
+
+
+class RunState:
+    """Configuration and finished steps of one run, kept in ``out/state.json``.
+
+    Parameters
+    ----------
+    out : Path
+        The report folder.
+    config : dict
+        Everything that decides the numbers (command, model, budgets, seed).
+    writer : bool
+        Whether this process writes files (rank 0 under MPI).
+    """
+
+    def __init__(self, out: Path, config: dict, writer: bool = True):
+        self.out = Path(out)
+        self.config = config
+        self.writer = writer
+        self.steps: dict[str, dict] = {}
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._finished_here = 0
+
+    # -- creation ----------------------------------------------------------------------------
+    @classmethod
+    def start(cls, out: Path, config: dict, resume: bool, writer: bool = True) -> "RunState":
+        """A fresh state, or the saved one when ``resume`` (which must have the same configuration)."""
+        path = Path(out) / STATE_FILE
+        if not resume:
+            if writer and path.exists():
+                path.unlink()  # a new run in an old folder: start clean
+            return cls(out, config, writer)
+        if not path.is_file():
+            raise UsageError(f"--resume: no saved run in {str(out)!r} (no {STATE_FILE}); run without --resume first")
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"--resume: {path} is unreadable ({exc}); delete the folder and run again") from exc
+        if saved.get("config") != json.loads(json.dumps(config)):
+            diff = _differences(saved.get("config", {}), config)
+            raise UsageError(
+                f"--resume: the run in {str(out)!r} was started with other options ({diff}); "
+                "repeat the original command with --resume, or choose another --out"
+            )
+        state = cls(out, config, writer)
+        state.steps = saved.get("steps", {})
+        state.started = saved.get("started", state.started)
+        return state
+
+    # -- steps -------------------------------------------------------------------------------
+    def done(self, name: str) -> bool:
+        """Whether step ``name`` finished (in this run or the one being resumed)."""
+        return self.steps.get(name, {}).get("status") == "done"
+
+    def result(self, name: str) -> dict:
+        """The JSON result of a finished step."""
+        return self.steps[name]["result"]
+
+    def finish(self, name: str, result: dict, seconds: float) -> None:
+        """Record a finished step and save at once; then honour the testing interrupt hook."""
+        self.steps[name] = {"status": "done", "seconds": round(seconds, 3), "result": result}
+        self.save()
+        self._finished_here += 1
+        limit = os.environ.get(INTERRUPT_ENV)
+        if limit and self._finished_here >= int(limit):
+            raise KeyboardInterrupt(f"{INTERRUPT_ENV}={limit}")
+
+    @property
+    def complete_steps(self) -> list[str]:
+        """Names of the finished steps, in the order they finished."""
+        return [k for k, v in self.steps.items() if v.get("status") == "done"]
+
+    # -- files -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The state as saved in ``state.json``."""
+        return {"format": FORMAT, "started": self.started, "config": self.config, "steps": self.steps}
+
+    def save(self) -> None:
+        """Write ``state.json`` atomically (a crash mid-write never loses the previous state)."""
+        if not self.writer:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_jsonable))
+        os.replace(tmp, self.out / STATE_FILE)
+
+    def array_path(self, name: str) -> Path:
+        """Where the array or weights file ``name`` of this run lives."""
+        return self.out / "arrays" / name
+
+    def save_array(self, name: str, value: np.ndarray) -> None:
+        """Keep an array (``name.npy``) that a later or resumed step needs."""
+        if self.writer:
+            self.array_path("").mkdir(parents=True, exist_ok=True)
+            np.save(self.array_path(name + ".npy"), value)
+
+    def load_array(self, name: str) -> np.ndarray:
+        """An array saved by :meth:`save_array`."""
+        path = self.array_path(name + ".npy")
+        if not path.is_file():
+            raise UsageError(f"--resume: {path} is missing; delete {str(self.out)!r} and run again")
+        return np.load(path)
+
+
+def _differences(saved: dict, now: dict) -> str:
+    keys = sorted(set(saved) | set(now))
+    diffs = [f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+    return "; ".join(diffs[:3]) or "unknown difference"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"cannot save a {type(x).__name__} in the run state")

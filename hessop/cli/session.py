@@ -1,0 +1,163 @@
+"""What ``demo`` and ``analyze`` share: options, communicator, model weights kept for resume, the run itself.
+
+A command builds a :class:`Session` from its parsed options, then hands
+:func:`run` a *setup* function that returns the Hessian operator; :func:`run`
+computes the chosen steps with the run state and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..distributed import SerialComm, as_comm
+from .errors import UsageError
+from .report import write_report
+from .run_state import RunState
+from .runner import Runner, execute
+from .steps import BUDGETS, ORDER, STEPS, Budget, step_seed
+
+MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+"""Variables ``mpiexec`` sets (MPICH / Open MPI) by which ``--comm auto`` detects it."""
+
+
+def communicator(choice: str) -> Any:
+    """``serial``, ``mpi``, or ``auto``: MPI when launched by ``mpiexec`` with more than one process."""
+    launched = any(os.environ.get(v, "1").isdigit() and int(os.environ.get(v, "1")) > 1 for v in MPI_ENV)
+    if choice == "mpi" or (choice == "auto" and launched):
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise UsageError("--comm mpi needs mpi4py; install it with pip install 'hessop[mpi]'") from exc
+        return as_comm(MPI.COMM_WORLD)
+    return SerialComm()
+
+
+def chosen_steps(args: Any) -> tuple[list[str], Budget]:
+    """The analysis steps and budget the options ask for (no analysis flag: every analysis)."""
+    budget = BUDGETS[args.budget]
+    if args.eig is not None:
+        if args.eig < 1:
+            raise UsageError(f"--eig {args.eig}: ask for at least one eigenvalue, e.g. --eig 5")
+        budget = replace(budget, k=args.eig)
+    picked = {
+        "eigenvalues": args.eig is not None,
+        "trace": args.trace,
+        "density": args.density,
+        "landscape_1d": args.landscape,
+        "landscape_2d": args.landscape,
+        "layerwise": args.layerwise,
+    }
+    if not any(picked.values()):
+        picked = dict.fromkeys(picked, True)
+    if args.landscape:  # the landscapes follow the top two eigenvectors
+        picked["eigenvalues"] = True
+        budget = replace(budget, k=max(budget.k, 2))
+    return [name for name in ORDER if picked[name]], budget
+
+
+def torch_dtype(name: str | None) -> Any:
+    """A torch dtype from ``float32`` / ``float64`` (``None``: keep the model's)."""
+    import torch
+
+    return None if name is None else {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def torch_device(name: str | None) -> str:
+    """``--device``, checked: CUDA is refused with a clear message when there is none."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    try:
+        torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    return name
+
+
+@dataclass
+class Session:
+    """One command's run: where it writes, what it computes, how it reports progress."""
+
+    args: Any
+    config: dict
+    steps: list[str]
+    budget: Budget
+    comm: Any
+    extra_steps: int = 0
+    info: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes files and prints (rank 0)."""
+        return self.comm.rank == 0
+
+    @property
+    def progress(self) -> bool:
+        """Whether progress bars are shown (rank 0, without ``--quiet``)."""
+        return self.writer and not self.args.quiet
+
+    @property
+    def out(self) -> Path:
+        """The report folder."""
+        return Path(self.args.out)
+
+    def keep_weights(self, model: Any, state: RunState) -> None:
+        """Save the weights the analyses see, or load them back when resuming (same weights, same numbers)."""
+        import torch
+
+        path = state.array_path("model.pt")
+        if state.steps and path.is_file():
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        elif self.writer:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+
+
+def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
+    """Run ``setup`` (which returns the operator) and the session's steps; write the report; return the exit code."""
+    args = session.args
+    state = RunState.start(session.out, session.config, args.resume, writer=session.writer)
+    session.info["command"] = "hessop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hessop"
+
+    def body(runner: Runner) -> None:
+        H = setup(runner, state)
+        for name in session.steps:
+            seed = step_seed(args.seed, name)
+            runner.step(name, lambda name=name, seed=seed: STEPS[name](H, session.budget, seed, state, session.progress))
+
+    def report(st: RunState, status: str, error: str | None) -> None:
+        if session.writer:
+            session.report = write_report(session.out, st, status, error, session.info)
+
+    total = len(session.steps) + session.extra_steps
+    code, status, error = execute(state, body, total, session.progress, report, args.debug)
+    if session.writer:
+        _announce(session, status, error)
+    return code
+
+
+def _announce(session: Session, status: str, error: str | None) -> None:
+    doc = session.report
+    if session.args.json:
+        print(json.dumps(doc, indent=1))
+    if error:
+        print(f"hessop: {error}", file=sys.stderr)
+    if not session.args.quiet:
+        where = session.out / "report.html"
+        headline = []
+        steps = doc.get("steps", {})
+        if "eigenvalues" in steps:
+            headline.append(f"top eigenvalue {steps['eigenvalues']['eigenvalues'][0]:.4g}")
+        if "trace" in steps:
+            headline.append(f"trace {steps['trace']['trace']:.4g} ± {steps['trace']['stderr']:.2g}")
+        print(f"hessop: {status} report in {where}" + (f" ({', '.join(headline)})" if headline else ""), file=sys.stderr)

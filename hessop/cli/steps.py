@@ -1,0 +1,201 @@
+"""The analysis steps a report is made of, each one call into the library.
+
+A step takes the Hessian operator and the run's settings and returns a
+JSON-able dict of numbers (and their quality: residuals, standard errors,
+product counts). Arrays a later step needs (the eigenvectors the landscapes
+follow) are kept in the run state, so a resumed run continues exactly where
+it stopped. Each step draws its random numbers from its own seed, derived
+from the run's seed and the step's name, so skipping finished steps does not
+change the numbers of the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .._array import from_numpy, to_numpy
+from .run_state import RunState
+
+ORDER = ("eigenvalues", "trace", "density", "landscape_1d", "landscape_2d", "layerwise")
+"""Every analysis step, in the order a report runs them."""
+
+TITLES = {
+    "train": "Training",
+    "eigenvalues": "Top eigenvalues",
+    "trace": "Trace",
+    "density": "Spectral density",
+    "landscape_1d": "Loss along the top eigenvectors",
+    "landscape_2d": "Loss surface on the top two eigenvectors",
+    "layerwise": "Layer-wise curvature",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each analysis may do."""
+
+    k: int = 10
+    eig_tol: float = 1e-6
+    trace_rtol: float = 1e-2
+    trace_max_matvecs: int = 2000
+    density_steps: int = 80
+    density_probes: int = 8
+    points_1d: int = 41
+    points_2d: int = 21
+    layer_trace_matvecs: int = 60
+    layer_density_steps: int = 60
+    layer_probes: int = 2
+
+    def to_dict(self) -> dict:
+        """The budget as saved in the run configuration."""
+        return asdict(self)
+
+
+BUDGETS = {
+    "full": Budget(),
+    "small": Budget(
+        k=3, eig_tol=1e-4, trace_rtol=5e-2, trace_max_matvecs=100, density_steps=20, density_probes=2,
+        points_1d=9, points_2d=5, layer_trace_matvecs=10, layer_density_steps=10, layer_probes=1,
+    ),
+}
+"""``--budget full`` for real use, ``--budget small`` for a run of a few seconds (tests, smoke checks)."""
+
+
+def step_seed(seed: int, name: str) -> int:
+    """The seed of step ``name`` in a run seeded with ``seed`` (independent of which steps run)."""
+    return int(np.random.SeedSequence([seed, ORDER.index(name)]).generate_state(1)[0])
+
+
+def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
+    """The ``k`` largest eigenvalues by thick-restart Lanczos; keeps the eigenvectors for the landscapes."""
+    from ..solvers.eigsh import eigsh
+
+    k = min(budget.k, H.shape[0] - 1)
+    r = eigsh(H, k=k, tol=budget.eig_tol, seed=seed, progress=progress)
+    vals, vecs = to_numpy(r.eigenvalues).astype(np.float64), to_numpy(r.eigenvectors)
+    order = np.argsort(vals)[::-1]
+    state.save_array("eigenvectors", vecs[:, order])
+    return {
+        "eigenvalues": vals[order].tolist(),
+        "residual_norms": to_numpy(r.residual_norms).astype(np.float64)[order].tolist(),
+        "converged": np.asarray(to_numpy(r.converged)).reshape(-1)[order].tolist()
+        if np.ndim(to_numpy(r.converged)) else [bool(r.converged)] * len(vals),
+        "num_matvecs": int(r.num_matvecs),
+    }
+
+
+def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
+    """The trace by stochastic estimation, with its standard error."""
+    from ..solvers.trace import trace as estimate_trace
+
+    t = estimate_trace(H, num_matvecs=budget.trace_max_matvecs, rtol=budget.trace_rtol, seed=seed, progress=progress)
+    n = H.shape[0]
+    return {
+        "trace": float(t.estimate),
+        "stderr": float(t.stderr),
+        "method": t.method,
+        "converged": bool(t.converged),
+        "mean_eigenvalue": float(t.estimate) / n,
+        "num_matvecs": int(t.num_matvecs),
+    }
+
+
+def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
+    """The spectral density by stochastic Lanczos quadrature."""
+    from ..solvers.density import density as slq
+
+    rho = slq(H, num_steps=budget.density_steps, num_probes=budget.density_probes, seed=seed, progress=progress)
+    return {**_density_dict(rho), "negative_mass": float(rho.negative_mass()), "num_matvecs": int(rho.num_matvecs)}
+
+
+def _density_dict(rho: Any) -> dict:
+    as_list = lambda a: np.asarray(to_numpy(a), dtype=np.float64).tolist()  # noqa: E731
+    return {"grid": as_list(rho.grid), "values": as_list(rho.values), "nodes": as_list(rho.nodes), "weights": as_list(rho.weights)}
+
+
+def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:
+    vecs = state.load_array("eigenvectors")
+    vals = state.result("eigenvalues")["eigenvalues"]
+    if vecs.shape[1] < count:
+        raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; use --eig 2 or more")
+    native = [from_numpy(vecs[:, i], H.xp, H.device, H.native_dtype) for i in range(count)]
+    return native, vals[:count]
+
+
+def landscape_radius(top_eigenvalue: float, rise: float = 2.0) -> float:
+    """The step along the top eigenvector where the quadratic model has risen by ``rise``."""
+    return math.sqrt(2.0 * rise / top_eigenvalue) if top_eigenvalue > 0 else 1.0
+
+
+def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
+    """The loss along each of the top two eigenvectors, and the quadratic model it is compared with."""
+    from ..analysis.landscape import landscape_1d as line
+
+    dirs, vals = _directions(H, state, min(2, len(state.result("eigenvalues")["eigenvalues"])))
+    radius = landscape_radius(vals[0])
+    grad = H.gradient()
+    xp = H.xp
+    curves = []
+    for i, (d, lam) in enumerate(zip(dirs, vals), start=1):
+        ls = line(H, d, radius=radius, num_points=budget.points_1d, label=f"v{i}", progress=progress)
+        curves.append({
+            "direction": f"v{i}",
+            "eigenvalue": float(lam),
+            "slope": float(xp.sum(grad * d)),
+            "alphas": np.asarray(to_numpy(ls.alphas), dtype=np.float64).tolist(),
+            "losses": np.asarray(to_numpy(ls.losses), dtype=np.float64).tolist(),
+        })
+    return {"radius": radius, "center_loss": float(ls.center_loss), "curves": curves}
+
+
+def landscape_2d(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
+    """The loss on the plane of the top two eigenvectors."""
+    from ..analysis.landscape import landscape_2d as plane
+
+    (d1, d2), vals = _directions(H, state, 2)
+    radius = landscape_radius(vals[0])
+    ls = plane(H, d1, d2, radius=radius, num_points=budget.points_2d, labels=("v1", "v2"), progress=progress)
+    f64 = lambda a: np.asarray(to_numpy(a), dtype=np.float64).tolist()  # noqa: E731
+    return {
+        "radius": radius,
+        "eigenvalues": [float(v) for v in vals],
+        "center_loss": float(ls.center_loss),
+        "alphas": f64(ls.alphas),
+        "betas": f64(ls.betas),
+        "losses": f64(ls.losses),
+    }
+
+
+def layerwise(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
+    """Top eigenvalue, trace and spectral distance to the full Hessian of each module's block."""
+    from ..analysis.layerwise import layerwise as per_block
+
+    res = per_block(
+        H, groups="modules", k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,
+        num_probes=budget.layer_probes, seed=seed, progress=progress,
+    )
+    rows = [{k: _plain(v) for k, v in row.items()} for row in res.rows]
+    densities = {name: _density_dict(rho) for name, rho in res.densities.items()}
+    return {"rows": rows, "densities": densities, "full_density": _density_dict(res.full_density)}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return v.item()
+    return v
+
+
+STEPS: dict[str, Callable[..., dict]] = {
+    "eigenvalues": eigenvalues,
+    "trace": trace,
+    "density": density,
+    "landscape_1d": landscape_1d,
+    "landscape_2d": landscape_2d,
+    "layerwise": layerwise,
+}
