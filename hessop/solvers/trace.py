@@ -28,6 +28,9 @@ from .probes import (blocks, check_budget, check_kind, check_method, check_seed,
 METHODS = ("xtrace", "hutch++", "hutchinson")
 MINIMUM = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
 """Fewest products that still give a standard error: two samples for the stochastic part."""
+FIRST_ROUND = 16
+"""Adaptive mode: sketch size of the first Hutch++/XTrace round (Hutchinson starts with twice as many
+probes). Fewer samples make the standard error itself too noisy to stop on."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
 def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
     """Rounds of probes until the budget or ``rtol``; one all-reduce per round."""
     samples = np.zeros(0)
-    size = budget if rtol is None else min(budget, max(10, 2 * comm.size))
+    size = budget if rtol is None else min(budget, max(2 * FIRST_ROUND, comm.size))
     try:
         while size > 0:
             start = samples.size
@@ -166,7 +169,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar):
     cache: dict = {}
     k = _largest(lambda k: cost(k, 0) <= budget, 1, budget)
     if rtol is not None:
-        k = min(k, 8)
+        k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
     samples, used = None, 0
     try:
