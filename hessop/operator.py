@@ -46,6 +46,9 @@ class HessianOperator(LinearOperator):
     def __init__(self, backend: Backend, comm: Any = None):
         self.backend = backend
         self.comm = as_comm(comm)
+        if self.comm.size > 1 and hasattr(self.comm, "check_agree"):  # one 10-float all-reduce
+            self.comm.check_agree(backend.flat_params(), "model parameters",
+                                  hint="every rank must build the same model (same seed or checkpoint)")
         n = backend.n
         super().__init__(dtype=numpy_dtype(backend.xp, backend.dtype), shape=(n, n))
         self._scale = 1.0
