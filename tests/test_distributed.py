@@ -216,3 +216,53 @@ def test_a_failing_rank_ends_the_job_with_its_message(mode):
     assert proc.returncode != 0
     assert "rank 2: ValueError: batch 17 on rank 2 holds NaN" in proc.stderr
     assert "rank 2: Traceback" in proc.stderr
+
+
+# -- a small torch model's Hessian across processes ------------------------------------------------
+@pytest.fixture(scope="module")
+def serial_hessian(tmp_path_factory):
+    pytest.importorskip("torch")
+    if _mpi_available():
+        pytest.skip(_mpi_available())
+    return run_ranks(1, "hessian.py", tmp_path_factory.mktemp("serial"))[0]
+
+
+def assert_close(got, want, what: str, rtol: float = 1e-6):
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    assert got.shape == want.shape, what
+    scale = np.max(np.abs(want)) if want.size else 1.0
+    assert np.max(np.abs(got - want), initial=0.0) <= rtol * scale, f"{what}: {got} != {want}"
+
+
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_parallel_hessian_and_estimators_equal_the_one_process_results(n, tmp_path, serial_hessian):
+    """2 ranks: 4 + 3 batches; 3 ranks: 3 + 2 + 2 batches of unequal sizes."""
+    ranks = run_ranks(n, "hessian.py", tmp_path)
+    assert [r["local_batches"] for r in ranks] == [len(range(7)[r::n]) for r in range(n)]
+    keys = ["hvp", "hmm", "loss", "grad", "dense", "arpack", "eigsh", "trace", "diag", "density",
+            "probe_trace", "probe_diag", "probe_density"]
+    for key in keys:
+        for rec in ranks[1:]:
+            assert rec[key] == ranks[0][key], f"rank {rec['rank']} differs from rank 0 in {key}"
+        got, want = ranks[0][key], serial_hessian[key]
+        if key.endswith("density"):  # nodes, weights, smoothed values
+            for part, got_part, want_part in zip(("nodes", "weights", "values"), got, want):
+                assert_close(got_part, want_part, f"{key} {part}")
+        else:
+            assert_close(got, want, key)
+    exact = np.linalg.eigvalsh(np.asarray(ranks[0]["dense"]))[-3:]
+    assert_close(ranks[0]["arpack"], exact, "ARPACK vs dense eigenvalues")
+    *top, converged = ranks[0]["eigsh"]
+    assert converged
+    assert_close(top, exact, "eigsh vs dense eigenvalues")
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_ranks_with_different_models_are_refused(tmp_path):
+    proc = mpiexec(2, "hessian.py", str(tmp_path), "mismatch")
+    assert proc.returncode != 0
+    assert "RankDisagreementError: the 2 ranks disagree on the model parameters" in proc.stderr
+    assert "same seed or checkpoint" in proc.stderr

@@ -1,0 +1,80 @@
+"""Launched by tests/test_distributed.py: a small torch model's Hessian, data- and probe-parallel.
+
+``python hessian.py OUTDIR``           both ways of splitting the work, one after the other:
+    ``data``   each rank holds a shard of the batches; the operator all-reduces every product;
+    ``probe``  each rank holds all the data; the stochastic estimators split their probes.
+``python hessian.py OUTDIR mismatch``  each rank seeds its model differently (must be refused).
+
+Every rank writes its numbers to ``OUTDIR/rank<r>.json``; the test compares the
+ranks with each other and with a one-process run of the same script.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import scipy.sparse.linalg
+import torch
+from torch import nn
+
+from hessop.distributed import abort_on_error, shard, world
+from hessop.factory import hessian
+from hessop.solvers.density import density
+from hessop.solvers.diagonal import diagonal
+from hessop.solvers.eigsh import eigsh
+from hessop.solvers.trace import trace
+
+torch.set_num_threads(1)
+outdir = sys.argv[1]
+mismatch = sys.argv[2:] == ["mismatch"]
+comm = world()
+
+
+def model_and_batches(seed=0):
+    """A float64 tanh MLP (4 -> 6 -> 3, 51 parameters) and 7 seeded batches of unequal sizes."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    gen = np.random.default_rng(1)
+    batches = []
+    for size in (5, 9, 6, 11, 7, 8, 4):
+        x = torch.from_numpy(gen.standard_normal((size, 4)))
+        y = torch.from_numpy(gen.integers(0, 3, size))
+        batches.append((x, y))
+    return model, batches
+
+
+def products(H):
+    """Products, loss and gradient: what every rank must get bitwise alike."""
+    gen = np.random.default_rng(2)
+    v, V = gen.standard_normal(H.shape[0]), gen.standard_normal((H.shape[0], 3))
+    return {"hvp": (H @ v).tolist(), "hmm": (H @ V).tolist(), "loss": H.loss(), "grad": H.gradient().tolist()}
+
+
+def estimators(H, comm=None):
+    """Hutchinson trace and diagonal and an SLQ density, their probes split over ``comm``."""
+    tr = trace(H, method="hutchinson", num_matvecs=24, seed=3, comm=comm)
+    dg = diagonal(H, method="hutchinson", num_matvecs=12, seed=4, comm=comm)
+    sd = density(H, num_probes=4, num_steps=20, seed=6, comm=comm)  # 20 < n: no Lanczos breakdown
+    return {"trace": [tr.estimate, tr.stderr], "diag": np.asarray(dg.estimate).tolist(),
+            "density": [np.asarray(a).ravel().tolist() for a in (sd.nodes, sd.weights, sd.values)]}
+
+
+with abort_on_error(comm):
+    model, batches = model_and_batches(comm.rank if mismatch else 0)
+    loss = nn.CrossEntropyLoss()
+    mine = shard(batches, comm)
+    H = hessian(model, loss, mine, comm=comm)  # data-parallel
+    out = {"rank": comm.rank, "size": comm.size, "local_batches": len(mine), "n": H.shape[0]}
+    out.update(products(H))
+    out["dense"] = H.to_dense().tolist()
+    v0 = np.ones(H.shape[0])  # ARPACK's default start vector is random: each rank would draw its own
+    out["arpack"] = np.sort(scipy.sparse.linalg.eigsh(H, k=3, which="LA", v0=v0)[0]).tolist()
+    top = eigsh(H, k=3, seed=5)
+    out["eigsh"] = np.sort(np.asarray(top.eigenvalues)).tolist() + [bool(np.all(top.converged))]
+    out.update(estimators(H))
+
+    H_all = hessian(model, loss, batches)  # every rank holds all the data: probe-parallel
+    out.update({f"probe_{key}": value for key, value in estimators(H_all, comm).items()})
+    with open(os.path.join(outdir, f"rank{comm.rank}.json"), "w") as f:
+        json.dump(out, f)
