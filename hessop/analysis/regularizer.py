@@ -59,8 +59,9 @@ class HessianTraceRegularizer:
     every : int
         Apply the penalty every ``every`` steps (``f_r`` in the paper); other steps add zero.
     layers : None, "middle" or sequence of str
-        All layers with parameters (None); the middle half of them, dropping the
-        first and last quarter in model order ("middle"); or the layers whose
+        All layers with parameters (None); the middle ones, dropping the first
+        and last quarter in model order, and at least the first and last layer
+        when there are three or more ("middle"); or the layers whose
         module name equals, is a sub-module of, or fully matches (regex) a pattern.
     num_probes : int
         Rademacher probes per penalised step (one Hessian-vector product each).
@@ -115,7 +116,7 @@ class HessianTraceRegularizer:
         if layers is None:
             return all_layers
         if layers == "middle":
-            q = len(all_layers) // 4
+            q = max(1, len(all_layers) // 4) if len(all_layers) >= 3 else 0
             return all_layers[q : len(all_layers) - q]
         if isinstance(layers, str):
             layers = [layers]
