@@ -1,0 +1,408 @@
+"""The PyTorch backend: curvature-vector products of an ``nn.Module``'s loss over all the data.
+
+The model is called through :func:`torch.func.functional_call` with the
+differentiated parameters swapped for fresh tensors, so any subset of the
+parameters can be differentiated (the rest held fixed) and the loss can be
+evaluated at other parameter values, without touching the model. Parameters and
+buffers are read live at every product: the operator follows the model as it
+trains.
+
+Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
+
+``"double-backward"``
+    reverse over reverse; a block of vectors through ``is_grads_batched``.
+``"double-backward-loop"``
+    reverse over reverse; a block as one second pass per column over a shared
+    first pass.
+``"forward-over-reverse"``
+    ``jvp`` of ``grad``; a block through ``vmap``.
+``"auto"`` (default)
+    at the first product of each shape (one vector, or a block of k), runs every
+    strategy twice on the first batch, times the second run and keeps the
+    fastest for the rest of the operator's life. A strategy that fails on the
+    model (e.g. an op without a ``vmap`` rule) is skipped.
+
+With a single batch and the double-backward strategies, the first-order graph
+(forward pass and gradient with ``create_graph=True``) is built once and reused
+by every product until a parameter or buffer changes in place: each product
+then costs one backward pass (see ``docs/performance.md``).
+
+float16/bfloat16 models: vectors, products and sums over batches are float32;
+each batch's product runs in the model's dtype on the vector cast to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .._array import namespace
+from ._torch_data import Batches, batch_size, check_loader, check_repeatable_forward, check_train_mode
+from ._torch_hvp import STRATEGIES, FirstOrderGraph, Tensors, ggn
+from .base import CURVATURES, Backend
+
+HVP_CHOICES = ("auto", *STRATEGIES)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class TorchBackend(Backend):
+    """Curvature-vector products of ``loss(model(x), y)`` summed over the batches of ``data``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; its parameters' device is where vectors live.
+    loss : callable
+        ``loss(output, target)`` returning a scalar, e.g. ``nn.CrossEntropyLoss()``.
+    data : DataLoader, list of (x, y), or one (x, y)
+        All the data; every product passes over it once.
+    curvature : {"hessian", "ggn", "residual"}
+    params : sequence of tensors or names, optional
+        The parameters to differentiate (default: every ``requires_grad`` one).
+    hvp : {"auto", "double-backward", "double-backward-loop", "forward-over-reverse"}
+        How Hessian-vector products are computed (module docstring).
+    reduction : {"mean", "sum"}, optional
+        How the loss reduces over samples; read from ``loss.reduction`` when omitted.
+    check_determinism : bool
+        Refuse models and loaders that make the Hessian a random matrix.
+    progress : bool
+        Show a progress bar over the batches of each product.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[Any, Any], torch.Tensor],
+        data: Any,
+        *,
+        curvature: str = "hessian",
+        params: Sequence[torch.Tensor | str] | None = None,
+        hvp: str = "auto",
+        reduction: str | None = None,
+        check_determinism: bool = True,
+        progress: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if not callable(loss):
+            raise TypeError(f"loss must be callable as loss(output, target), not {type(loss).__name__}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+        if hvp not in HVP_CHOICES:
+            raise ValueError(f"unknown hvp strategy {hvp!r}; choose one of {HVP_CHOICES}")
+        self.model = model
+        self.loss_fn = loss
+        self.curvature = curvature
+        self.hvp = hvp
+        self.progress = progress
+        self.reduction = _reduction(loss, reduction)
+        self.normalize = self.reduction == "mean"
+        self._set_params(_select(model, params))
+        self.batches = Batches(data, self.device, next(iter(model.parameters())).dtype)
+        if check_determinism:
+            check_train_mode(model)
+        x, y = self.batches.first()
+        self._check_first_batch(x, y, check_determinism)
+        self.local_count = float(self.batches.count())
+        self.chosen: dict[str, str] = {}
+        self._graph: tuple[Any, FirstOrderGraph] | None = None
+
+    # -- parameters ------------------------------------------------------------------------
+    def _set_params(self, names: list[str]) -> None:
+        named = dict(self.model.named_parameters())
+        tensors = [named[n] for n in names]
+        self.param_names = names
+        self.param_sizes = [int(t.numel()) for t in tensors]
+        self.param_shapes = [tuple(t.shape) for t in tensors]
+        self.module_names = [n.rpartition(".")[0] or n for n in names]
+        devices = {t.device for t in tensors}
+        if len(devices) > 1:
+            raise ValueError(
+                f"the parameters live on several devices {sorted(map(str, devices))}; "
+                "move the model to one device (model.to(device))"
+            )
+        self.device = tensors[0].device
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        if not dtype.is_floating_point:
+            raise TypeError(f"parameters of dtype {dtype} cannot be differentiated; use a floating-point model")
+        self.dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
+        self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
+        self._param_dtypes = [t.dtype for t in tensors]
+        self._graph = None
+
+    def _current(self) -> list[torch.Tensor]:
+        named = dict(self.model.named_parameters())
+        return [named[n].detach() for n in self.param_names]
+
+    def _fixed(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of the model, detached (the chosen ones are overridden per call)."""
+        state = {n: t.detach() for n, t in self.model.named_parameters()}
+        state.update(self.model.named_buffers())
+        return state
+
+    def _split(self, V: torch.Tensor) -> Tensors:
+        """A flat vector (n,) or block (n, k) as parameter-shaped tensors ((k, *shape) for a block)."""
+        if V.ndim == 1:
+            parts = torch.split(V, self.param_sizes)
+            return tuple(p.reshape(s).to(d) for p, s, d in zip(parts, self.param_shapes, self._param_dtypes))
+        k = V.shape[1]
+        parts = torch.split(V.T, self.param_sizes, dim=1)
+        return tuple(p.reshape(k, *s).to(d) for p, s, d in zip(parts, self.param_shapes, self._param_dtypes))
+
+    def _flatten(self, parts: Sequence[torch.Tensor], batched: bool) -> torch.Tensor:
+        if not batched:
+            return torch.cat([p.reshape(-1).to(self.dtype) for p in parts])
+        k = parts[0].shape[0]
+        return torch.cat([p.reshape(k, -1).to(self.dtype) for p in parts], dim=1).T
+
+    def flat_params(self) -> torch.Tensor:
+        return self._flatten(self._current(), False)
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _closures(self, x: Any, y: Any, state: dict[str, torch.Tensor] | None = None):
+        state = self._fixed() if state is None else state
+        names = self.param_names
+
+        def model_fn(p: Tensors) -> torch.Tensor:
+            return functional_call(self.model, {**state, **dict(zip(names, p))}, (x,))
+
+        def loss_of_output(out: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(out, y)
+
+        def f(p: Tensors) -> torch.Tensor:
+            return loss_of_output(model_fn(p))
+
+        return model_fn, loss_of_output, f
+
+    def _check_first_batch(self, x: Any, y: Any, check_determinism: bool) -> None:
+        model_fn, loss_of_output, _ = self._closures(x, y)
+        with torch.no_grad():
+            out = model_fn(tuple(self._current()))
+            value = loss_of_output(out)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"the loss must return a scalar but returned {shape}; use a loss with reduction='mean' or 'sum'"
+                )
+            if check_determinism:
+                check_repeatable_forward(out, model_fn(tuple(self._current())))
+        if check_determinism:
+            check_loader(self.batches, (x, y))
+
+    def _weight(self, x: Any, y: Any) -> int:
+        return batch_size(x, y) if self.normalize else 1
+
+    def _iter(self, what: str):
+        it = iter(self.batches)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = len(self.batches) if self.batches.is_list else None
+            it = tqdm(it, total=total, desc=what, leave=False)
+        return it
+
+    # -- products ------------------------------------------------------------------------------
+    def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
+        batched = V.ndim == 2
+        vs = self._split(V)
+        acc = torch.zeros_like(V)
+        flags, count = [], 0
+        for index, x, y in self._iter("Hessian-vector product"):
+            w = self._weight(x, y)
+            count += batch_size(x, y)
+            part = self._flatten(self._product(x, y, vs, batched), batched)
+            flags.append((index, ~torch.isfinite(part).all()))
+            acc.add_(part, alpha=w)
+        self._check_count(count)
+        _raise_nonfinite(flags, f"{self.curvature}-vector product")
+        return acc
+
+    def _product(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+        if self.curvature == "ggn":
+            return self._ggn(x, y, vs, batched)
+        hv = self._hessian(x, y, vs, batched)
+        if self.curvature == "residual":
+            gv = self._ggn(x, y, vs, batched)
+            return tuple(a - b for a, b in zip(hv, gv))
+        return hv
+
+    def _ggn(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+        model_fn, loss_of_output, _ = self._closures(x, y)
+        return ggn(model_fn, loss_of_output, self._current(), vs, batched)
+
+    def _hessian(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+        key = f"block of {vs[0].shape[0]}" if batched else "vector"
+        name = self.chosen.get(key) or self._choose(key, x, y, vs, batched)
+        if name.startswith("double-backward") and self._single_batch():
+            graph = self._cached_graph(x, y)
+            return graph.hvp_loop(vs) if batched and name.endswith("loop") else graph.hvp(vs, batched=batched)
+        _, _, f = self._closures(x, y)
+        return STRATEGIES[name](f, self._current(), vs, batched)
+
+    def _choose(self, key: str, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
+        """The strategy for products of this shape: the user's, or the fastest on the first batch."""
+        if self.hvp != "auto":
+            self.chosen[key] = self.hvp
+            return self.hvp
+        _, _, f = self._closures(x, y)
+        params = self._current()
+        candidates = [n for n in STRATEGIES if batched or not n.endswith("loop")]
+        times: dict[str, float] = {}
+        errors: dict[str, Exception] = {}
+        for name in candidates:
+            try:
+                STRATEGIES[name](f, params, vs, batched)
+                _synchronize(self.device)
+                start = time.perf_counter()
+                STRATEGIES[name](f, params, vs, batched)
+                _synchronize(self.device)
+                times[name] = time.perf_counter() - start
+            except RuntimeError as err:  # e.g. an operator without a vmap or forward-mode rule
+                errors[name] = err
+        if not times:
+            raise next(iter(errors.values()))
+        self.chosen[key] = min(times, key=times.__getitem__)
+        return self.chosen[key]
+
+    def _single_batch(self) -> bool:
+        return self.batches.is_list and len(self.batches) == 1
+
+    def _cached_graph(self, x: Any, y: Any) -> FirstOrderGraph:
+        """The first-order graph of the only batch, rebuilt when a parameter or buffer changed in place."""
+        state = self._fixed()
+        key = tuple((t.data_ptr(), t._version) for t in state.values())
+        if self._graph is None or self._graph[0] != key:
+            self._graph = None
+            _, _, f = self._closures(x, y, state)
+            self._graph = (key, FirstOrderGraph(f, self._current()))
+        return self._graph[1]
+
+    def _check_count(self, count: int) -> None:
+        if count != self.local_count:
+            raise RuntimeError(
+                f"the data held {count} samples in this pass but {int(self.local_count)} when the operator was "
+                "built; the data must not change while the operator is in use (build a new operator)"
+            )
+
+    # -- loss and gradient -----------------------------------------------------------------------
+    def loss_sum(self) -> float:
+        return self._loss_sum(self._current())
+
+    def loss_at(self, flat: torch.Tensor) -> float:
+        if flat.ndim != 1 or flat.shape[0] != self.n:
+            raise ValueError(f"expected a parameter vector of shape ({self.n},); got {tuple(flat.shape)}")
+        return self._loss_sum(list(self._split(flat.to(device=self.device, dtype=self.dtype))))
+
+    def _loss_sum(self, params: Sequence[torch.Tensor]) -> float:
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        flags = []
+        state = self._fixed()
+        with torch.no_grad():
+            for index, x, y in self._iter("loss"):
+                _, _, f = self._closures(x, y, state)
+                value = f(tuple(params)).to(torch.float64)
+                flags.append((index, ~torch.isfinite(value)))
+                total += value * self._weight(x, y)
+        _raise_nonfinite(flags, "loss")
+        return float(total)
+
+    def grad_sum(self) -> torch.Tensor:
+        acc = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        flags = []
+        state = self._fixed()
+        for index, x, y in self._iter("gradient"):
+            _, _, f = self._closures(x, y, state)
+            params = tuple(p.requires_grad_() for p in self._current())
+            with torch.enable_grad():
+                g = torch.autograd.grad(f(params), params, allow_unused=True)
+            part = self._flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)], False)
+            flags.append((index, ~torch.isfinite(part).all()))
+            acc.add_(part, alpha=self._weight(x, y))
+        _raise_nonfinite(flags, "gradient")
+        return acc
+
+    # -- subsets -----------------------------------------------------------------------------------
+    def restrict(self, names: Sequence[str]) -> "TorchBackend":
+        unknown = [n for n in names if n not in self.param_names]
+        if unknown or not names:
+            raise ValueError(
+                f"restrict: {unknown or 'an empty list'} is not a subset of this operator's parameters "
+                f"{self.param_names[:4]}{' ...' if len(self.param_names) > 4 else ''}"
+            )
+        other = copy.copy(self)
+        other.chosen = {}
+        other._set_params([n for n in self.param_names if n in set(names)])
+        return other
+
+
+def _select(model: nn.Module, params: Sequence[torch.Tensor | str] | None) -> list[str]:
+    """Names, in model order, of the parameters to differentiate."""
+    named = list(model.named_parameters())
+    if params is None:
+        names = [n for n, p in named if p.requires_grad]
+        if not names:
+            raise ValueError(
+                "the model has no trainable parameters (none with requires_grad=True); "
+                "unfreeze some, or pass params=[...] explicitly"
+            )
+        return names
+    if isinstance(params, (str, torch.Tensor)):
+        params = [params]
+    by_id = {id(p): n for n, p in named}
+    wanted = set()
+    for p in params:
+        if isinstance(p, str):
+            if p not in dict(named):
+                raise ValueError(f"params: {p!r} is not a parameter of the model; names are like {[n for n, _ in named[:4]]}")
+            wanted.add(p)
+        elif isinstance(p, torch.Tensor):
+            if id(p) not in by_id:
+                raise ValueError(
+                    f"params: a tensor of shape {tuple(p.shape)} is not a parameter of the model; pass tensors from "
+                    "model.parameters() (not copies) or parameter names"
+                )
+            wanted.add(by_id[id(p)])
+        else:
+            raise TypeError(f"params must hold tensors or names, not {type(p).__name__}")
+    if not wanted:
+        raise ValueError("params is empty: pass at least one parameter tensor or name, or params=None for all")
+    return [n for n, _ in named if n in wanted]
+
+
+def _reduction(loss: Any, reduction: str | None) -> str:
+    own = getattr(loss, "reduction", None)
+    if reduction is None:
+        reduction = own if isinstance(own, str) else "mean"
+    elif isinstance(own, str) and own != reduction:
+        raise ValueError(f"reduction={reduction!r} contradicts the loss's own reduction={own!r}; drop one of them")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"the loss reduces with {reduction!r}; it must return a scalar mean or sum over samples "
+            "(reduction='mean' or 'sum')"
+        )
+    return reduction
+
+
+def _raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
+    """Raise naming the first batch whose value was NaN or infinite (one host sync per pass)."""
+    if not flags:
+        return
+    bad = torch.stack([flag for _, flag in flags])
+    if bool(bad.any()):
+        index = flags[int(torch.nonzero(bad)[0, 0])][0]
+        raise FloatingPointError(
+            f"the {what} of batch {index} is NaN or infinite; check that batch's data and the model's "
+            "parameters (a diverged model, a log of zero, an overflow in low precision)"
+        )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
