@@ -10,7 +10,7 @@ from .session import Session, chosen_steps, communicator, run, torch_dtype
 from .loading import shard
 
 DEMO = {
-    "full": {"hidden": (64, 64), "num_train": None, "epochs": 40},
+    "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},
     "small": {"hidden": (16,), "num_train": 200, "epochs": 3},
 }
 """The demo problem at each budget: hidden widths, training samples (None: all 1437), epochs."""

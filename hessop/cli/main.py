@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compute the top eigenvalues, the trace, the spectral density, loss landscapes and a layer-wise table.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(demo, default_dtype="float64")
+    _common(demo, default_dtype="float64", default_threads=1)
 
     analyze = sub.add_parser(
         "analyze", help="report the Hessian's spectrum of your own model and data",
@@ -50,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--data", required=True, metavar="MODULE:FACTORY", help="builds the data")
     analyze.add_argument("--checkpoint", metavar="PATH", help="a torch.save'd state dict to load into the model")
     analyze.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    _common(analyze, default_dtype=None)
+    _common(analyze, default_dtype=None, default_threads=None)
     return parser
 
 
-def _common(p: argparse.ArgumentParser, default_dtype: str | None) -> None:
+def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threads: int | None) -> None:
     what = p.add_argument_group("analyses (none given: all of them)")
     what.add_argument("--eig", type=int, metavar="K", help="the K largest eigenvalues (Lanczos)")
     what.add_argument("--trace", action="store_true", help="the trace, with its standard error")
@@ -67,6 +67,9 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None) -> None:
                      help="work per analysis: full, or small for a run of a few seconds (default: full)")
     run.add_argument("--dtype", choices=("float32", "float64"), default=default_dtype,
                      help=f"precision of the analyses (default: {default_dtype or 'the model’s own'})")
+    run.add_argument("--threads", type=int, default=default_threads, metavar="N",
+                     help="torch CPU threads (default: " + ("1, the demo's model is too small to gain from more"
+                                                            if default_threads else "torch's own") + ")")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping finished steps")
     run.add_argument("--comm", choices=("auto", "serial", "mpi"), default="auto",

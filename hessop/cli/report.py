@@ -109,8 +109,11 @@ def build_sections(doc: dict) -> list[Section]:
 
 
 def _eigen(res: dict, fig: str | None) -> Section:
-    s = Section(TITLES["eigenvalues"], figure=fig, header=["i", "λᵢ", "residual ‖Hv − λv‖", "converged"])
-    s.text.append(f"Thick-restart Lanczos, {res['num_matvecs']} Hessian-vector products.")
+    s = Section(TITLES["eigenvalues"], figure=fig, header=["i", "λᵢ", "relative residual", "converged"])
+    s.text.append(
+        f"Thick-restart Lanczos, {res['num_matvecs']} Hessian-vector products (stopped: {res['stopped']}). "
+        "The relative residual ‖Hv − λv‖ / max(|λ|, ‖H‖) is each pair's backward error."
+    )
     for i, (lam, r, c) in enumerate(zip(res["eigenvalues"], res["residual_norms"], res["converged"]), start=1):
         s.rows.append([str(i), fmt(lam, 6), fmt(r, 2), fmt(bool(c))])
     return s
@@ -129,7 +132,8 @@ def _trace(res: dict, fig: str | None) -> Section:
 def _density(res: dict, fig: str | None) -> Section:
     s = Section(TITLES["density"], figure=fig)
     s.text.append(
-        f"Stochastic Lanczos quadrature ({res['num_matvecs']} products), Gaussian-smoothed. "
+        f"Stochastic Lanczos quadrature: {res['num_probes']} probes of {res['num_steps']} Lanczos steps "
+        f"({res['num_matvecs']} products), smoothed with a Gaussian kernel of width {fmt(res['sigma'], 3)}. "
         f"Mass on negative eigenvalues: {fmt(res['negative_mass'], 3)}."
     )
     return s
@@ -160,7 +164,7 @@ def _layers(res: dict, fig: str | None) -> Section:
     extra = [k for k in ("ggn_top_eigenvalue", "ggn_trace") if res["rows"] and k in res["rows"][0]]
     s = Section(TITLES["layerwise"], figure=fig, header=[c.replace("_", " ") for c in cols + extra])
     s.text.append("Each module's diagonal block of the Hessian (all other parameters fixed), and the distance of its spectral density to the full one.")
-    for row in res["rows"]:
+    for row in [*res["rows"], res["full"]]:
         s.rows.append([fmt(row.get(c)) for c in cols + extra])
     return s
 

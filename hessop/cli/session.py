@@ -126,6 +126,12 @@ class Session:
 def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
     """Run ``setup`` (which returns the operator) and the session's steps; write the report; return the exit code."""
     args = session.args
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: give a positive number of threads")
+        torch.set_num_threads(args.threads)
     state = RunState.start(session.out, session.config, args.resume, writer=session.writer)
     session.info["command"] = "hessop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hessop"
 

@@ -75,15 +75,13 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
     from ..solvers.eigsh import eigsh
 
     k = min(budget.k, H.shape[0] - 1)
-    r = eigsh(H, k=k, tol=budget.eig_tol, seed=seed, progress=progress)
-    vals, vecs = to_numpy(r.eigenvalues).astype(np.float64), to_numpy(r.eigenvectors)
-    order = np.argsort(vals)[::-1]
-    state.save_array("eigenvectors", vecs[:, order])
+    r = eigsh(H, k=k, which="LA", tol=budget.eig_tol, seed=seed, progress=progress)
+    state.save_array("eigenvectors", to_numpy(r.eigenvectors))
     return {
-        "eigenvalues": vals[order].tolist(),
-        "residual_norms": to_numpy(r.residual_norms).astype(np.float64)[order].tolist(),
-        "converged": np.asarray(to_numpy(r.converged)).reshape(-1)[order].tolist()
-        if np.ndim(to_numpy(r.converged)) else [bool(r.converged)] * len(vals),
+        "eigenvalues": _floats(r.eigenvalues),
+        "residual_norms": _floats(r.residual_norms),
+        "converged": [bool(c) for c in np.asarray(r.converged).reshape(-1)],
+        "stopped": r.stopped,
         "num_matvecs": int(r.num_matvecs),
     }
 
@@ -109,12 +107,28 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
     from ..solvers.density import density as slq
 
     rho = slq(H, num_steps=budget.density_steps, num_probes=budget.density_probes, seed=seed, progress=progress)
-    return {**_density_dict(rho), "negative_mass": float(rho.negative_mass()), "num_matvecs": int(rho.num_matvecs)}
+    return {
+        **_density_dict(rho),
+        "negative_mass": float(rho.negative_mass()),
+        "num_probes": int(rho.num_probes),
+        "num_steps": budget.density_steps,
+        "num_matvecs": int(rho.num_matvecs),
+    }
+
+
+def _floats(a: Any) -> list:
+    return np.asarray(to_numpy(a), dtype=np.float64).tolist()
 
 
 def _density_dict(rho: Any) -> dict:
-    as_list = lambda a: np.asarray(to_numpy(a), dtype=np.float64).tolist()  # noqa: E731
-    return {"grid": as_list(rho.grid), "values": as_list(rho.values), "nodes": as_list(rho.nodes), "weights": as_list(rho.weights)}
+    """A density as saved: the smoothed curve, the quadrature rules and the kernel width."""
+    return {
+        "grid": _floats(rho.grid),
+        "values": _floats(rho.values),
+        "nodes": _floats(rho.nodes),
+        "weights": _floats(rho.weights),
+        "sigma": float(rho.sigma),
+    }
 
 
 def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:
@@ -179,15 +193,24 @@ def layerwise(H: Any, budget: Budget, seed: int, state: RunState, progress: bool
         num_probes=budget.layer_probes, seed=seed, progress=progress,
     )
     rows = [{k: _plain(v) for k, v in row.items()} for row in res.rows]
-    densities = {name: _density_dict(rho) for name, rho in res.densities.items()}
-    return {"rows": rows, "densities": densities, "full_density": _density_dict(res.full_density)}
+    full = {"block": "(whole network)", **{k: _plain(v) for k, v in res.full.items() if k != "block"}}
+    return {
+        "rows": rows,
+        "full": full,
+        "densities": {name: _density_dict(rho) for name, rho in res.densities.items()},
+        "full_density": _density_dict(res.full_density),
+        "num_matvecs": int(res.num_matvecs),
+    }
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, (np.generic,)):
-        return v.item()
+    """A JSON value from a number, a numpy scalar or array, or a native scalar."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        return v.tolist()
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     return v
 
 
