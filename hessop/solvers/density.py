@@ -215,7 +215,7 @@ def _build(nodes, weights, n, sigma, grid, m, used, converged) -> SpectralDensit
     if grid is None:
         points = min(max(GRID_POINTS, math.ceil(4 * (hi - lo + 10 * sigma) / sigma) + 1), 2**16)
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, points)
-    grid = np.asarray(grid, dtype=np.float64)
+    grid = np.array(grid, dtype=np.float64)  # a copy: results never alias the caller's arrays
     values = _smooth(nodes, weights, grid, sigma)
     return SpectralDensity(nodes, weights, int(n), float(sigma), grid, values, int(used), converged)
 
