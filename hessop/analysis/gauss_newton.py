@@ -17,10 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from .._array import to_numpy
-from .layerwise import block_groups
+from .layerwise import block_groups, block_spectrum
 
 __all__ = ["GaussNewtonResult", "gauss_newton_decomposition"]
 
@@ -88,33 +85,24 @@ class GaussNewtonResult:
 
 def _measure(H: Any, G: Any, k: int, trace_matvecs: int, density_steps: int, num_probes: int, seed: int,
              with_density: bool):
-    from ..solvers.density import density
-    from ..solvers.eigsh import eigsh
-    from ..solvers.trace import trace
-
-    n = int(H.shape[0])
-    out: dict[str, Any] = {"num_params": n}
-    spent = 0
+    # Hutchinson with the same probes for H and G: the differences of the paired samples are
+    # unbiased samples of Tr(R) = Tr(H - G), whose spread gives Tr(R) an honest standard error.
+    budgets = dict(k=k, trace_matvecs=max(2, trace_matvecs), density_steps=density_steps, num_probes=num_probes,
+                   seed=seed, trace_method="hutchinson", with_density=with_density)
+    h, g = block_spectrum(H, **budgets), block_spectrum(G, **budgets)
+    out: dict[str, Any] = {"num_params": h.num_params}
     dens = {}
-    traces = {}
-    for tag, A in (("hessian", H), ("ggn", G)):
-        eig = eigsh(A, k=min(k, n), seed=seed)
-        out[f"{tag}_eigenvalues"] = sorted((float(v) for v in to_numpy(eig.eigenvalues)), reverse=True)
-        # Hutchinson with the same probes for H and G: the difference of the samples is an
-        # unbiased sample of Tr(R) with its own spread, so Tr(R) gets an honest stderr.
-        tr = trace(A, method="hutchinson", num_matvecs=max(2, trace_matvecs), seed=seed)
-        traces[tag] = tr
-        out[f"{tag}_trace"], out[f"{tag}_trace_stderr"] = float(tr.estimate), float(tr.stderr)
-        spent += int(eig.num_matvecs) + int(tr.num_matvecs)
-        if with_density:
-            rho = density(A, num_steps=density_steps, num_probes=num_probes, seed=seed)
-            dens[tag] = rho
-            out[f"{tag}_negative_mass"] = float(rho.negative_mass())
-            spent += int(getattr(rho, "num_matvecs", 0))
-    diff = np.asarray(traces["hessian"].samples, dtype=float) - np.asarray(traces["ggn"].samples, dtype=float)
+    for tag, b in (("hessian", h), ("ggn", g)):
+        out[f"{tag}_eigenvalues"] = b.eigenvalues
+        out[f"{tag}_converged"] = b.converged
+        out[f"{tag}_trace"], out[f"{tag}_trace_stderr"] = b.trace, b.trace_stderr
+        if b.density is not None:
+            dens[tag] = b.density
+            out[f"{tag}_negative_mass"] = float(b.density.negative_mass())
+    diff = h.trace_samples - g.trace_samples
     out["residual_trace"] = float(diff.mean())
-    out["residual_trace_stderr"] = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else math.nan
-    return out, dens, spent
+    out["residual_trace_stderr"] = 0.0 if h.exact else float(diff.std(ddof=1) / math.sqrt(diff.size))
+    return out, dens, h.num_matvecs + g.num_matvecs
 
 
 def gauss_newton_decomposition(

@@ -18,24 +18,23 @@ Cauchy interlacing every block's spectrum lies inside the network's range, and
 the distances then measure how much of the curvature's magnitude a block
 carries. ``scale="top"`` divides each measure by its largest ``|λ|`` first and
 compares the *shapes* only. Wasserstein-1 is computed exactly on the quadrature
-nodes and weights; Jensen-Shannon (base 2, in ``[0, 1]``) on the Gaussian-broadened
-densities over a common grid.
+nodes and weights; Jensen-Shannon (base 2, in ``[0, 1]``) on the two densities
+smoothed with the same Gaussian kernel over a common grid
+(:func:`hessop.solvers.density.spectral_distance`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import scipy.spatial.distance
-import scipy.stats
-
 from .._array import to_numpy
 
-__all__ = ["layerwise", "LayerwiseResult", "block_groups", "spectral_distances"]
+__all__ = ["layerwise", "LayerwiseResult", "BlockSpectrum", "block_groups", "block_spectrum", "spectral_distances"]
 
 SCALES = ("none", "top")
 
@@ -153,71 +152,97 @@ def block_groups(H: Any, groups: None | str | Mapping[str, Any] | Sequence[str] 
     return out
 
 
-def _measure(rho: Any, scale: str) -> tuple[np.ndarray, np.ndarray]:
-    nodes, weights = _host(rho.nodes).ravel(), _host(rho.weights).ravel()
-    weights = np.clip(weights, 0.0, None)
-    weights = weights / max(weights.sum(), np.finfo(float).tiny)
-    if scale == "top":
-        top = np.abs(nodes[weights > 0]).max(initial=0.0)
-        nodes = nodes / top if top > 0 else nodes
-    return nodes, weights
+def _scaled(rho: Any, scale: str) -> Any:
+    """The density with its eigenvalue axis divided by its largest ``|λ|`` (``scale="top"``)."""
+    if scale == "none":
+        return rho
+    top = float(np.max(np.abs(rho.nodes[rho.weights > 0]), initial=0.0))
+    if top == 0.0:
+        return rho
+    return dataclasses.replace(rho, nodes=rho.nodes / top, sigma=rho.sigma / top, grid=rho.grid / top,
+                               values=rho.values * top)
 
 
-def spectral_distances(rho_a: Any, rho_b: Any, scale: str = "none", num_points: int = 512,
-                       width: float = 0.01) -> tuple[float, float]:
+def spectral_distances(rho_a: Any, rho_b: Any, scale: str = "none") -> tuple[float, float]:
     """Wasserstein-1 and Jensen-Shannon distances between two spectral densities.
 
-    Each density (``nodes``/``weights`` of SLQ) is normalised to a probability
-    measure; ``scale="top"`` also divides its eigenvalues by its largest ``|λ|``.
-    The Jensen-Shannon distance (base 2) uses both measures broadened by a
-    Gaussian of standard deviation ``width`` times the common range.
+    Both are probability measures (SLQ weights sum to one per probe), so blocks of
+    different sizes compare by the distribution of their eigenvalues;
+    ``scale="top"`` first divides each one's eigenvalues by its largest ``|λ|``.
+    See :func:`hessop.solvers.density.spectral_distance`.
     """
+    from ..solvers.density import spectral_distance
+
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
-    xa, wa = _measure(rho_a, scale)
-    xb, wb = _measure(rho_b, scale)
-    w1 = float(scipy.stats.wasserstein_distance(xa, xb, wa, wb))
-    lo, hi = min(xa.min(), xb.min()), max(xa.max(), xb.max())
-    sigma = width * max(hi - lo, abs(hi), 1e-12)
-    grid = np.linspace(lo - 4 * sigma, hi + 4 * sigma, num_points)
-
-    def broadened(x, w):
-        return (w[None, :] * np.exp(-0.5 * ((grid[:, None] - x[None, :]) / sigma) ** 2)).sum(axis=1)
-
-    js = float(scipy.spatial.distance.jensenshannon(broadened(xa, wa), broadened(xb, wb), base=2))
-    return w1, js
+    a, b = _scaled(rho_a, scale), _scaled(rho_b, scale)
+    return spectral_distance(a, b, "wasserstein"), spectral_distance(a, b, "jensen-shannon")
 
 
-def _analyse(H: Any, k: int, trace_matvecs: int, density_steps: int, num_probes: int, seed: int):
-    from ..solvers.density import density
+DENSE_BELOW = 64
+"""Blocks with at most this many parameters are analysed exactly, from the dense block (n products)."""
+
+
+@dataclass(frozen=True)
+class BlockSpectrum:
+    """Top eigenvalues, trace and density of one operator, with their quality.
+
+    ``exact`` blocks (at most :data:`DENSE_BELOW` parameters) come from the dense
+    matrix: all eigenvalues, the exact trace (``trace_stderr`` 0) and the exact
+    density; others from thick-restart Lanczos, a stochastic trace estimator and SLQ.
+    """
+
+    num_params: int
+    eigenvalues: list
+    residual_norms: list
+    converged: bool
+    trace: float
+    trace_stderr: float
+    trace_samples: np.ndarray = field(repr=False)
+    density: Any = field(repr=False)
+    num_matvecs: int
+    exact: bool
+
+    def row(self) -> dict:
+        """The JSON-ready numbers of a table row."""
+        return {"num_params": self.num_params, "top_eigenvalue": self.eigenvalues[0], "eigenvalues": self.eigenvalues,
+                "converged": self.converged, "trace": self.trace, "trace_stderr": self.trace_stderr}
+
+
+def block_spectrum(H: Any, k: int = 1, trace_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
+                   seed: int = 0, trace_method: str = "xtrace", with_density: bool = True) -> BlockSpectrum:
+    """The top ``k`` eigenvalues, the trace (with stderr) and optionally the SLQ density of ``H``.
+
+    The building block of the layer-wise, Gauss-Newton and tracking analyses.
+    """
+    from ..solvers.density import SpectralDensity, density
     from ..solvers.eigsh import eigsh
     from ..solvers.trace import trace
 
     n = int(H.shape[0])
-    eig = eigsh(H, k=min(k, n), seed=seed)
-    tr = trace(H, num_matvecs=max(4, trace_matvecs), seed=seed)
-    rho = density(H, num_steps=density_steps, num_probes=num_probes, seed=seed)
-    evs = sorted(map(float, _host(eig.eigenvalues)), reverse=True)
-    row = {
-        "num_params": n,
-        "top_eigenvalue": evs[0],
-        "eigenvalues": evs,
-        "converged": bool(np.all(eig.converged)),
-        "trace": float(tr.estimate),
-        "trace_stderr": float(tr.stderr),
-    }
-    return row, rho, int(eig.num_matvecs) + int(tr.num_matvecs) + int(getattr(rho, "num_matvecs", 0))
+    if n <= DENSE_BELOW:
+        dense = np.asarray(H.to_dense(), dtype=np.float64)
+        lam = np.linalg.eigvalsh(0.5 * (dense + dense.T))[::-1]
+        tr = float(np.trace(dense))
+        rho = SpectralDensity.from_eigenvalues(lam) if with_density else None
+        return BlockSpectrum(n, [float(v) for v in lam[:k]], [0.0] * min(k, n), True, tr, 0.0, np.array([tr]),
+                             rho, n, True)
+    eig = eigsh(H, k=min(k, n - 1), seed=seed)
+    order = np.argsort(-np.asarray(eig.eigenvalues, dtype=np.float64))
+    est = trace(H, method=trace_method, num_matvecs=max(4, trace_matvecs), seed=seed)
+    spent = int(eig.num_matvecs) + int(est.num_matvecs)
+    rho = None
+    if with_density:
+        rho = density(H, num_steps=density_steps, num_probes=num_probes, seed=seed)
+        spent += int(rho.num_matvecs)
+    return BlockSpectrum(n, [float(eig.eigenvalues[i]) for i in order],
+                         [float(eig.residual_norms[i]) for i in order], bool(np.all(eig.converged)),
+                         float(est.estimate), float(est.stderr), np.asarray(est.samples, dtype=np.float64), rho,
+                         spent, False)
 
 
-def _ggn_numbers(G: Any, k: int, trace_matvecs: int, seed: int):
-    from ..solvers.eigsh import eigsh
-    from ..solvers.trace import trace
-
-    eig = eigsh(G, k=min(k, int(G.shape[0])), seed=seed)
-    tr = trace(G, num_matvecs=max(4, trace_matvecs), seed=seed)
-    row = {"ggn_top_eigenvalue": float(_host(eig.eigenvalues).max()), "ggn_trace": float(tr.estimate),
-           "ggn_trace_stderr": float(tr.stderr)}
-    return row, int(eig.num_matvecs) + int(tr.num_matvecs)
+def _ggn_row(g: BlockSpectrum) -> dict:
+    return {"ggn_top_eigenvalue": g.eigenvalues[0], "ggn_trace": g.trace, "ggn_trace_stderr": g.trace_stderr}
 
 
 def layerwise(
@@ -241,7 +266,8 @@ def layerwise(
     groups : None, "modules", "stages", list of patterns or {name: pattern(s)}
         The blocks (see :func:`block_groups`).
     k : int
-        Top eigenvalues per block (thick-restart Lanczos).
+        Top eigenvalues per block (thick-restart Lanczos; blocks of at most
+        :data:`DENSE_BELOW` parameters are solved exactly from their dense matrix).
     trace_matvecs : int
         Budget of the trace estimator per block (XTrace, with a standard error).
     density_steps, num_probes : int
@@ -272,25 +298,26 @@ def layerwise(
         raise ValueError(f"the GGN operator has shape {tuple(ggn.shape)} but the Hessian {tuple(H.shape)}; "
                          "build both from the same model, parameters and data")
     blocks = block_groups(H, groups)
-    full, full_rho, spent = _analyse(H, k, trace_matvecs, density_steps, num_probes, seed)
-    full["block"] = "full"
+    budgets = dict(k=k, trace_matvecs=trace_matvecs, density_steps=density_steps, num_probes=num_probes, seed=seed)
+    whole = block_spectrum(H, **budgets)
+    full, full_rho, spent = {"block": "full", **whole.row()}, whole.density, whole.num_matvecs
     if ggn is not None:
-        extra, cost = _ggn_numbers(ggn, k, trace_matvecs, seed)
-        full.update(extra)
-        spent += cost
+        g = block_spectrum(ggn, **budgets, with_density=False)
+        full.update(_ggn_row(g))
+        spent += g.num_matvecs
     rows, densities, partial = [], {}, False
     try:
         for name, params in tqdm(blocks.items(), disable=not progress, desc="layer-wise", unit="block"):
-            row, rho, cost = _analyse(H.restrict(*params), k, trace_matvecs, density_steps, num_probes, seed)
-            spent += cost
-            w1, js = spectral_distances(rho, full_rho, scale)
-            row = {"block": name, **row, "wasserstein_to_full": w1, "jensen_shannon_to_full": js}
+            b = block_spectrum(H.restrict(*params), **budgets)
+            spent += b.num_matvecs
+            w1, js = spectral_distances(b.density, full_rho, scale)
+            row = {"block": name, **b.row(), "wasserstein_to_full": w1, "jensen_shannon_to_full": js}
             if ggn is not None:
-                extra, cost = _ggn_numbers(ggn.restrict(*params), k, trace_matvecs, seed)
-                row.update(extra)
-                spent += cost
+                g = block_spectrum(ggn.restrict(*params), **budgets, with_density=False)
+                row.update(_ggn_row(g))
+                spent += g.num_matvecs
             rows.append(row)
-            densities[name] = rho
+            densities[name] = b.density
     except KeyboardInterrupt:
         partial = True
     return LayerwiseResult(rows, full, densities, full_rho, scale, spent, partial)

@@ -109,7 +109,8 @@ def plot_density(
         ax.fill_between(grid, floor if log else 0.0, shown, color=line.get_color(), alpha=0.15, linewidth=0)
         if log:
             ax.set_yscale("log")
-            ax.set_ylim(bottom=max(floor, shown[shown > floor].min() / 2 if np.any(shown > floor) else floor))
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(floor, min(low, shown.min() / 2)), max(high, 3 * shown.max()))
         if eigenvalues is not None and len(eigenvalues):
             ev = _host(list(eigenvalues))
             ymark = shown.max() if shown.size else 1.0
@@ -263,11 +264,17 @@ def plot_layerwise(result: Any, axes=None, *, log: bool = True, title: str | Non
             plot_density(full, ax_rho, label="full network", color="black", log=log, title=None)
         for i, name in enumerate(names):
             rho = result.densities.get(name)
-            if rho is not None:
+            if rho is None:
+                continue
+            if full is not None and hasattr(rho, "evaluate"):
+                # the full network's grid and kernel width: the curves compare as the JS distance does
+                g = _host(full.grid)
+                v = rho.evaluate(g, max(full.sigma, rho.sigma))
+            else:
                 g, v = _host(rho.grid), _host(rho.values)
-                ax_rho.plot(g, np.maximum(v, 1e-8) if log else v, color=COLORS[(i + 1) % len(COLORS)],
-                            linewidth=1.0, label=name)
-        ax_rho.legend(loc="upper right", ncol=1 if len(names) < 6 else 2)
+            ax_rho.plot(g, np.maximum(v, 1e-8) if log else v, color=COLORS[(i + 1) % len(COLORS)],
+                        linewidth=1.0, label=name)
+        ax_rho.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=1 if len(names) < 12 else 2)
         ax_rho.set_title("densities (each a probability measure)")
         if title:
             ax_bar.figure.suptitle(title)

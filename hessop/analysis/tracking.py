@@ -23,8 +23,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .._array import to_numpy
-
 __all__ = ["CurvatureTracker", "read_track", "plot_track"]
 
 UNITS = ("step", "epoch")
@@ -106,31 +104,25 @@ class CurvatureTracker:
 
     def measure(self, H: Any) -> dict:
         """The curvature numbers of one operator, as a JSON-ready dict."""
-        from ..solvers.density import density
-        from ..solvers.eigsh import eigsh
-        from ..solvers.trace import trace
+        from .layerwise import block_spectrum
 
-        rec: dict[str, Any] = {"num_params": int(H.shape[0])}
-        spent = 0
+        b = block_spectrum(H, k=max(self.k, 1), trace_matvecs=self.trace_matvecs, density_steps=self.density_steps,
+                           num_probes=self.num_probes, seed=self.seed, with_density=self.density)
+        rec: dict[str, Any] = {"num_params": b.num_params}
         if self.k:
-            eig = eigsh(H, k=min(self.k, int(H.shape[0])), seed=self.seed)
-            rec["top_eigenvalues"] = sorted((float(v) for v in to_numpy(eig.eigenvalues)), reverse=True)
-            rec["residual_norms"] = [_finite(v) for v in np.ravel(to_numpy(eig.residual_norms))]
-            rec["converged"] = bool(np.all(eig.converged))
-            spent += int(eig.num_matvecs)
+            rec["top_eigenvalues"] = b.eigenvalues[: self.k]
+            rec["residual_norms"] = [_finite(v) for v in b.residual_norms[: self.k]]
+            rec["converged"] = b.converged
         if self.trace:
-            tr = trace(H, num_matvecs=self.trace_matvecs, seed=self.seed)
-            rec["trace"], rec["trace_stderr"] = _finite(tr.estimate), _finite(tr.stderr)
-            spent += int(tr.num_matvecs)
+            rec["trace"], rec["trace_stderr"] = _finite(b.trace), _finite(b.trace_stderr)
         if self.density:
-            rho = density(H, num_steps=self.density_steps, num_probes=self.num_probes, seed=self.seed)
+            rho = b.density
             rec["density"] = {
-                "grid": np.asarray(to_numpy(rho.grid), dtype=float).tolist(),
-                "values": np.asarray(to_numpy(rho.values), dtype=float).tolist(),
+                "grid": np.asarray(rho.grid, dtype=float).tolist(),
+                "values": np.asarray(rho.values, dtype=float).tolist(),
                 "negative_mass": float(rho.negative_mass()),
             }
-            spent += int(getattr(rho, "num_matvecs", 0))
-        rec["num_matvecs"] = spent
+        rec["num_matvecs"] = b.num_matvecs
         return rec
 
     def __call__(self, step: int, **extra: Any) -> dict | None:
