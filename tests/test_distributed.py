@@ -177,12 +177,20 @@ def mpiexec(n: int, script: str, *args: str, timeout: float = TIMEOUT) -> subpro
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def run_ranks(n: int, script: str, tmp_path: Path, *args: str) -> list[dict]:
+def torchrun(n: int, script: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``tests/mpi/<script>`` on ``n`` processes of a torch.distributed (gloo) job."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           str(SCRIPTS / script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_ranks(n: int, script: str, tmp_path: Path, *args: str, launcher=mpiexec) -> list[dict]:
     """Launch, require success, and return each rank's JSON record in rank order."""
     out = tmp_path / f"n{n}"
     out.mkdir()
-    proc = mpiexec(n, script, str(out), *args)
-    assert proc.returncode == 0, f"mpiexec -n {n} {script} failed:\n{proc.stdout}\n{proc.stderr}"
+    proc = launcher(n, script, str(out), *args)
+    assert proc.returncode == 0, f"{launcher.__name__} -n {n} {script} failed:\n{proc.stdout}\n{proc.stderr}"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
 
 
@@ -236,10 +244,13 @@ def assert_close(got, want, what: str, rtol: float = 1e-6):
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.parametrize("n", [2, 3])
-def test_parallel_hessian_and_estimators_equal_the_one_process_results(n, tmp_path, serial_hessian):
-    """2 ranks: 4 + 3 batches; 3 ranks: 3 + 2 + 2 batches of unequal sizes."""
-    ranks = run_ranks(n, "hessian.py", tmp_path)
+@pytest.mark.parametrize("n, launcher", [(2, "mpiexec"), (3, "mpiexec"), (2, "torchrun")])
+def test_parallel_hessian_and_estimators_equal_the_one_process_results(n, launcher, tmp_path, serial_hessian):
+    """2 ranks: 4 + 3 batches; 3 ranks: 3 + 2 + 2 batches of unequal sizes; torchrun: TorchDistComm on gloo."""
+    if launcher == "torchrun":
+        ranks = run_ranks(n, "hessian.py", tmp_path, "torchrun", launcher=torchrun)
+    else:
+        ranks = run_ranks(n, "hessian.py", tmp_path)
     assert [r["local_batches"] for r in ranks] == [len(range(7)[r::n]) for r in range(n)]
     keys = ["hvp", "hmm", "loss", "grad", "dense", "arpack", "eigsh", "trace", "diag", "density",
             "probe_trace", "probe_diag", "probe_density"]
@@ -266,3 +277,15 @@ def test_ranks_with_different_models_are_refused(tmp_path):
     assert proc.returncode != 0
     assert "RankDisagreementError: the 2 ranks disagree on the model parameters" in proc.stderr
     assert "same seed or checkpoint" in proc.stderr
+
+
+def test_torch_dist_comm_needs_an_initialised_process_group():
+    pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    from hessop.backends.torch_dist import TorchDistComm
+
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        TorchDistComm()

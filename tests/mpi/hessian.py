@@ -4,6 +4,7 @@
     ``data``   each rank holds a shard of the batches; the operator all-reduces every product;
     ``probe``  each rank holds all the data; the stochastic estimators split their probes.
 ``python hessian.py OUTDIR mismatch``  each rank seeds its model differently (must be refused).
+``torchrun ... hessian.py OUTDIR torchrun``  the same over torch.distributed (gloo) instead of MPI.
 
 Every rank writes its numbers to ``OUTDIR/rank<r>.json``; the test compares the
 ranks with each other and with a one-process run of the same script.
@@ -28,7 +29,13 @@ from hessop.solvers.trace import trace
 torch.set_num_threads(1)
 outdir = sys.argv[1]
 mismatch = sys.argv[2:] == ["mismatch"]
-comm = world()
+if sys.argv[2:] == ["torchrun"]:
+    from hessop.backends.torch_dist import TorchDistComm
+
+    torch.distributed.init_process_group("gloo")
+    comm = TorchDistComm()
+else:
+    comm = world()
 
 
 def model_and_batches(seed=0):
