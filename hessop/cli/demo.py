@@ -11,7 +11,7 @@ from .loading import shard
 
 DEMO = {
     "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},
-    "small": {"hidden": (16,), "num_train": 200, "epochs": 3},
+    "small": {"hidden": (8,), "num_train": 200, "epochs": 3},
 }
 """The demo problem at each budget: hidden widths, training samples (None: all 1437), epochs."""
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ STATE_FILE = "state.json"
 FORMAT = 1
 
 INTERRUPT_ENV = "HESSOP_INTERRUPT_AFTER"
-"""Testing hook: raise KeyboardInterrupt after this many steps have finished in this process."""
+"""Testing hook: send this process SIGINT (Ctrl-C) after this many steps have finished in it."""
 
 
 class RunState:
@@ -89,6 +91,8 @@ class RunState:
         self._finished_here += 1
         limit = os.environ.get(INTERRUPT_ENV)
         if limit and self._finished_here >= int(limit):
+            if threading.current_thread() is threading.main_thread():
+                signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, through whatever handler is installed
             raise KeyboardInterrupt(f"{INTERRUPT_ENV}={limit}")
 
     @property
