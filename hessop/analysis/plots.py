@@ -166,8 +166,12 @@ def plot_landscape(landscape: Any, ax=None, *, kind: str | None = None, title: s
             b = np.asarray(landscape.betas)
             A, B = np.meshgrid(a, b, indexing="ij")
             if kind == "surface":
+                from matplotlib.ticker import MaxNLocator
+
                 ax.plot_surface(A, B, losses, cmap="viridis", linewidth=0, antialiased=True, alpha=0.95)
-                ax.set_zlabel("loss")
+                for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+                    axis.set_major_locator(MaxNLocator(5))
+                ax.set_zlabel("loss", labelpad=6)
             else:
                 cs = ax.contourf(A, B, losses, levels=30, cmap="viridis")
                 ax.contour(A, B, losses, levels=12, colors="white", linewidths=0.4, alpha=0.6)
