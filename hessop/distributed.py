@@ -111,12 +111,27 @@ def checksum(value: Any) -> np.ndarray:
     The position-weighted sum (fixed weights ``wᵢ = sin(0.75 i + 0.5)``) makes a
     permutation of the entries visible, which the plain moments would miss.
     """
-    a = np.asarray(to_numpy(value) if hasattr(value, "shape") else value, dtype=np.float64).ravel()
-    bad = ~np.isfinite(a)
-    if bad.any():
-        a = np.where(bad, 0.0, a)
-    w = np.sin(0.75 * np.arange(a.size) + 0.5)
-    return np.array([a.size, bad.sum(), a.sum(), a @ a, a @ w], dtype=np.float64)
+    a = _host(value).ravel()
+    out = np.zeros(5)
+    out[0] = a.size
+    step = 1 << 20  # chunks keep the float64 temporaries small for large models
+    for start in range(0, a.size, step):
+        x = a[start:start + step].astype(np.float64)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            x[bad] = 0.0
+        w = np.sin(0.75 * np.arange(start, start + x.size) + 0.5)
+        out[1:] += bad.sum(), x.sum(), x @ x, x @ w
+    return out
+
+
+def _host(value: Any) -> np.ndarray:
+    if not hasattr(value, "shape"):
+        return np.asarray(value)
+    try:
+        return to_numpy(value)
+    except TypeError:  # torch bfloat16 has no numpy twin
+        return to_numpy(value.float())
 
 
 def check_agree(comm: Any, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:

@@ -108,6 +108,12 @@ def test_checksum_sees_values_permutations_lengths_and_nans():
     assert checksum(a)[0] != checksum(np.arange(6.0))[0]
     assert checksum(np.array([1.0, np.nan]))[1] == 1
     assert checksum(2.5)[2] == 2.5
+    big = np.random.default_rng(0).standard_normal(3 * 2**20 + 5).astype(np.float32)  # several chunks
+    wide = big.astype(np.float64)
+    weights = np.sin(0.75 * np.arange(big.size) + 0.5)
+    np.testing.assert_allclose(checksum(big)[2:], [wide.sum(), wide @ wide, wide @ weights], rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    assert np.array_equal(checksum(torch.arange(4.0, dtype=torch.bfloat16)), checksum(np.arange(4.0)))
 
 
 def test_check_agree_with_a_sum_only_communicator_raises_on_every_rank():
