@@ -59,31 +59,28 @@ def host(*scalars: Array) -> np.ndarray:
     return np.asarray(to_numpy(xp.concat(parts)), dtype=np.float64)
 
 
-def orthonormalize(xp, W: Array, tol: float) -> tuple[Array, np.ndarray]:
-    """An orthonormal basis of the numerical range of ``W`` (``n x b``), by eigh of its Gram matrix.
+def orthonormalize(xp, W: Array, floor: float) -> tuple[Array, np.ndarray]:
+    """``W = X B`` with orthonormal ``X`` (``n x r``) spanning the directions of ``W`` above ``floor``.
 
-    Directions whose singular value is below ``tol`` times the largest one (or
-    below ``tol`` in absolute terms when ``W`` is nearly zero) are dropped. The
-    Gram step is done twice (as CholeskyQR2; Fukaya et al. 2014) so the result is
-    orthonormal to working precision. Returns the basis ``(n, r)`` and the
-    singular values of ``W`` (host, descending).
+    The singular values and right vectors of ``W`` come from the eigenvalues of
+    its ``b x b`` Gram matrix (host); directions with singular value ``<= floor``
+    are dropped (rank-deficient blocks). A second Gram step (as in CholeskyQR2;
+    Fukaya et al. 2014) restores orthonormality lost to the conditioning of
+    ``W``. Returns ``X`` (native) and ``B`` (``r x b``, host float64).
     """
     G = np.asarray(to_numpy(W.T @ W), dtype=np.float64)
-    G = 0.5 * (G + G.T)
-    s2, V = np.linalg.eigh(G)
-    order = np.argsort(s2)[::-1]
-    s2, V = np.clip(s2[order], 0.0, None), V[:, order]
-    s = np.sqrt(s2)
-    keep = s > tol * max(s[0] if s.size else 0.0, tol) if s.size else np.zeros(0, bool)
+    s2, V = np.linalg.eigh(0.5 * (G + G.T))
+    s = np.sqrt(np.clip(s2, 0.0, None))
+    keep = s > floor
     if not np.any(keep):
-        return W[:, :0], s
-    C = V[:, keep] / s[keep]
-    X = W @ _device(xp, W, C)
-    # second pass: X is orthonormal up to ~ eps * cond(W)^2; one more Gram step fixes it
+        return W[:, :0], np.zeros((0, W.shape[1]))
+    s, V = s[keep], V[:, keep]
+    X = W @ _device(xp, W, V / s)
+    B = s[:, None] * V.T
     G2 = np.asarray(to_numpy(X.T @ X), dtype=np.float64)
-    L = np.linalg.cholesky(0.5 * (G2 + G2.T))
-    X = X @ _device(xp, X, np.linalg.inv(L).T)
-    return X, s
+    R = np.linalg.cholesky(0.5 * (G2 + G2.T)).T  # X = X' R
+    X = X @ _device(xp, X, np.linalg.inv(R))
+    return X, R @ B
 
 
 def _device(xp, like: Array, a: np.ndarray) -> Array:
@@ -92,5 +89,10 @@ def _device(xp, like: Array, a: np.ndarray) -> Array:
 
 
 def breakdown_tol(eps: float) -> float:
-    """Relative breakdown threshold ``sqrt(eps)`` (see :func:`hessop.solvers.lanczos.lanczos`)."""
+    """Relative threshold ``sqrt(eps)`` below which a new Krylov direction is suspect (see :func:`.lanczos.lanczos`)."""
     return math.sqrt(eps)
+
+
+def noise_floor(eps: float) -> float:
+    """Relative level ``eps^(2/3)`` below which a new Krylov direction is rounding noise (breakdown)."""
+    return eps ** (2.0 / 3.0)

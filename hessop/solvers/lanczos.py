@@ -20,7 +20,7 @@ import numpy as np
 
 from .._array import Array, rng
 from ._linear_map import LinearMap
-from ._ortho import breakdown_tol, cgs2, host, norm, put
+from ._ortho import breakdown_tol, cgs2, host, noise_floor, norm, put
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,10 @@ def lanczos(
     may be rounding noise inside the span, so two more Gram-Schmidt passes are
     made: if they still cancel (the norm drops by more than the DGKS factor
     0.717; Daniel, Gragg, Kaufman & Stewart 1976) or leave less than
-    ``10 eps s``, the step broke down; otherwise the small coupling is kept (an
-    orthogonal noise direction is as good a continuation as a random one, and
-    dropping nothing larger than ``~eps s`` keeps ``T`` accurate to working
-    precision). At a breakdown the recurrence records ``beta_j = 0`` and
+    ``eps^(2/3) s`` (the noise floor of products, which reaches ``100 eps s`` in
+    float32; ARPACK's ``eps23``), the step broke down; otherwise the small
+    coupling is genuine and kept. Dropping nothing larger than ``eps^(2/3) s``
+    keeps ``T`` accurate far below any attainable tolerance. At a breakdown the recurrence records ``beta_j = 0`` and
     continues from a fresh random vector orthogonalised against the basis; if no
     such vector is left (``m = n``), it stops early. Without reorthogonalisation
     the plain test ``beta_j <= sqrt(eps) s`` is used.
@@ -143,7 +143,9 @@ class KrylovBasis:
     After ``extend``, columns ``0..size-1`` of :attr:`Q` are orthonormal,
     ``alpha[j]`` is ``q_jᵀ A q_j`` and ``beta[j]`` the coupling between columns
     ``j`` and ``j+1``; :attr:`r` is the normalised next vector (``None`` after a
-    breakdown) with coefficient ``beta[-1]``. Restarted solvers may overwrite the
+    breakdown) with coefficient ``beta[-1]``. :attr:`block_fresh` and
+    :attr:`block_steps` tell whether the current invariant-subspace search
+    started from a fresh random vector (after a breakdown) and how long ago. Restarted solvers may overwrite the
     leading columns and :attr:`r` between calls (thick restart).
     """
 
@@ -158,6 +160,8 @@ class KrylovBasis:
         self.r: Array | None = None
         self.scale = 0.0
         self.breakdowns = 0
+        self.block_fresh = False  # the current block started from a fresh vector after a breakdown
+        self.block_steps = 0  # steps since the current block started
         self.tol = breakdown_tol(lm.eps)
         self._gen = rng(seed)
         self._last: Array | None = None  # q_j and q_{j-1} when no basis is kept
@@ -202,7 +206,9 @@ class KrylovBasis:
                 break
             if self.r is None:
                 self.breakdowns += 1
+                self.block_fresh, self.block_steps = True, 0
             self._step(q)
+            self.block_steps += 1
             done += 1
         return done
 
@@ -232,7 +238,7 @@ class KrylovBasis:
                 w, h = cgs2(self.Q[:, : j + 1], w)  # two more passes
                 a3, beta3 = (float(x) for x in host(h[j], norm(xp, w)))
                 alpha += a3
-                broke = beta3 < 0.717 * beta or beta3 <= 10.0 * self.lm.eps * self.scale
+                broke = beta3 < 0.717 * beta or beta3 <= noise_floor(self.lm.eps) * self.scale
                 beta = beta3
             else:
                 broke = True

@@ -1,0 +1,143 @@
+"""Thick-restart Lanczos (Wu & Simon 2000) and its unrestarted special case, plain Lanczos.
+
+A restart cycle extends an orthonormal basis ``Q = [X, q_l, ..., q_{m-1}]`` by
+Lanczos steps with full reorthogonalisation until it holds ``ncv`` vectors.
+The projected matrix ``Qᵀ A Q`` is an *arrowhead* block for the ``l`` kept Ritz
+pairs ``(θ_i, x_i)`` (diagonal ``θ``, coupled to ``q_l`` by ``s_i``) followed by a
+tridiagonal block (Wu & Simon 2000, eq. 2.4; Stathopoulos, Saad & Wu 1998).
+After each step the small matrix is diagonalised on the host; the residual of a
+Ritz pair ``(θ, Q y)`` is ``β_m |y_m|`` (no product needed), and the run stops
+when the wanted ones are below ``tol`` relative to ``max(|θ|, ||A||_est)``.
+When the basis is full the wanted Ritz vectors plus about half of the
+remaining room (the ones nearest the wanted end) are kept: ``x_i = Q y_i`` and
+``s_i = β_m y_{m,i}``, and the residual vector continues the recurrence. Memory
+stays at ``ncv + 1`` vectors.
+
+Plain Lanczos is the same loop with the basis grown instead of restarted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._array import rng
+from ._linear_map import LinearMap
+from ._ortho import put
+from .eigsh import Control, EigshResult, rayleigh_ritz, to_device, wanted
+from .lanczos import KrylovBasis
+
+
+def thick_restart_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0=None, seed=0,
+                          **_) -> EigshResult:
+    """Thick-restart Lanczos; call it through :func:`hessop.solvers.eigsh.eigsh` (``method="thick-restart"``).
+
+    ``ncv`` (default ``min(n, max(2k + 1, 20))``) bounds the basis; at a restart
+    ``k + (ncv - k) // 2`` Ritz vectors are kept, so each cycle adds about
+    ``(ncv - k) / 2`` new directions.
+    """
+    ncv = min(lm.n, ncv or max(2 * control.k + 1, 20))
+    return _run(lm, control, ncv, v0, seed, restart=True)
+
+
+def lanczos_eigsh(lm: LinearMap, control: Control, *, ncv: int | None = None, v0=None, seed=0,
+                  **_) -> EigshResult:
+    """Lanczos with full reorthogonalisation grown until convergence (``method="lanczos"``).
+
+    The basis grows (by doubling its allocation) up to ``ncv`` vectors (default ``n``);
+    memory is one vector per product.
+    """
+    depth = min(lm.n, ncv or lm.n)
+    return _run(lm, control, depth, v0, seed, restart=False)
+
+
+def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> EigshResult:
+    k, which, tol = control.k, control.which, control.tol
+    gen = rng(seed)
+    K = KrylovBasis(lm, ncv if restart else min(ncv, max(2 * k + 1, 32)), gen)
+    K.start(v0 if v0 is not None else lm.random(gen, (lm.n,)))
+    keep_count = min(k + (ncv - k) // 2, ncv - 1)
+    l, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
+    restarts = 0
+    snap = None  # (m, theta, wanted indices, Y, relative residuals) of the last Rayleigh-Ritz
+    previous = None  # wanted Ritz values at the previous check
+    stopped = "budget"
+    try:
+        while True:
+            if K.size == K.capacity:
+                if not restart:
+                    if K.capacity >= ncv:
+                        break
+                    K.grow(min(2 * K.capacity, ncv))
+                    continue
+                m, theta, _, Y, _ = snap
+                keep = np.sort(wanted(theta, keep_count, which))  # ascending θ
+                Xk = K.basis(m) @ to_device(lm, Y[:, keep])
+                K.Q = put(K.Q, 0, Xk)
+                l, s = keep.size, K.beta[m - 1] * Y[m - 1, keep]
+                K.size, K.alpha, K.beta = l, list(theta[keep]), [0.0] * l
+                restarts += 1
+                snap = _snapshot(control, theta[keep], np.eye(l), np.abs(s), l)
+                continue
+            steps = min(K.capacity - K.size, max(1, K.size // 32), control.remaining())
+            if steps <= 0:
+                break
+            if K.extend(steps) == 0:
+                stopped = "exhausted"
+                break
+            H = _projected(K, l, s)
+            theta, sel, Y, res = rayleigh_ritz(H, np.array([[K.beta[-1]]]), k, which)
+            snap = _snapshot(control, theta, Y, res, K.size)
+            rel = snap[4]
+            done = sel.size == k and bool(np.all(rel <= tol)) and _explored(K, theta[sel], previous, control)
+            previous = theta[sel]
+            if done:
+                stopped = "converged"
+                break
+            if K.size >= lm.n:
+                stopped = "exhausted"
+                break
+            if control.report(theta[sel], rel, restarts):
+                stopped = "callback"
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupt"
+    if snap is None:
+        return control.result(np.zeros(0), None, np.zeros(0), restarts, stopped)
+    m, theta, sel, Y, rel = snap
+    X = K.basis(m) @ to_device(lm, Y[:, sel])
+    return control.result(theta[sel], X, rel, restarts, stopped)
+
+
+def _explored(K: KrylovBasis, theta: np.ndarray, previous, control: Control) -> bool:
+    """Whether converged Ritz pairs may be trusted after breakdowns (invariant subspaces).
+
+    A breakdown means the Krylov space of the start vector is invariant: the
+    rest of the space is invisible to it and may hold wanted eigenvalues, or
+    further copies of a multiple one. So the run goes on from fresh random
+    vectors, and stops only once a fresh block has either broken down itself
+    without changing the wanted values (its Ritz values are exact and none is
+    wanted), or grown past ``k`` steps like an ordinary Lanczos run.
+    """
+    if not K.block_fresh:
+        return K.r is not None
+    if K.r is None:
+        if previous is None or previous.shape != theta.shape:
+            return False
+        return bool(np.all(np.abs(theta - previous) <= control.tol * max(control.anorm, 1e-300)))
+    return K.block_steps > control.k
+
+
+def _snapshot(control: Control, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int):
+    sel = wanted(theta, control.k, control.which)
+    return m, theta, sel, Y, control.relative(theta, theta[sel], res[sel])
+
+
+def _projected(K: KrylovBasis, l: int, s: np.ndarray) -> np.ndarray:
+    """``Qᵀ A Q``: arrowhead over the ``l`` kept Ritz vectors, tridiagonal after (host float64)."""
+    m = K.size
+    H = np.diag(np.asarray(K.alpha[:m], dtype=np.float64))
+    if l:
+        H[:l, l] = H[l, :l] = s
+    i = np.arange(l, m - 1)
+    H[i, i + 1] = H[i + 1, i] = np.asarray(K.beta[l:m - 1], dtype=np.float64)
+    return H
