@@ -95,7 +95,7 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     overhead = lm.num_matvecs * comm.size
     start = lm.num_matvecs
     if method == "xdiag":
-        est, err, k = _xdiag(lm, budget // 2, probe, seed)
+        est, err, k = _xdiag(lm, min(budget // 2, lm.n), probe, seed)
         return DiagonalResult(est, err, lm.num_matvecs - start + overhead, method, k)
     est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, progress)
     return DiagonalResult(est, err, k + overhead, method, k, done)

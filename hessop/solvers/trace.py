@@ -104,6 +104,15 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     Returns
     -------
     TraceResult
+
+    Notes
+    -----
+    A ``KeyboardInterrupt`` returns the estimate from the probes (Hutchinson) or
+    the last complete round (adaptive Hutch++/XTrace) gathered so far, with
+    ``converged=False``; with nothing finished yet, or in a multi-rank run, it
+    propagates. The Hutch++ standard error is conditional on the sketch: it
+    measures only the Hutchinson part, and with few residual probes on a spectrum
+    whose outliers the sketch missed it can be optimistic.
     """
     method = check_method(method, METHODS)
     budget = check_budget(num_matvecs, MINIMUM[method], f"trace(method={method!r})")
@@ -167,7 +176,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar):
     """
     cost = _COST[step]
     cache: dict = {}
-    k = _largest(lambda k: cost(k, 0) <= budget, 1, budget)
+    k = _largest(lambda k: cost(k, 0) <= budget, 1, min(budget, lm.n))  # a sketch wider than n adds nothing
     if rtol is not None:
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
@@ -184,7 +193,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar):
             if err <= rtol * abs(mean):
                 return samples, used, True
             have = cache["Y"].shape[1]
-            k_next = _largest(lambda j: cost(j, have) <= budget - used, k, 2 * k)
+            k_next = _largest(lambda j: cost(j, have) <= budget - used, k, min(2 * k, lm.n))
             if k_next <= k:
                 return samples, used, False
             k = k_next
