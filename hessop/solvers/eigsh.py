@@ -66,8 +66,10 @@ class EigshResult:
         The tolerance actually used (after the precision floor).
     stopped : str
         ``"converged"``, ``"budget"`` (``max_matvecs`` spent), ``"callback"``,
-        ``"interrupt"`` (KeyboardInterrupt) or ``"exhausted"`` (no stagnation
-        left to fight: the whole Krylov space was built).
+        ``"interrupt"`` (KeyboardInterrupt), ``"exhausted"`` (the whole space
+        was built: the pairs are exact) or, for ``"power"``, ``"settled"`` (every
+        eigenvalue stopped changing by ``tol``, PyHessian's rule; ``converged``
+        still tells whether the residuals met ``tol``).
     """
 
     eigenvalues: np.ndarray
@@ -171,6 +173,8 @@ def eigsh(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}")
     if which not in WHICH:
         raise ValueError(f"unknown which {which!r}; choose one of {', '.join(map(repr, WHICH))}")
+    if method == "power" and which == "BE":
+        raise ValueError("method='power' finds one end at a time; use which='LM', 'LA' or 'SA', or method='thick-restart'")
     lm = as_linear_map(A, check_symmetric=False)
     if not isinstance(k, (int, np.integer)) or k < 1 or k >= lm.n:
         raise ValueError(f"k must be an integer with 1 <= k < n = {lm.n}; got {k!r} (use a dense eigensolver for all pairs)")
