@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from ._linear_map import as_linear_map
 from .probes import check_seed, gather, mean_stderr, mine, probe_comm, probes
 
+__all__ = ["SpectralDensity", "density", "spectral_distance"]
+
 GRID_POINTS = 1024
 """Default number of grid points (more if needed to keep the spacing below ``sigma / 4``)."""
 
@@ -248,7 +250,9 @@ def spectral_distance(a, b, metric: str = "wasserstein", sigma: float | None = N
         :func:`scipy.spatial.distance.jensenshannon`) between the two densities
         smoothed with the same kernel on a common grid.
     sigma : float, optional
-        Kernel width for Jensen-Shannon; default the larger of the two densities' widths.
+        Kernel width for Jensen-Shannon. Default: the larger width of the SLQ
+        densities among ``a`` and ``b`` (exact eigenvalues adopt the other side's
+        width, so both are smoothed alike).
     """
     a, b = (x if isinstance(x, SpectralDensity) else SpectralDensity.from_eigenvalues(x) for x in (a, b))
     if metric == "wasserstein":

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
-from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64, mine,
-                     probe_comm, probes)
-from .trace import _loo_directions
+from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64,
+                     loo_directions, mine, probe_comm, probes)
+
+__all__ = ["DiagonalResult", "diagonal"]
 
 METHODS = ("xdiag", "hutchinson")
 MINIMUM = {"hutchinson": 2, "xdiag": 4}
@@ -131,7 +132,7 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int):
     """XDiag with ``k`` test vectors (``2k`` products); the samples stay on the device.
 
     With ``Z = AQ``, ``S`` the leave-one-out directions (see
-    :func:`hessop.solvers.trace._loo_directions`) and ``c_i = s_iᵀ r_i``, sample
+    :func:`hessop.solvers.probes.loo_directions`) and ``c_i = s_iᵀ r_i``, sample
     ``i`` is ``diag(QZᵀ) - (Qs_i) ⊙ (Zs_i) + c_i ω_i ⊙ (Qs_i)``, because
     ``(I - P_i) A ω_i = Q s_i (s_iᵀ r_i)`` when ``Aω_i = Q r_i``.
     """
@@ -140,7 +141,7 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int):
     Q, R = xp.linalg.qr(lm(Om))
     Z = lm(Q)
     Rh = host64(R)
-    S = _loo_directions(Rh)
+    S = loo_directions(Rh)
     c = np.sum(S * Rh, axis=0)
     Sd, cd = lm.asarray(S), lm.asarray(c[None, :])
     QS, ZS = Q @ Sd, Z @ Sd

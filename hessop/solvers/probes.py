@@ -1,4 +1,4 @@
-"""Seeded probe vectors and probe-parallel bookkeeping shared by the stochastic estimators.
+"""Seeded probe vectors, probe-parallel bookkeeping and input checks shared by the stochastic estimators.
 
 Probe ``i`` of a call with seed ``s`` is always drawn from
 ``numpy.random.default_rng([s, i])`` on the host, whatever else happens: so an
@@ -6,7 +6,8 @@ estimate does not depend on how probes are batched or split across processes.
 In a probe-parallel run (``comm`` of size ``p``) rank ``r`` evaluates probes
 ``i = r, r + p, ...``, writes what each probe produced into row ``i`` of a zero
 host array and one ``comm.allreduce`` of that array hands every rank all
-per-probe results, hence the same final answer.
+per-probe results, hence the same final answer. The leave-one-out directions of
+the exchangeable estimators (XTrace, XDiag) live here too.
 """
 
 from __future__ import annotations
@@ -112,3 +113,19 @@ def mean_stderr(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndar
     if m < 2:
         return mean, np.full_like(mean, math.inf)
     return mean, samples.std(axis=axis, ddof=1) / math.sqrt(m)
+
+
+def loo_directions(R: np.ndarray) -> np.ndarray:
+    """Unit columns ``s_i ∝ R⁻ᵀ e_i``: ``s_i`` is orthogonal to every column of ``R`` but the ``i``-th.
+
+    For a sketch ``Y = AΩ = QR``, ``Q s_i`` is the direction that leaving test
+    vector ``i`` out removes from ``range(Q)`` (XTrace and XDiag; Epperly, Tropp &
+    Webber 2024).
+
+    Computed through an SVD with the singular values floored at ``k·eps·σ_max``,
+    so a rank-deficient sketch (an operator of low rank) gives finite directions.
+    """
+    U, s, Vt = np.linalg.svd(R)
+    floor = max(s[0] * R.shape[0] * np.finfo(float).eps, np.finfo(float).tiny) if s.size else 1.0
+    S = (U / np.maximum(s, floor)) @ Vt
+    return S / np.linalg.norm(S, axis=0)

@@ -25,6 +25,8 @@ import scipy.linalg
 from ._linear_map import as_linear_map
 from .probes import check_method, check_seed, host64, mean_stderr, probes
 
+__all__ = ["SketchResult", "sketch"]
+
 KINDS = ("rademacher", "nystrom")
 
 

@@ -22,8 +22,10 @@ import scipy.stats
 from tqdm.auto import tqdm
 
 from ._linear_map import LinearMap, as_linear_map
-from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64, mean_stderr,
-                     mine, probe_comm, probes)
+from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64, loo_directions,
+                     mean_stderr, mine, probe_comm, probes)
+
+__all__ = ["TraceResult", "trace"]
 
 METHODS = ("xtrace", "hutch++", "hutchinson")
 MINIMUM = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
@@ -237,23 +239,11 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     R, H, W, T = (host64(M) for M in (R, Q.T @ Z, Q.T @ Om, Z.T @ Om))
     wy = host64(xp.sum(Om * Y, axis=0))
     H = 0.5 * (H + H.T)
-    S = _loo_directions(R)
+    S = loo_directions(R)
     c = np.sum(S * W, axis=0)
     V = W - S * c
     return (np.trace(H) - np.sum(S * (H @ S), axis=0) + wy - 2 * np.sum(T * V, axis=0)
             + np.sum(V * (H @ V), axis=0))
-
-
-def _loo_directions(R: np.ndarray) -> np.ndarray:
-    """Unit columns ``s_i ∝ R⁻ᵀ e_i``: ``s_i`` is orthogonal to every column of ``R`` but the ``i``-th.
-
-    Computed through an SVD with the singular values floored at ``k·eps·σ_max``,
-    so a rank-deficient sketch (an operator of low rank) gives finite directions.
-    """
-    U, s, Vt = np.linalg.svd(R)
-    floor = max(s[0] * R.shape[0] * np.finfo(float).eps, np.finfo(float).tiny) if s.size else 1.0
-    S = (U / np.maximum(s, floor)) @ Vt
-    return S / np.linalg.norm(S, axis=0)
 
 
 def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int) -> np.ndarray:
