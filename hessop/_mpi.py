@@ -179,18 +179,19 @@ class MPIComm:
         import torch
 
         x = x.detach()
-        if x.device.type == "cuda" and self.cuda_aware:
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        if x.device.type == "cuda" and self.cuda_aware and not half:
             x = x.contiguous()
             out = torch.empty_like(x)
             torch.cuda.current_stream(x.device).synchronize()
             self.comm.Allreduce(x, out, op=self._MPI.SUM)
             return out
-        if x.device.type == "cpu" and x.dtype not in (torch.float16, torch.bfloat16):
+        if x.device.type == "cpu" and not half:
             x = x.contiguous()
             out = torch.empty_like(x)
             self.comm.Allreduce(x.numpy(), out.numpy(), op=self._MPI.SUM)
             return out
-        host = x.to(device="cpu", dtype=torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+        host = x.to(device="cpu", dtype=torch.float32 if half else x.dtype, copy=True)
         summed = self._reduce_host(host.numpy(), copy=False)
         return torch.from_numpy(summed).to(device=x.device, dtype=x.dtype)
 
