@@ -69,8 +69,10 @@ class MPIComm:
     -----
     :meth:`allreduce` never writes into its argument: the sum lands in a fresh
     array (``Allreduce(send, recv)``), or in place (``MPI.IN_PLACE``) in a host
-    copy it made itself. Every rank receives bitwise the same sum, which keeps
-    replicated solvers in lockstep.
+    copy it made itself. Replicated solvers rely on every rank receiving bitwise
+    the same sum: the MPI standard advises it and MPICH's algorithms (recursive
+    doubling, reduce-scatter + all-gather) guarantee it; the tests check it, and
+    :meth:`check_agree` can verify any value a solver produces.
     """
 
     def __init__(self, comm: Any = None, *, cuda_aware: bool | None = None):
