@@ -83,6 +83,14 @@ def orthonormalize(xp, W: Array, floor: float) -> tuple[Array, np.ndarray]:
     return X, R @ B
 
 
+def columns(xp, X: Array, mask: np.ndarray) -> Array:
+    """The columns of ``X`` selected by a host boolean mask (no copy when all are kept)."""
+    if np.all(mask):
+        return X
+    idx = xp.asarray(np.flatnonzero(mask), device=array_api_compat.device(X))
+    return xp.take(X, idx, axis=1)
+
+
 def _device(xp, like: Array, a: np.ndarray) -> Array:
     out = xp.asarray(np.ascontiguousarray(a), device=array_api_compat.device(like))
     return xp.astype(out, like.dtype) if out.dtype != like.dtype else out

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._array import rng, to_numpy
 from ._linear_map import LinearMap
-from ._ortho import cgs2, noise_floor, orthonormalize, put
+from ._ortho import cgs2, columns, noise_floor, orthonormalize, put
 from .eigsh import Control, EigshResult, rayleigh_ritz, to_device, wanted
 
 
@@ -126,7 +126,7 @@ def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
     if X.shape[1]:  # DGKS test: directions that were mostly inside span(Q) are rounding noise
         Xc, _ = cgs2(Q, X)
         kept = np.sqrt(np.clip(np.diag(np.asarray(to_numpy(Xc.T @ Xc), dtype=np.float64)), 0, None)) > 0.717
-        X, B = Xc[:, kept], B[kept]
+        X, B = columns(lm.xp, Xc, kept), B[kept]
         if X.shape[1]:
             X, R = orthonormalize(lm.xp, X, 0.5)
             B = R @ B
