@@ -209,7 +209,7 @@ def to_cupy(H: Any):
         v = H.xp.from_dlpack(cupy.ascontiguousarray(x, dtype=dtype))
         return cupy.from_dlpack(H.apply(v))
 
-    return CupyLinearOperator((n, n), matvec=product, matmat=product, rmatvec=product, dtype=dtype)
+    return CupyLinearOperator((n, n), matvec=product, rmatvec=product, matmat=product, rmatmat=product, dtype=dtype)
 
 
 def from_cupy(x: Any, H: Any) -> Array:
