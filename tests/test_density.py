@@ -41,9 +41,9 @@ def test_matches_exact_distribution_at_90_steps(big):
 
 @pytest.mark.parametrize("name", NAMESPACES)
 def test_namespaces(name):
-    lam = student_t_spectrum(300, seed=3)
+    lam = student_t_spectrum(200, seed=3)
     A, _ = dense(lam, seed=1, name=name)
-    rho = density(A, num_probes=3, num_steps=60, seed=1)
+    rho = density(A, num_probes=3, num_steps=40, seed=1)
     assert spectral_distance(rho, lam) < 0.01 * (lam.max() - lam.min())
     assert np.trapezoid(rho.values, rho.grid) == pytest.approx(1.0, abs=1e-4)
     assert rho.nodes.dtype == rho.weights.dtype == np.float64
@@ -61,9 +61,9 @@ def test_full_depth_reproduces_the_probe_measure():
 
 
 def test_negative_mass_and_cdf_on_an_indefinite_spectrum():
-    lam = indefinite_spectrum(600, negative_fraction=0.3, seed=2)
+    lam = indefinite_spectrum(400, negative_fraction=0.3, seed=2)
     A, _ = dense(lam, seed=3)
-    rho = density(A, num_probes=6, num_steps=60)
+    rho = density(A, num_probes=6, num_steps=50)
     assert rho.negative_mass() == pytest.approx(0.3, abs=0.04)
     t = np.linspace(-1.5, 2.5, 50)
     F = rho.cdf(t)
@@ -92,9 +92,9 @@ def test_probe_parallel_matches_serial(size):
 
 
 def test_spectral_distances():
-    lam = student_t_spectrum(400, seed=1)
+    lam = student_t_spectrum(300, seed=1)
     A, _ = dense(lam, seed=2)
-    rho = density(A, num_probes=4, num_steps=50)
+    rho = density(A, num_probes=4, num_steps=40)
     exact = SpectralDensity.from_eigenvalues(lam)
     assert spectral_distance(rho, rho) == 0.0 and spectral_distance(rho, rho, "jensen-shannon") == 0.0
     assert spectral_distance(rho, exact) == pytest.approx(spectral_distance(exact, rho))
