@@ -19,16 +19,27 @@ generalised Gauss-Newton matrix:
   ``Jᵀ`` by one reverse pass.
 
 Batched inputs carry the block index first: each tangent is ``(k, *shape)``.
+Losses are ``f(params, target)``. Under forward mode a floating-point target
+gets an explicit zero tangent: without it, ``mse_loss(reduction="mean")`` fails
+inside ``jvp(grad(...))`` on PyTorch's immutable ZeroTensor (pytorch#123996).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.func import grad, jvp, vjp, vmap
 
 Tensors = tuple[torch.Tensor, ...]
+Loss = Callable[[Tensors, Any], torch.Tensor]
+
+
+def _jvp_with_target(fn: Callable, primal: Any, tangent: Any, target: Any) -> Any:
+    """``jvp`` of ``fn(primal, target)`` along ``tangent``, the target held fixed with a real zero tangent."""
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        return jvp(fn, (primal, target), (tangent, torch.zeros_like(target)))[1]
+    return jvp(lambda p: fn(p, target), (primal,), (tangent,))[1]
 
 
 class FirstOrderGraph:
@@ -38,10 +49,10 @@ class FirstOrderGraph:
     every :meth:`hvp` afterwards costs one more backward pass only.
     """
 
-    def __init__(self, f: Callable[[Tensors], torch.Tensor], params: Sequence[torch.Tensor]):
+    def __init__(self, f: Loss, params: Sequence[torch.Tensor], target: Any):
         self.params = tuple(p.detach().requires_grad_() for p in params)
         with torch.enable_grad():
-            self.loss = f(self.params)
+            self.loss = f(self.params, target)
             g = torch.autograd.grad(self.loss, self.params, create_graph=True, allow_unused=True)
         # Entries of g that do not depend on the parameters (the loss is linear in them) add nothing.
         self.live = [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
@@ -69,32 +80,33 @@ class FirstOrderGraph:
         return tuple(torch.stack(parts) for parts in zip(*cols))
 
 
-def double_backward(f: Callable[[Tensors], torch.Tensor], params: Sequence[torch.Tensor], v: Tensors, batched: bool) -> Tensors:
+def double_backward(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
     """``H v`` by reverse over reverse; a block through ``is_grads_batched``."""
-    return FirstOrderGraph(f, params).hvp(v, batched=batched, retain=False)
+    return FirstOrderGraph(f, params, target).hvp(v, batched=batched, retain=False)
 
 
-def double_backward_loop(f: Callable[[Tensors], torch.Tensor], params: Sequence[torch.Tensor], v: Tensors, batched: bool) -> Tensors:
+def double_backward_loop(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
     """``H V`` by reverse over reverse, one second pass per column over a shared first pass."""
-    graph = FirstOrderGraph(f, params)
+    graph = FirstOrderGraph(f, params, target)
     return graph.hvp_loop(v, retain=False) if batched else graph.hvp(v, retain=False)
 
 
-def forward_over_reverse(f: Callable[[Tensors], torch.Tensor], params: Sequence[torch.Tensor], v: Tensors, batched: bool) -> Tensors:
+def forward_over_reverse(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
     """``H v`` as the directional derivative of the gradient; a block through ``vmap``."""
     primals = tuple(p.detach() for p in params)
     gradient = grad(f)
 
     def one(u: Tensors) -> Tensors:
-        return jvp(gradient, (primals,), (u,))[1]
+        return _jvp_with_target(gradient, primals, u, target)
 
     return vmap(one)(v) if batched else one(v)
 
 
 def ggn(
     model_fn: Callable[[Tensors], torch.Tensor],
-    loss_of_output: Callable[[torch.Tensor], torch.Tensor],
+    loss_of_output: Callable[[torch.Tensor, Any], torch.Tensor],
     params: Sequence[torch.Tensor],
+    target: Any,
     v: Tensors,
     batched: bool,
 ) -> Tensors:
@@ -106,7 +118,7 @@ def ggn(
 
     def one(u: Tensors) -> Tensors:
         ju = jvp(model_fn, (primals,), (u,))[1]
-        hju = jvp(loss_grad, (output,), (ju,))[1]
+        hju = _jvp_with_target(loss_grad, output, ju, target)
         return pullback(hju)[0]
 
     return vmap(one)(v) if batched else one(v)

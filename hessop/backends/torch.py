@@ -144,7 +144,9 @@ class TorchBackend(Backend):
     def _fixed(self) -> dict[str, torch.Tensor]:
         """Every parameter and buffer of the model, detached (the chosen ones are overridden per call)."""
         state = {n: t.detach() for n, t in self.model.named_parameters()}
-        state.update(self.model.named_buffers())
+        # Train-mode BatchNorm updates its running statistics in place: give it copies, not the model's.
+        copy_buffers = self.model.training
+        state.update((n, b.clone() if copy_buffers else b) for n, b in self.model.named_buffers())
         return state
 
     def _split(self, V: torch.Tensor) -> Tensors:
@@ -173,11 +175,11 @@ class TorchBackend(Backend):
         def model_fn(p: Tensors) -> torch.Tensor:
             return functional_call(self.model, {**state, **dict(zip(names, p))}, (x,))
 
-        def loss_of_output(out: torch.Tensor) -> torch.Tensor:
-            return self.loss_fn(out, y)
+        def loss_of_output(out: torch.Tensor, target: Any = y) -> torch.Tensor:
+            return self.loss_fn(out, target)
 
-        def f(p: Tensors) -> torch.Tensor:
-            return loss_of_output(model_fn(p))
+        def f(p: Tensors, target: Any = y) -> torch.Tensor:
+            return loss_of_output(model_fn(p), target)
 
         return model_fn, loss_of_output, f
 
@@ -235,7 +237,7 @@ class TorchBackend(Backend):
 
     def _ggn(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         model_fn, loss_of_output, _ = self._closures(x, y)
-        return ggn(model_fn, loss_of_output, self._current(), vs, batched)
+        return ggn(model_fn, loss_of_output, self._current(), y, vs, batched)
 
     def _hessian(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         key = f"block of {vs[0].shape[0]}" if batched else "vector"
@@ -244,7 +246,7 @@ class TorchBackend(Backend):
             graph = self._cached_graph(x, y)
             return graph.hvp_loop(vs) if batched and name.endswith("loop") else graph.hvp(vs, batched=batched)
         _, _, f = self._closures(x, y)
-        return STRATEGIES[name](f, self._current(), vs, batched)
+        return STRATEGIES[name](f, self._current(), y, vs, batched)
 
     def _choose(self, key: str, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
         """The strategy for products of this shape: the user's, or the fastest on the first batch."""
@@ -258,10 +260,10 @@ class TorchBackend(Backend):
         errors: dict[str, Exception] = {}
         for name in candidates:
             try:
-                STRATEGIES[name](f, params, vs, batched)
+                STRATEGIES[name](f, params, y, vs, batched)
                 _synchronize(self.device)
                 start = time.perf_counter()
-                STRATEGIES[name](f, params, vs, batched)
+                STRATEGIES[name](f, params, y, vs, batched)
                 _synchronize(self.device)
                 times[name] = time.perf_counter() - start
             except RuntimeError as err:  # e.g. an operator without a vmap or forward-mode rule
@@ -281,7 +283,7 @@ class TorchBackend(Backend):
         if self._graph is None or self._graph[0] != key:
             self._graph = None
             _, _, f = self._closures(x, y, state)
-            self._graph = (key, FirstOrderGraph(f, self._current()))
+            self._graph = (key, FirstOrderGraph(f, self._current(), y))
         return self._graph[1]
 
     def _check_count(self, count: int) -> None:

@@ -1,0 +1,382 @@
+"""The PyTorch backend against dense float64 Hessians, GGNs and their difference, built by torch.func."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
+from torch.utils.data import DataLoader, TensorDataset
+
+from hessop.backends.torch import TorchBackend
+from hessop.factory import hessian as make_operator
+from hessop.models.small import MLP, SmallCNN, random_batches
+
+SIZES = [5, 7, 3]  # unequal batches: a mean over all samples is not a mean of batch means
+STRATEGIES = ["double-backward", "double-backward-loop", "forward-over-reverse"]
+
+
+def _mlp() -> tuple[nn.Module, list]:
+    torch.manual_seed(0)
+    return MLP(8, 3, (12,)).double().eval(), random_batches((8,), SIZES, seed=1)
+
+
+def _cnn() -> tuple[nn.Module, list]:
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, channels=3).double()
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BatchNorm is not the identity
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model.eval(), random_batches((1, 5, 5), SIZES, seed=2)
+
+
+def _regression() -> tuple[nn.Module, list]:
+    torch.manual_seed(0)
+    return MLP(4, 2, (10,)).double().eval(), random_batches((4,), SIZES, num_classes=None, out_features=2, seed=3)
+
+
+def _flat_fn(model: nn.Module, names: list[str] | None = None):
+    """``out(flat, x)``: the model with the named parameters (default: all) taken from a flat vector."""
+    named = dict(model.named_parameters())
+    names = list(named) if names is None else names
+    shapes = [named[n].shape for n in names]
+    fixed = {**{n: p.detach() for n, p in named.items()}, **dict(model.named_buffers())}
+    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
+
+    def out(flat, x):
+        parts = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        params = {n: q.reshape(s) for n, q, s in zip(names, parts, shapes)}
+        return functional_call(model, {**fixed, **params}, (x.double(),))
+
+    return out, flat0
+
+
+def _target(y):
+    return y.double() if y.is_floating_point() else y
+
+
+def dense_hessian(model, loss, batches, names=None) -> np.ndarray:
+    """The float64 Hessian of the loss over all batches (sample-weighted for mean losses)."""
+    out, flat0 = _flat_fn(model, names)
+    mean = loss.reduction == "mean"
+    total = sum(len(y) for _, y in batches)
+
+    def full(flat):
+        return sum(loss(out(flat, x), _target(y)) * (len(y) / total if mean else 1) for x, y in batches)
+
+    return jacrev(jacrev(full))(flat0).numpy()  # reverse over reverse: much faster than jacfwd here
+
+
+def dense_ggn(model, loss, batches) -> np.ndarray:
+    """``Σ_b w_b J_bᵀ H_out J_b`` built from explicit Jacobians and output Hessians."""
+    out, flat0 = _flat_fn(model)
+    mean = loss.reduction == "mean"
+    total = sum(len(y) for _, y in batches)
+    G = 0
+    for x, y in batches:
+        o = out(flat0, x)
+        J = jacrev(out)(flat0, x).reshape(o.numel(), -1)
+        H_out = hessian(lambda t: loss(t, _target(y)))(o).reshape(o.numel(), o.numel())
+        G = G + (len(y) / total if mean else 1) * (J.T @ H_out @ J)
+    return G.numpy()
+
+
+CASES = {
+    "mlp-ce-mean": (_mlp, lambda: nn.CrossEntropyLoss()),
+    "mlp-ce-sum": (_mlp, lambda: nn.CrossEntropyLoss(reduction="sum")),
+    "cnn-ce-mean": (_cnn, lambda: nn.CrossEntropyLoss()),
+    "mlp-mse-mean": (_regression, lambda: nn.MSELoss()),
+    "mlp-mse-sum": (_regression, lambda: nn.MSELoss(reduction="sum")),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_hessian_matches_dense(case, strategy):
+    make, make_loss = CASES[case]
+    model, data = make()
+    loss = make_loss()
+    H = make_operator(model, loss, data, hvp=strategy)
+    expected = dense_hessian(model, loss, data)
+    np.testing.assert_allclose(H.to_dense(), expected, atol=1e-12 * np.abs(expected).max(), rtol=0)
+    assert H.backend.chosen == {f"block of {H.shape[0]}": strategy}
+
+
+@pytest.mark.parametrize("case", ["mlp-ce-mean", "cnn-ce-mean", "mlp-mse-mean", "mlp-mse-sum"])
+def test_ggn_and_residual_match_dense(case):
+    make, make_loss = CASES[case]
+    model, data = make()
+    loss = make_loss()
+    G = make_operator(model, loss, data, curvature="ggn").to_dense()
+    R = make_operator(model, loss, data, curvature="residual").to_dense()
+    expected_g = dense_ggn(model, loss, data)
+    expected_h = dense_hessian(model, loss, data)
+    scale = np.abs(expected_h).max()
+    np.testing.assert_allclose(G, expected_g, atol=1e-12 * scale, rtol=0)
+    np.testing.assert_allclose(R, expected_h - expected_g, atol=1e-12 * scale, rtol=0)
+    assert np.linalg.eigvalsh(G).min() > -1e-12 * scale  # the GGN of a convex loss is PSD
+    assert np.abs(R).max() > 1e-3 * scale  # and the residual is not trivially zero here
+
+
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "auto"])
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_matmat_equals_stacked_matvecs(strategy, curvature):
+    model, data = _cnn()
+    H = make_operator(model, nn.CrossEntropyLoss(), data, hvp=strategy, curvature=curvature)
+    V = torch.randn(H.shape[0], 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    block = H.apply(V)
+    stacked = torch.stack([H.apply(V[:, j].contiguous()) for j in range(4)], dim=1)
+    torch.testing.assert_close(block, stacked, rtol=1e-12, atol=1e-14)
+    assert H.num_matvecs == 8
+    assert set(H.backend.chosen) == ({"vector", "block of 4"} if curvature == "hessian" else set())
+
+
+def test_auto_picks_a_strategy_per_shape_and_agrees():
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    auto = make_operator(model, loss, data)
+    v = torch.randn(auto.shape[0], dtype=torch.float64)
+    ref = make_operator(model, loss, data, hvp="double-backward").apply(v)
+    torch.testing.assert_close(auto.apply(v), ref, rtol=1e-12, atol=1e-14)
+    assert auto.backend.chosen["vector"] in ("double-backward", "forward-over-reverse")
+
+
+def test_data_forms_agree():
+    """A DataLoader, a list of batches and one batch give the same operator on the same samples."""
+    model, batches = _mlp()
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    loss = nn.CrossEntropyLoss()
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)  # batches of 4, 4, 4, 3
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    results = [make_operator(model, loss, d).apply(v) for d in (batches, loader, (x, y), [x, y])]
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=1e-12, atol=1e-14)
+    assert make_operator(model, loss, loader).backend.local_count == 15
+
+
+def test_single_batch_graph_cache_follows_parameter_updates():
+    model, batches = _mlp()
+    loss = nn.CrossEntropyLoss()
+    H = make_operator(model, loss, batches[0], hvp="double-backward")
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    first = H.apply(v)
+    torch.testing.assert_close(H.apply(v), first, rtol=0, atol=0)  # served from the kept graph
+    with torch.no_grad():
+        model.fc1.weight.mul_(1.5)  # an optimiser step, in place
+    fresh = make_operator(model, loss, [batches[0]], hvp="forward-over-reverse").apply(v)
+    torch.testing.assert_close(H.apply(v), fresh, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(fresh, first)
+
+
+@pytest.mark.parametrize("patterns", [("fc2",), ("fc1.bias", "fc2.weight"), (r"fc\d\.bias",)])
+def test_restrict_is_the_dense_sub_block(patterns):
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    H = make_operator(model, loss, data)
+    sub = H.restrict(*patterns)
+    names = sub.parameter_names
+    full = dense_hessian(model, loss, data)
+    offsets = np.cumsum([0, *H.backend.param_sizes])
+    index = np.concatenate(
+        [np.arange(offsets[i], offsets[i + 1]) for i, n in enumerate(H.parameter_names) if n in names]
+    )
+    np.testing.assert_allclose(sub.to_dense(), full[np.ix_(index, index)], atol=1e-12 * np.abs(full).max(), rtol=0)
+    np.testing.assert_allclose(sub.to_dense(), dense_hessian(model, loss, data, names), atol=1e-13, rtol=0)
+    assert sub.shape == (index.size, index.size)
+
+
+def test_blocks_group_each_modules_weight_and_bias():
+    model, data = _cnn()
+    H = make_operator(model, nn.CrossEntropyLoss(), data)
+    blocks = H.blocks
+    assert list(blocks) == ["conv1", "bn1", "conv2", "bn2", "fc"]
+    sizes = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
+    assert {k: s.stop - s.start for k, s in blocks.items()} == {k: v for k, v in sizes.items() if v}
+    assert blocks["fc"].stop == H.shape[0]
+
+
+def test_params_option_selects_by_tensor_or_name():
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    by_tensor = TorchBackend(model, loss, data, params=[model.fc2.weight, model.fc1.bias])
+    by_name = TorchBackend(model, loss, data, params=["fc1.bias", "fc2.weight"])
+    assert by_tensor.param_names == by_name.param_names == ["fc1.bias", "fc2.weight"]  # model order
+    model.fc1.weight.requires_grad_(False)
+    try:
+        assert "fc1.weight" not in TorchBackend(model, loss, data).param_names
+    finally:
+        model.fc1.weight.requires_grad_(True)
+
+
+def test_loss_gradient_and_loss_at_match_autograd():
+    model, data = _regression()
+    loss = nn.MSELoss()
+    H = make_operator(model, loss, data)
+    total = sum(len(y) for _, y in data)
+    model.zero_grad()
+    expected = sum(loss(model(x.double()), y.double()) * len(y) / total for x, y in data)
+    expected.backward()
+    grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert H.loss() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(H.gradient(), grad, rtol=1e-12, atol=1e-14)
+    flat = H.parameters()
+    assert H.loss_at(flat) == pytest.approx(expected.item(), rel=1e-12)
+    # central differences of the loss along d: slope gᵀd and curvature dᵀHd, errors O(t²)
+    d = torch.randn(flat.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    d /= d.norm()
+    t = 1e-4
+    up, mid, down = H.loss_at(flat + t * d), H.loss(), H.loss_at(flat - t * d)
+    assert (up - down) / (2 * t) == pytest.approx((grad @ d).item(), rel=1e-6)
+    assert (up - 2 * mid + down) / t**2 == pytest.approx((d @ H.apply(d)).item(), rel=1e-5)
+    assert torch.equal(H.parameters(), flat)  # loss_at leaves the model alone
+
+
+def test_float32_model_matches_float64_truth():
+    model, data = _cnn()
+    expected = dense_hessian(model, nn.CrossEntropyLoss(), data)
+    H = make_operator(model.float(), nn.CrossEntropyLoss(), data)
+    assert H.native_dtype == torch.float32 and H.dtype == np.float32
+    np.testing.assert_allclose(H.to_dense(), expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
+
+
+def test_bfloat16_model_uses_float32_vectors():
+    model, data = _mlp()
+    expected = dense_hessian(model, nn.CrossEntropyLoss(), data)
+    H = make_operator(model.bfloat16(), nn.CrossEntropyLoss(), data, hvp="double-backward")
+    assert H.native_dtype == torch.float32
+    v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(0))
+    Hv = H.apply(v)
+    assert Hv.dtype == torch.float32
+    err = np.linalg.norm(Hv.numpy() - expected @ v.double().numpy()) / np.linalg.norm(expected @ v.double().numpy())
+    assert err < 0.1  # bfloat16 keeps ~3 significant digits
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_no_trainable_parameters():
+    model, data = _mlp()
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make_operator(model, nn.CrossEntropyLoss(), data)
+
+
+def test_loss_not_a_scalar():
+    model, data = _mlp()
+    with pytest.raises(ValueError, match="reduces with 'none'; it must return a scalar"):
+        make_operator(model, nn.CrossEntropyLoss(reduction="none"), data)
+    with pytest.raises(ValueError, match="must return a scalar but returned \\(5,\\)"):
+        make_operator(model, lambda out, y: out.sum(1), data)
+
+
+@pytest.mark.parametrize("data", [[], "loader", [(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))]])
+def test_empty_data(data):
+    model, _ = _mlp()
+    if data == "loader":
+        data = DataLoader(TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="holds no samples"):
+        make_operator(model, nn.CrossEntropyLoss(), data)
+
+
+def test_nan_names_the_batch():
+    model, data = _mlp()
+    data = [data[0], data[1], (data[2][0] * float("nan"), data[2][1])]
+    H = make_operator(model, nn.CrossEntropyLoss(), data)
+    with pytest.raises(FloatingPointError, match="of batch 2 is NaN"):
+        H.apply(torch.ones(H.shape[0], dtype=torch.float64))
+    with pytest.raises(FloatingPointError, match="loss of batch 2"):
+        H.loss()
+
+
+def test_parameters_not_of_the_model():
+    model, data = _mlp()
+    with pytest.raises(ValueError, match="not a parameter of the model"):
+        make_operator(model, nn.CrossEntropyLoss(), data, params=[model.fc1.weight.detach().clone()])
+    with pytest.raises(ValueError, match="'fc9.weight' is not a parameter"):
+        make_operator(model, nn.CrossEntropyLoss(), data, params=["fc9.weight"])
+
+
+def test_bad_options_and_data():
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match="unknown hvp strategy"):
+        make_operator(model, loss, data, hvp="magic")
+    with pytest.raises(ValueError, match="contradicts the loss's own reduction"):
+        make_operator(model, loss, data, reduction="sum")
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        make_operator(model, loss, (b for b in data))
+    with pytest.raises(TypeError, match=r"batch 1 is a Tensor; each batch must be an \(x, y\) pair"):
+        make_operator(model, loss, [data[0], data[1][0]])
+
+
+class _Reiterable:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_data_that_changes_size_between_products():
+    model, data = _mlp()
+    source = _Reiterable(list(data))
+    H = make_operator(model, nn.CrossEntropyLoss(), source)
+    source.batches.pop()
+    with pytest.raises(RuntimeError, match="held 12 samples in this pass but 15"):
+        H.apply(torch.ones(H.shape[0], dtype=torch.float64))
+
+
+def test_train_mode_is_refused_with_its_cause():
+    model, data = _cnn()
+    model.train()
+    with pytest.raises(RuntimeError, match=r"train mode.*BatchNorm \(bn1, bn2\).*model.eval\(\)"):
+        make_operator(model, nn.CrossEntropyLoss(), data)
+    dropout = nn.Sequential(nn.Linear(8, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    with pytest.raises(RuntimeError, match=r"dropout \(1\) draws a new random mask"):
+        make_operator(dropout, nn.CrossEntropyLoss(), _mlp()[1])
+    before = model.bn1.running_mean.clone()
+    H = make_operator(model, nn.CrossEntropyLoss(), data, check_determinism=False)  # allowed knowingly
+    H.apply(torch.ones(H.shape[0], dtype=torch.float64))
+    torch.testing.assert_close(model.bn1.running_mean, before, rtol=0, atol=0)  # products leave the model alone
+
+
+class _Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        return self.fc(x + torch.randn_like(x))
+
+
+def test_random_forward_is_detected():
+    with pytest.raises(RuntimeError, match="two forward passes over the first batch gave different outputs"):
+        make_operator(_Noisy().eval(), nn.CrossEntropyLoss(), _mlp()[1])
+    make_operator(_Noisy().eval(), nn.CrossEntropyLoss(), _mlp()[1], check_determinism=False)
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn_like(self.x[i]), self.y[i]
+
+
+def test_shuffling_and_augmenting_loaders_are_detected():
+    model, batches = _mlp()
+    x = torch.cat([b[0] for b in batches])
+    y = torch.arange(15) % 3
+    loss = nn.CrossEntropyLoss()
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match=r"shuffle=True"):
+        make_operator(model, loss, DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True))
+    with pytest.raises(RuntimeError, match="random augmentation"):
+        make_operator(model, loss, DataLoader(_Augmented(x, y), batch_size=5))
+    make_operator(model, loss, DataLoader(_Augmented(x, y), batch_size=5), check_determinism=False)
