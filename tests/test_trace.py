@@ -225,5 +225,8 @@ def test_interrupt_returns_what_was_gathered():
     A = Flaky(nn_like_spectrum(100), fail_at=4, failure="interrupt")
     r = trace(A, method="hutchinson", num_matvecs=40, block_size=5, check_symmetric=False)
     assert not r.converged and r.num_probes == 15 and np.isfinite(r.stderr)
+    A = Flaky(nn_like_spectrum(100), fail_at=3, failure="interrupt")  # during the second adaptive round
+    r = trace(A, method="xtrace", num_matvecs=400, rtol=1e-6, check_symmetric=False)
+    assert not r.converged and r.num_probes == 16 and r.num_matvecs == 2 * 16 + 16
     with pytest.raises(KeyboardInterrupt):  # nothing finished yet
         trace(Flaky(nn_like_spectrum(100), fail_at=1, failure="interrupt"), method="xtrace", check_symmetric=False)

@@ -132,12 +132,14 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     overhead = lm.num_matvecs * comm.size
     with tqdm(total=budget, disable=not progress, desc=f"trace ({method})", unit="matvec") as bar:
         if method == "hutchinson":
-            samples, used, converged = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
+            samples, converged = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
         else:
             step = _xtrace_round if method == "xtrace" else _hutchpp_round
-            samples, used, converged = _sketched(lm, step, budget, rtol, probe, seed, bar)
+            samples, converged = _sketched(lm, step, budget, rtol, probe, seed, bar)
+    # one product per Hutchinson probe over all ranks; a single process counts its own (interrupted ones too)
+    used = lm.num_matvecs if comm.size == 1 else samples.size + overhead
     estimate, stderr = mean_stderr(samples)
-    return TraceResult(float(estimate), float(stderr), used + overhead, method, converged, samples)
+    return TraceResult(float(estimate), float(stderr), used, method, converged, samples)
 
 
 def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
@@ -156,16 +158,16 @@ def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
                 bar.update(len(idx) * comm.size)
             samples = np.concatenate([samples[:start], gather(comm, local)])
             if rtol is None:
-                return samples, samples.size, True
+                return samples, True
             mean, err = mean_stderr(samples)
             if err <= rtol * abs(mean):
-                return samples, samples.size, True
+                return samples, True
             wanted = samples.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
             size = int(min(budget - samples.size, samples.size, max(comm.size, math.ceil(1.1 * wanted) - samples.size)))
     except KeyboardInterrupt:
         if comm.size > 1 or samples.size == 0:
             raise
-    return samples, samples.size, False
+    return samples, False
 
 
 def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar):
@@ -182,27 +184,26 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar):
     if rtol is not None:
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
-    samples, used = None, 0
+    samples, start = None, lm.num_matvecs
     try:
         while True:
             before = lm.num_matvecs
             samples = step(lm, k, cache, kind, seed, spare)
-            used += lm.num_matvecs - before
             bar.update(lm.num_matvecs - before)
             if rtol is None:
-                return samples, used, True
+                return samples, True
             mean, err = mean_stderr(samples)
             if err <= rtol * abs(mean):
-                return samples, used, True
-            have = cache["Y"].shape[1]
-            k_next = _largest(lambda j: cost(j, have) <= budget - used, k, min(2 * k, lm.n))
+                return samples, True
+            have, left = cache["Y"].shape[1], budget - (lm.num_matvecs - start)
+            k_next = _largest(lambda j: cost(j, have) <= left, k, min(2 * k, lm.n))
             if k_next <= k:
-                return samples, used, False
+                return samples, False
             k = k_next
     except KeyboardInterrupt:
         if samples is None:
             raise
-    return samples, used, False
+    return samples, False
 
 
 def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
