@@ -147,8 +147,8 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int):
     QS, ZS = Q @ Sd, Z @ Sd
     E = QS * (cd * Om - ZS)
     mean_e = xp.mean(E, axis=1)
-    var = xp.sum((E - mean_e[:, None]) ** 2, axis=1) / (k - 1)
+    var = xp.sum((E - mean_e[:, None]) ** 2, axis=1) / max(k - 1, 1)
     est = xp.sum(Q * Z, axis=1) + mean_e
     if not np.all(np.isfinite(to_numpy(est))):
         raise FloatingPointError("the operator returned NaN or Inf on a probe vector; check the model and data")
-    return est, xp.sqrt(var / k), k
+    return est, (xp.sqrt(var / k) if k > 1 else var + math.inf), k
