@@ -1,7 +1,31 @@
-"""hessop: the Hessian of a neural network's loss as a linear operator, and its spectrum, fast."""
+"""hessop: the Hessian of a neural network's loss as a linear operator, and its spectrum, fast.
+
+``hessop.hessian(...)`` builds a :class:`HessianOperator` (a scipy
+``LinearOperator``) from a PyTorch or JAX model; the solvers below read its
+spectrum on the operator's own device. Importing hessop imports no framework.
+"""
 
 from .factory import hessian
 from .operator import HessianOperator
+from .solvers import (
+    DiagonalResult,
+    EigshResult,
+    LanczosDecomposition,
+    SketchResult,
+    SpectralDensity,
+    TraceResult,
+    density,
+    diagonal,
+    eigsh,
+    lanczos,
+    sketch,
+    spectral_distance,
+    trace,
+)
 
-__all__ = ["hessian", "HessianOperator"]
+__all__ = [
+    "HessianOperator", "hessian",
+    "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
+    "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
+]
 __version__ = "0.1.0"
