@@ -194,7 +194,8 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
     nodes, weights = table[:, :m].copy(), table[:, m:2 * m].copy()
     for row, k in enumerate(table[:, 2 * m].astype(int)):
         nodes[row, k:] = nodes[row, k - 1]
-    used = int(table[:, 2 * m + 1].sum()) + overhead
+    # products of every probe over all ranks; a single process counts its own (an interrupted probe's too)
+    used = lm.num_matvecs if comm.size == 1 else int(table[:, 2 * m + 1].sum()) + overhead
     return _build(nodes, weights, lm.n, sigma, grid, m, used, bool(np.all(done)))
 
 
