@@ -61,7 +61,7 @@ def _spec(name: str) -> str:
 
 def _analyze(out: Path, *extra: str) -> list[str]:
     return ["analyze", "--model", _spec("tiny_model"), "--data", _spec("tiny_data"), "--dtype", "float64",
-            "--budget", "small", "--out", str(out), "--quiet", *extra]
+            "--budget", "small", "--threads", "1", "--out", str(out), "--quiet", *extra]
 
 
 def _dense_eigenvalues(model, loss_fn, data) -> np.ndarray:
@@ -253,7 +253,7 @@ def test_a_swallowed_ctrl_c_is_not_recorded_as_a_finished_step(tmp_path, monkeyp
 
 def test_sigint_to_a_running_process_exits_130_with_a_partial_report(tmp_path):
     """A real SIGINT: the hook makes the process signal itself after its first finished step."""
-    cmd = [sys.executable, "-m", "hessop", *_analyze(tmp_path, "--eig", "2", "--trace", "--threads", "1")]
+    cmd = [sys.executable, "-m", "hessop", *_analyze(tmp_path, "--eig", "2", "--trace")]
     env = {**__import__("os").environ, "HESSOP_INTERRUPT_AFTER": "1", "PYTHONPATH": str(HERE.parents[1])}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130, proc.stderr
