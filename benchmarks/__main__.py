@@ -1,0 +1,115 @@
+"""``python -m benchmarks``: the side-by-side comparison and the paper reproductions, in one run.
+
+    python -m benchmarks                       # everything (about 20 minutes on 2 CPU cores)
+    python -m benchmarks compare               # only the comparison with the other tools
+    python -m benchmarks compare --models mlp-digits cnn-bn --repeats 1
+    python -m benchmarks reproduce             # only the reproductions
+    python -m benchmarks reproduce sketching ghorbani
+    python -m benchmarks --quick               # smaller everything, for a smoke test (results not written)
+
+The comparison replaces the "Against other tools" section of docs/performance.md;
+the reproductions rewrite docs/reproductions.md and docs/img/repro_*.png.
+Run it with the benchmark environment's Python (benchmarks/setup_env.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from ._tools import replace_section, versions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
+REPRODUCTIONS = os.path.join(ROOT, "docs", "reproductions.md")
+SECTION = "## Against other tools"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_compare(models, repeats: int, write: bool) -> None:
+    from . import compare
+
+    argv = ["--repeats", str(repeats)] + (["--models", *models] if models else [])
+    start = time.perf_counter()
+    text = compare.main(argv, log=log)
+    text += f"\nWall time of this comparison: {time.perf_counter() - start:.0f} s.\n"
+    if write:
+        replace_section(PERFORMANCE, SECTION, text)
+        log(f"wrote the '{SECTION[3:]}' section of {PERFORMANCE}")
+    else:
+        print(text)
+
+
+def run_reproductions(names, quick: bool, write: bool) -> None:
+    from .reproduce import NAMES
+
+    verdicts = []
+    for name in names or NAMES:
+        log(f"reproduction: {name}")
+        mod = importlib.import_module(f".reproduce.{name}", __package__)
+        verdict = mod.run(quick=quick, log=log)
+        log(f"  done in {verdict.seconds:.0f} s")
+        verdicts.append(verdict)
+    v = versions()
+    parts = ["# Reproductions of the source papers", "",
+             "Each section re-runs one published observation with hessop at the scale of a 2-core CPU machine,",
+             "shows a figure, and says plainly whether the result reproduces. Regenerate everything with",
+             "`python -m benchmarks reproduce` (or one of them: `python -m benchmarks reproduce NAME`).", "",
+             "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", ""]
+    for verdict in verdicts:
+        parts += [f"## {verdict.title}", "", f"Command: `{verdict.command}` ({verdict.seconds:.0f} s).", "",
+                  verdict.body, ""]
+    text = "\n".join(parts)
+    if write and not quick and not names:
+        with open(REPRODUCTIONS, "w") as f:
+            f.write(text)
+        log(f"wrote {REPRODUCTIONS}")
+    elif write and not quick:
+        _merge(verdicts)
+    else:
+        print(text)
+
+
+def _merge(verdicts) -> None:
+    """Replace only the named reproductions' sections of an existing docs/reproductions.md."""
+    if not os.path.exists(REPRODUCTIONS):
+        raise SystemExit("docs/reproductions.md does not exist yet: run `python -m benchmarks reproduce` once in full")
+    for verdict in verdicts:
+        body = f"Command: `{verdict.command}` ({verdict.seconds:.0f} s).\n\n{verdict.body}"
+        try:
+            replace_section(REPRODUCTIONS, f"## {verdict.title}", body)
+        except ValueError:
+            with open(REPRODUCTIONS, "a") as f:
+                f.write(f"\n## {verdict.title}\n\n{body}\n")
+    log(f"updated {REPRODUCTIONS}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("what", nargs="?", choices=["all", "compare", "reproduce"], default="all")
+    ap.add_argument("names", nargs="*", help="models (compare) or reproductions (reproduce) to run; default all")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each comparison case")
+    ap.add_argument("--quick", action="store_true", help="small sizes, print instead of writing the docs")
+    ap.add_argument("--no-write", action="store_true", help="print the results instead of writing the docs")
+    args = ap.parse_args(argv)
+    write = not (args.quick or args.no_write)
+    start = time.perf_counter()
+    if args.what in ("all", "compare"):
+        models = args.names if args.what == "compare" else None
+        if args.quick and not models:
+            models = ["mlp-digits", "cnn-bn"]
+        run_compare(models, 1 if args.quick else args.repeats, write)
+    if args.what in ("all", "reproduce"):
+        run_reproductions(args.names if args.what == "reproduce" else None, args.quick, write)
+    log(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
