@@ -8,6 +8,8 @@ file path (``tests/test_cli.py:tiny_model``).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,7 +256,7 @@ def test_a_swallowed_ctrl_c_is_not_recorded_as_a_finished_step(tmp_path, monkeyp
 def test_sigint_to_a_running_process_exits_130_with_a_partial_report(tmp_path):
     """A real SIGINT: the hook makes the process signal itself after its first finished step."""
     cmd = [sys.executable, "-m", "hessop", *_analyze(tmp_path, "--eig", "2", "--trace")]
-    env = {**__import__("os").environ, "HESSOP_INTERRUPT_AFTER": "1", "PYTHONPATH": str(HERE.parents[1])}
+    env = {**os.environ, "HESSOP_INTERRUPT_AFTER": "1", "PYTHONPATH": str(HERE.parents[1])}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130, proc.stderr
     assert "--resume" in proc.stderr
@@ -263,5 +265,21 @@ def test_sigint_to_a_running_process_exits_130_with_a_partial_report(tmp_path):
 
 def test_python_dash_m_shows_help():
     proc = subprocess.run([sys.executable, "-m", "hessop", "--help"], capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "PYTHONPATH": str(HERE.parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
     assert proc.returncode == 0 and "demo" in proc.stdout and "130 interrupted" in proc.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec on PATH")
+def test_analyze_under_mpiexec_matches_one_process(tmp_path, capsys):
+    pytest.importorskip("mpi4py")
+    assert main(_analyze(tmp_path / "serial", "--eig", "3", "--trace", "--json")) == 0
+    serial = json.loads(capsys.readouterr().out)["steps"]
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "hessop", *_analyze(tmp_path / "mpi", "--eig", "3", "--trace")]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "mpi" / "report.json").read_text())
+    assert doc["info"]["processes"] == 2  # each rank holds a shard of the batches; rank 0 wrote the report
+    np.testing.assert_allclose(doc["steps"]["eigenvalues"]["eigenvalues"], serial["eigenvalues"]["eigenvalues"], rtol=1e-10)
+    assert doc["steps"]["trace"]["trace"] == pytest.approx(serial["trace"]["trace"], rel=1e-10)

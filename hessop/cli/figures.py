@@ -34,13 +34,13 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def eigenvalues(res: dict, path: Path) -> Path:
-    """Top eigenvalues against their index, with Ritz residual norms as error bars."""
+    """Top eigenvalues against their index (their residuals are in the report's table)."""
     with rc_context(STYLE):
         fig = Figure(figsize=(4.2, 3.0))
         ax = fig.add_subplot()
         vals = np.asarray(res["eigenvalues"])
         idx = np.arange(1, len(vals) + 1)
-        ax.errorbar(idx, vals, yerr=np.asarray(res["residual_norms"]), fmt="o", color=COLORS[0], ms=4, capsize=2)
+        ax.plot(idx, vals, "o-", color=COLORS[0], ms=4, lw=0.8)
         if np.all(vals > 0):
             ax.set_yscale("log")
         ax.set_xticks(idx)
