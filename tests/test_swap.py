@@ -23,13 +23,13 @@ from hessop.solvers.eigsh import eigsh  # noqa: E402
 from hessop.solvers.trace import trace  # noqa: E402
 
 G = np.random.default_rng(7)
-X = G.standard_normal((20, 6))
+X = G.standard_normal((20, 4))
 LABELS = G.integers(0, 3, 20)
 BATCHES = [(X[:12], LABELS[:12]), (X[12:], LABELS[12:])]
 
 
 def jax_apply(p, x):
-    """The JAX twin of ``MLP(6, 3, hidden=(8,))``: the same names, the same ``x Wᵀ + b``."""
+    """The JAX twin of ``MLP(4, 3, hidden=(5,))``: the same names, the same ``x Wᵀ + b``."""
     h = jnp.tanh(x @ p["fc1.weight"].T + p["fc1.bias"])
     return h @ p["fc2.weight"].T + p["fc2.bias"]
 
@@ -41,7 +41,7 @@ def cross_entropy(out, y):
 @pytest.fixture(scope="module")
 def pair():
     torch.manual_seed(0)
-    model = MLP(6, 3, hidden=(8,)).double()
+    model = MLP(4, 3, hidden=(5,)).double()  # the contract suite's shape: JAX reuses the solvers' compiled ops
     H_torch = hessian(model, torch.nn.CrossEntropyLoss(), [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in BATCHES])
     params = OrderedDict((name, jnp.asarray(p.detach().numpy())) for name, p in model.named_parameters())
     H_jax = hessian(cross_entropy, params, BATCHES, model_fn=jax_apply)
@@ -58,10 +58,10 @@ def test_same_operator(pair):
 
 
 def test_same_top_eigenvalues(pair):
-    res = [eigsh(H, k=4, which="LA", tol=1e-9) for H in pair]
+    res = [eigsh(H, k=3, which="LA", tol=1e-8) for H in pair]
     assert all(r.all_converged for r in res)
     np.testing.assert_allclose(res[0].eigenvalues, res[1].eigenvalues, rtol=1e-9)
-    exact = np.linalg.eigvalsh(pair[0].to_dense())[::-1][:4]
+    exact = np.linalg.eigvalsh(pair[0].to_dense())[::-1][:3]
     np.testing.assert_allclose(res[0].eigenvalues, exact, rtol=1e-8)
 
 

@@ -369,10 +369,9 @@ def _module_of(name: str) -> str:
 
 
 def _as_float_leaf(name: str, leaf):
-    dtype = getattr(leaf, "dtype", None)
-    if dtype is None:
-        leaf = np.asarray(leaf)
-        dtype = leaf.dtype
+    if not hasattr(leaf, "dtype"):  # a Python number: JAX's default dtype for it
+        leaf = jnp.asarray(leaf)
+    dtype = leaf.dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"parameter {name!r} has dtype {dtype}; every params leaf must be a floating array "
