@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .layerwise import block_groups, block_spectrum
+from .plots import negative_mass
 
 __all__ = ["GaussNewtonResult", "gauss_newton_decomposition"]
 
@@ -33,7 +34,8 @@ class GaussNewtonResult:
         ``hessian_eigenvalues``, ``ggn_eigenvalues`` (top ``k``, descending),
         ``hessian_trace``, ``hessian_trace_stderr``, ``ggn_trace``,
         ``ggn_trace_stderr``, ``residual_trace``, ``residual_trace_stderr``,
-        ``hessian_negative_mass``, ``ggn_negative_mass``.
+        ``hessian_negative_mass``, ``ggn_negative_mass`` (mass below minus the
+        density's resolution, :func:`hessop.analysis.plots.negative_mass`).
     hessian_densities, ggn_densities : dict
         ``{block: SpectralDensity}`` (empty when ``density=False``).
     num_matvecs : int
@@ -98,7 +100,7 @@ def _measure(H: Any, G: Any, k: int, trace_matvecs: int, density_steps: int, num
         out[f"{tag}_trace"], out[f"{tag}_trace_stderr"] = b.trace, b.trace_stderr
         if b.density is not None:
             dens[tag] = b.density
-            out[f"{tag}_negative_mass"] = float(b.density.negative_mass())
+            out[f"{tag}_negative_mass"] = negative_mass(b.density)[0]
     diff = h.trace_samples - g.trace_samples
     out["residual_trace"] = float(diff.mean())
     out["residual_trace_stderr"] = 0.0 if h.exact else float(diff.std(ddof=1) / math.sqrt(diff.size))

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["style", "plot_density", "plot_landscape", "plot_track", "plot_layerwise", "savefig"]
+__all__ = ["style", "plot_density", "plot_landscape", "plot_track", "plot_layerwise", "savefig", "negative_mass"]
 
 COLORS = ("#1f4e79", "#c0392b", "#2e8b57", "#d68910", "#6c3483", "#117a65", "#7f8c8d", "#a04000")
 """The cycle every figure uses: dark blue, red, green, amber, purple, teal, grey, brown."""
@@ -101,9 +101,9 @@ def plot_density(
     with style():
         grid, values = _host(rho.grid), _host(rho.values)
         text = label or "density"
-        neg = _negative_mass(rho)
+        neg, tol = negative_mass(rho)
         if neg is not None:
-            text += f" (negative mass {neg:.2%})"
+            text += f"\nnegative mass {neg:.1%}" + (f" ($\\lambda < -{tol:.2g}$)" if tol > 0 else "")
         shown = np.maximum(values, floor) if log else values
         (line,) = ax.plot(grid, shown, color=color, label=text)
         ax.fill_between(grid, floor if log else 0.0, shown, color=line.get_color(), alpha=0.15, linewidth=0)
@@ -113,9 +113,10 @@ def plot_density(
             ax.set_ylim(max(floor, min(low, shown.min() / 2)), max(high, 3 * shown.max()))
         if eigenvalues is not None and len(eigenvalues):
             ev = _host(list(eigenvalues))
-            ymark = shown.max() if shown.size else 1.0
-            ax.plot(ev, np.full(ev.shape, ymark), "v", color=COLORS[1], markersize=6,
-                    label=f"top eigenvalue{'s' if ev.size > 1 else ''} ({ev.max():.3g})")
+            # outliers as a rug on the eigenvalue axis, clear of the curve and the legend
+            ax.plot(ev, np.full(ev.shape, 0.03), "^", color=COLORS[1], markersize=6, clip_on=False,
+                    transform=ax.get_xaxis_transform(),
+                    label=f"top eigenvalue{'s' if ev.size > 1 else ''} (max {ev.max():.3g})")
             for e in ev:
                 ax.axvline(e, color=COLORS[1], linewidth=0.7, linestyle=":")
         ax.axvline(0.0, color="0.4", linewidth=0.6)
@@ -125,16 +126,21 @@ def plot_density(
     return _finish(ax, title)
 
 
-def _negative_mass(rho: Any) -> float | None:
+def negative_mass(rho: Any) -> tuple[float | None, float]:
+    """The density's mass below ``-tol`` and ``tol``: its resolution ``sigma`` when it has one.
+
+    SLQ cannot tell eigenvalues within its resolution of zero apart, and a
+    Hessian's large null space puts quadrature nodes on both sides of zero, so
+    mass closer to zero than the kernel width ``sigma`` is not counted as negative.
+    """
+    sigma = float(getattr(rho, "sigma", 0.0) or 0.0)
     fn = getattr(rho, "negative_mass", None)
     if callable(fn):
-        return float(fn())
-    if fn is not None:
-        return float(fn)
+        return (float(fn(sigma)) if sigma > 0 else float(fn())), sigma
     if hasattr(rho, "nodes") and hasattr(rho, "weights"):
         nodes, weights = _host(rho.nodes).ravel(), _host(rho.weights).ravel()
-        return float(weights[nodes < 0].sum() / max(weights.sum(), np.finfo(float).tiny))
-    return None
+        return float(weights[nodes < -sigma].sum() / max(weights.sum(), np.finfo(float).tiny)), sigma
+    return None, sigma
 
 
 def plot_landscape(landscape: Any, ax=None, *, kind: str | None = None, title: str | None = None):
@@ -157,9 +163,11 @@ def plot_landscape(landscape: Any, ax=None, *, kind: str | None = None, title: s
     losses = np.asarray(landscape.losses, dtype=np.float64)
     with style():
         if kind == "line":
-            ax.plot(a, losses, color=COLORS[0], marker="o", markersize=2.5, label="loss")
-            ax.plot([0.0], [landscape.center_loss], "*", color=COLORS[1], markersize=10, label="trained parameters")
-            ax.set_xlabel(f"step $\\alpha$ along {labels[0]}")
+            ax.plot(a, losses, marker="o", markersize=2.5, label=f"along {labels[0]}")
+            first = "trained parameters" not in ax.get_legend_handles_labels()[1]
+            ax.plot([0.0], [landscape.center_loss], "*", color=COLORS[1], markersize=10, zorder=5,
+                    label="trained parameters" if first else None)
+            ax.set_xlabel(f"step $\\alpha$ along {labels[0]}" if first else "step $\\alpha$")
             ax.set_ylabel("loss")
             ax.legend(loc="upper center")
         else:

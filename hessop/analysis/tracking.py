@@ -53,7 +53,8 @@ class CurvatureTracker:
     trace : bool
         Estimate the trace (with ``trace_matvecs`` products) and its standard error.
     density : bool
-        Store the SLQ density (grid, values, negative mass) too.
+        Store the SLQ density (grid, values, and the mass below minus its resolution
+        ``sigma``, see :func:`hessop.analysis.plots.negative_mass`) too.
     seed : int
         Probe seed, the same for every record.
     trace_matvecs, density_steps, num_probes : int
@@ -105,6 +106,7 @@ class CurvatureTracker:
     def measure(self, H: Any) -> dict:
         """The curvature numbers of one operator, as a JSON-ready dict."""
         from .layerwise import block_spectrum
+        from .plots import negative_mass
 
         b = block_spectrum(H, k=max(self.k, 1), trace_matvecs=self.trace_matvecs, density_steps=self.density_steps,
                            num_probes=self.num_probes, seed=self.seed, with_density=self.density)
@@ -117,10 +119,12 @@ class CurvatureTracker:
             rec["trace"], rec["trace_stderr"] = _finite(b.trace), _finite(b.trace_stderr)
         if self.density:
             rho = b.density
+            neg, tol = negative_mass(rho)
             rec["density"] = {
                 "grid": np.asarray(rho.grid, dtype=float).tolist(),
                 "values": np.asarray(rho.values, dtype=float).tolist(),
-                "negative_mass": float(rho.negative_mass()),
+                "negative_mass": neg,
+                "negative_mass_below": -tol,
             }
         rec["num_matvecs"] = b.num_matvecs
         return rec
