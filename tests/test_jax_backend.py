@@ -73,9 +73,10 @@ def test_data_forms_agree(form):
     params = make_params()
     D, _, _ = dense_hessian(params)
 
-    class Loader:  # re-iterable, yields numpy batches like a data loader
+    class Loader:  # re-iterable, yields CPU torch tensors like a PyTorch DataLoader
         def __iter__(self):
-            return iter(SPLIT)
+            torch = pytest.importorskip("torch")
+            return iter([tuple(torch.as_tensor(a) for a in batch) for batch in SPLIT])
 
     data = {"one batch": (X, Y), "reiterable": Loader(), "generator": (b for b in SPLIT)}[form]
     H = hessian(loss, params, data)

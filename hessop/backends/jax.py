@@ -229,12 +229,9 @@ class JaxBackend(Backend):
 
     def loss_at(self, flat) -> float:
         flat = self._as_vector(flat)
-        total = 0.0
-        for batch in self._data:
-            value = float(self._loss(flat, self._fixed_leaves, batch))
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss_fn returned {value} on a batch; check the model, data and parameters")
-            total += self._weight(batch) * value
+        total = float(sum(self._weight(b) * self._loss(flat, self._fixed_leaves, b) for b in self._data))  # one sync
+        if not math.isfinite(total):
+            raise FloatingPointError(f"the loss is {total} on some batch; check the model, data and parameters")
         return total
 
     def grad_sum(self):
