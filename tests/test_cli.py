@@ -191,6 +191,18 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["analyze", "--debug", "--model", "no_such_module_hessop:f", "--data", "x:y", "--out", str(tmp_path)])
 
 
+def test_a_failing_analysis_exits_1_and_keeps_the_finished_steps(tmp_path, monkeypatch, capsys):
+    def broken(*args):
+        raise FloatingPointError("the operator returned NaN")
+
+    monkeypatch.setitem(cli_steps.STEPS, "density", broken)
+    assert main(_analyze(tmp_path, "--eig", "2", "--density", "--trace", "--json")) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "failed" and "FloatingPointError: the operator returned NaN" in doc["error"]
+    assert list(doc["steps"]) == ["eigenvalues", "trace"] and doc["missing"] == ["density"]
+    assert "FAILED report" in (tmp_path / "report.md").read_text()
+
+
 # -- interrupt and resume --------------------------------------------------------------------
 
 

@@ -91,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and a usage line on bad options
     try:
+        from .session import require
+
+        require("torch", "torch", f"hessop {args.command}")
         if args.command == "demo":
+            require("sklearn", "data", "hessop demo (its digits come with scikit-learn)")
             from .demo import demo
 
             return demo(args)

@@ -104,7 +104,9 @@ def build_sections(doc: dict) -> list[Section]:
     figs = doc["figures"]
     for name in ORDER:
         if name in steps:
-            sections.append(_SECTION[name](steps[name], figs.get(name)))
+            section = _SECTION[name](steps[name], figs.get(name))
+            section.text[-1] += f" ({doc['seconds'][name]:.1f} s)"
+            sections.append(section)
     return sections
 
 

@@ -123,9 +123,18 @@ class Session:
             torch.save(model.state_dict(), path)
 
 
+def require(module: str, extra: str, what: str) -> None:
+    """Refuse to start, with the install command, when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}, which is not installed; pip install 'hessop[{extra}]'")
+
+
 def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
     """Run ``setup`` (which returns the operator) and the session's steps; write the report; return the exit code."""
     args = session.args
+    require("matplotlib", "plot", "the report's figures")
     if args.threads is not None:
         import torch
 
