@@ -212,3 +212,16 @@ def test_bad_arguments_raise_clear_errors():
     M[3, 3] = np.nan
     with pytest.raises(FloatingPointError):
         eigsh(M, k=2, check_symmetric=False)
+
+
+def test_hessian_of_a_torch_model_matches_its_dense_spectrum():
+    import hessop
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    x, y = torch.randn(64, 5, dtype=torch.float64), torch.randint(0, 3, (64,))
+    H = hessop.hessian(model, torch.nn.functional.cross_entropy, (x, y))
+    eigs = np.linalg.eigvalsh(np.asarray(H.to_dense(), dtype=np.float64))
+    r = eigsh(H, k=3, which="BE", tol=1e-8)
+    assert isinstance(r.eigenvectors, torch.Tensor) and r.all_converged
+    np.testing.assert_allclose(r.eigenvalues, exact(eigs, 3, "BE"), atol=1e-7 * np.abs(eigs).max())

@@ -109,10 +109,12 @@ def lanczos(
     ``eps^(2/3) s`` (the noise floor of products, which reaches ``100 eps s`` in
     float32; ARPACK's ``eps23``), the step broke down; otherwise the small
     coupling is genuine and kept. Dropping nothing larger than ``eps^(2/3) s``
-    keeps ``T`` accurate far below any attainable tolerance. At a breakdown the recurrence records ``beta_j = 0`` and
-    continues from a fresh random vector orthogonalised against the basis; if no
-    such vector is left (``m = n``), it stops early. Without reorthogonalisation
-    the plain test ``beta_j <= sqrt(eps) s`` is used.
+    keeps ``T`` accurate far below any attainable tolerance. At a breakdown the
+    recurrence records ``beta_j = 0`` and continues from a fresh random vector
+    orthogonalised against the basis; if no such vector is left (``m = n``), it
+    stops early. Without reorthogonalisation the plain test
+    ``beta_j <= sqrt(eps) s`` is used, and without a stored basis the fresh
+    vector is orthogonalised against the last two Lanczos vectors only.
 
     *Precision.* Vectors stay in the operator's dtype on its device; ``alpha``
     and ``beta`` are accumulated in float64 on the host with one transfer per step.
@@ -145,8 +147,9 @@ class KrylovBasis:
     ``j`` and ``j+1``; :attr:`r` is the normalised next vector (``None`` after a
     breakdown) with coefficient ``beta[-1]``. :attr:`block_fresh` and
     :attr:`block_steps` tell whether the current invariant-subspace search
-    started from a fresh random vector (after a breakdown) and how long ago. Restarted solvers may overwrite the
-    leading columns and :attr:`r` between calls (thick restart).
+    started from a fresh random vector (after a breakdown) and how long ago.
+    Restarted solvers may overwrite the leading columns and :attr:`r` between
+    calls (thick restart).
     """
 
     def __init__(self, lm: LinearMap, capacity: int, seed=0, *, reorthogonalize: bool = True, keep: bool = True):

@@ -55,7 +55,7 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
     gen = rng(seed)
     K = KrylovBasis(lm, ncv if restart else min(ncv, max(2 * k + 1, 32)), gen)
     K.start(v0 if v0 is not None else lm.random(gen, (lm.n,)))
-    keep_count = min(k + (ncv - k) // 2, ncv - 1)
+    keep_count = _keep(k, ncv)
     l, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
     restarts = 0
     snap = None  # (m, theta, wanted indices, Y, relative residuals) of the last Rayleigh-Ritz
@@ -141,3 +141,8 @@ def _projected(K: KrylovBasis, l: int, s: np.ndarray) -> np.ndarray:
     i = np.arange(l, m - 1)
     H[i, i + 1] = H[i + 1, i] = np.asarray(K.beta[l:m - 1], dtype=np.float64)
     return H
+
+
+def _keep(k: int, ncv: int) -> int:
+    """Ritz vectors kept at a restart: the ``k`` wanted and half of the remaining room."""
+    return min(k + (ncv - k) // 2, ncv - 1)
