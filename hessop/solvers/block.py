@@ -41,7 +41,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
     ncv = min(n, ncv or max(2 * k + 1, 20) + b)
     ncv = max(ncv, min(n, k + b))
     keep_count = k + max(0, (ncv - k - b) // 2)
-    xp, gen = lm.xp, rng(seed)
+    gen = rng(seed)
     Q = lm.zeros((n, ncv))
     H = np.zeros((ncv, ncv))
     m, restarts, anorm = 0, 0, 0.0
@@ -53,13 +53,16 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
             if m + P.shape[1] > ncv and m < n:  # basis full: thick restart
                 m_old, theta, _, Y, _ = snap
                 keep = np.sort(wanted(theta, min(keep_count, ncv - P.shape[1]), which))
-                Xk = Q[:, :m_old] @ to_device(lm, Y[:, keep])
-                Q = put(Q, 0, Xk)
                 C = B @ Y[m_old - B.shape[1]:m_old, keep]
-                m, H = keep.size, np.diag(theta[keep])
-                H = np.pad(H, ((0, ncv - m), (0, ncv - m)))
+                kept = _snapshot(control, theta[keep], np.eye(keep.size), np.linalg.norm(C, axis=0), keep.size)
+                Xk = Q[:, :m_old] @ to_device(lm, Y[:, keep])
+                try:  # an interrupt must not separate the new basis from its snapshot
+                    Q = put(Q, 0, Xk)
+                finally:
+                    snap = kept
+                m, H = keep.size, np.zeros((ncv, ncv))
+                H[:m, :m] = np.diag(theta[keep])
                 restarts += 1
-                snap = _snapshot(control, theta[keep], np.eye(m), np.linalg.norm(C, axis=0), m)
                 continue
             bp = P.shape[1]
             if bp == 0 or m >= n:

@@ -71,12 +71,15 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
                     continue
                 m, theta, _, Y, _ = snap
                 keep = np.sort(wanted(theta, keep_count, which))  # ascending θ
-                Xk = K.basis(m) @ to_device(lm, Y[:, keep])
-                K.Q = put(K.Q, 0, Xk)
                 l, s = keep.size, K.beta[m - 1] * Y[m - 1, keep]
+                kept = _snapshot(control, theta[keep], np.eye(l), np.abs(s), l)
+                Xk = K.basis(m) @ to_device(lm, Y[:, keep])
+                try:  # an interrupt must not separate the new basis from its snapshot
+                    K.Q = put(K.Q, 0, Xk)
+                finally:
+                    snap = kept
                 K.size, K.alpha, K.beta = l, list(theta[keep]), [0.0] * l
                 restarts += 1
-                snap = _snapshot(control, theta[keep], np.eye(l), np.abs(s), l)
                 continue
             steps = min(K.capacity - K.size, max(1, K.size // 32), control.remaining())
             if steps <= 0:
