@@ -28,7 +28,9 @@ def _has_cuda() -> bool:
         return False
 
 
-gpu = pytest.mark.skipif(not _has_cuda(), reason="needs CuPy and a CUDA device")
+def gpu(test):
+    """Mark a test as needing CuPy and a CUDA device, and skip it (with that reason) without them."""
+    return pytest.mark.gpu(pytest.mark.skipif(not _has_cuda(), reason="needs CuPy and a CUDA device")(test))
 
 
 def _symmetric(n=30, seed=0):

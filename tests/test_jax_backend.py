@@ -219,3 +219,15 @@ class _Reiterable:
 
     def __iter__(self):
         return iter(self.batches)
+
+
+def test_benchmark_rows_have_the_documented_fields():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from hvp_jax import measure_jax
+
+    rows = measure_jax(in_features=3, width=4, depth=1, classes=2, batch_size=5, num_batches=1, block=2, repeats=1)
+    assert [r["product"] for r in rows][:2] == ["gradient", "hvp (jvp)"] and rows[0]["ratio"] == 1.0
+    assert all(r["n"] == 3 * 4 + 4 + 4 * 2 + 2 and r["seconds"] > 0 and r["compile_seconds"] >= 0 for r in rows)
