@@ -225,3 +225,33 @@ def test_hessian_of_a_torch_model_matches_its_dense_spectrum():
     r = eigsh(H, k=3, which="BE", tol=1e-8)
     assert isinstance(r.eigenvectors, torch.Tensor) and r.all_converged
     np.testing.assert_allclose(r.eigenvalues, exact(eigs, 3, "BE"), atol=1e-7 * np.abs(eigs).max())
+
+
+@pytest.mark.parametrize("method", ["thick-restart", "lanczos", "block"])
+def test_every_copy_of_a_repeated_top_eigenvalue_is_found(method):
+    eigs = np.sort(np.concatenate([[5.0, 5.0, 5.0, 4.0], np.linspace(-1.0, 3.0, 196)]))
+    A = SpectralOperator(eigs, seed=1)
+    r = eigsh(A, k=4, method=method, tol=1e-8)
+    np.testing.assert_allclose(r.eigenvalues, [5.0, 5.0, 5.0, 4.0], atol=1e-7)
+    check_pairs(A, eigs, r, 4, "LA", 1e-8)
+
+
+def test_start_vector_progress_bar_and_seed():
+    eigs = SPECTRA["indefinite"]
+    A = SpectralOperator(eigs, seed=0)
+    top = A.eigenvectors()[:, -1]
+    r = eigsh(A, k=1, v0=top, tol=1e-8, progress=True)  # an exact eigenvector: breakdown at step 1
+    np.testing.assert_allclose(r.eigenvalues, eigs[-1:], atol=1e-10)
+    a, b = eigsh(A, k=3, seed=5), eigsh(A, k=3, seed=5)
+    assert a.num_matvecs == b.num_matvecs and np.array_equal(a.eigenvalues, b.eigenvalues)
+    block = eigsh(A, k=3, method="block", v0=np.ones((200, 2)), block_size=3)
+    np.testing.assert_allclose(block.eigenvalues, eigs[::-1][:3], atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_operator_keeps_vectors_on_the_gpu():
+    eigs = SPECTRA["nn_like"]
+    A = SpectralOperator(eigs, seed=3, xp=array_api_compat.torch, device=torch.device("cuda"))
+    r = eigsh(A, k=K, tol=TOL)
+    assert r.eigenvectors.device.type == "cuda"
+    np.testing.assert_allclose(r.eigenvalues, exact(eigs, K, "LA"), atol=TOL * eigs.max())

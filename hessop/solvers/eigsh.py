@@ -168,6 +168,15 @@ def eigsh(
     ``A`` with ``n <= ncv`` is solved by a Krylov space of full depth, exact up
     to rounding; there is no separate dense path. Pressing Ctrl-C returns the
     current Ritz pairs (``stopped="interrupt"``) instead of losing them.
+
+    Krylov methods see an eigenvalue only through the start vector's component
+    in its eigenspace. A start vector whose Krylov space is invariant (common
+    for Hessians, which are mostly null space) is followed by fresh random
+    vectors, and the run does not stop until a fresh block confirms the wanted
+    values. Copies of a repeated eigenvalue appear one after another (through
+    rounding and restarts) or up to ``block_size`` at once with ``"block"``;
+    asking for more copies of a huge multiplicity (e.g. the ``k`` smallest
+    eigenvalues of a matrix whose bottom is a 1000-fold zero) is slow.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}")
