@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._array import Array
+from .._array import Array, numpy_dtype
 from ._linear_map import LinearMap, as_linear_map
 
 WHICH = ("LA", "SA", "LM", "BE")
@@ -213,7 +213,7 @@ def _tol(tol: float | None, lm: LinearMap) -> float:
         raise ValueError(f"tol must be a positive number; got {tol!r}")
     if tol < floor:
         warnings.warn(
-            f"tol={tol:g} is below what {np.dtype(str(lm.dtype).rsplit('.', 1)[-1]).name} arithmetic can certify; "
+            f"tol={tol:g} is below what {numpy_dtype(lm.xp, lm.dtype).name} arithmetic can certify; "
             f"using {floor:.2g} (run the operator in float64 for tighter results)",
             RuntimeWarning,
             stacklevel=3,
