@@ -59,19 +59,19 @@ def host(*scalars: Array) -> np.ndarray:
     return np.asarray(to_numpy(xp.concat(parts)), dtype=np.float64)
 
 
-def orthonormalize(xp, W: Array, floor: float) -> tuple[Array, np.ndarray]:
+def orthonormalize(xp, W: Array, floor: float, rtol: float = 0.0) -> tuple[Array, np.ndarray]:
     """``W = X B`` with orthonormal ``X`` (``n x r``) spanning the directions of ``W`` above ``floor``.
 
     The singular values and right vectors of ``W`` come from the eigenvalues of
     its ``b x b`` Gram matrix (host); directions with singular value ``<= floor``
-    are dropped (rank-deficient blocks). A second Gram step (as in CholeskyQR2;
+    or ``<= rtol`` times the largest are dropped (rank-deficient blocks). A second Gram step (as in CholeskyQR2;
     Fukaya et al. 2014) restores orthonormality lost to the conditioning of
     ``W``. Returns ``X`` (native) and ``B`` (``r x b``, host float64).
     """
     G = np.asarray(to_numpy(W.T @ W), dtype=np.float64)
     s2, V = np.linalg.eigh(0.5 * (G + G.T))
     s = np.sqrt(np.clip(s2, 0.0, None))
-    keep = s > floor
+    keep = s > max(floor, rtol * (s.max() if s.size else 0.0))
     if not np.any(keep):
         return W[:, :0], np.zeros((0, W.shape[1]))
     s, V = s[keep], V[:, keep]

@@ -113,7 +113,7 @@ def _start_block(lm: LinearMap, v0, b: int, gen):
     if v0 is not None:
         v = lm.asarray(np.asarray(to_numpy(v0), dtype=np.float64).reshape(lm.n, -1)[:, :b])
         V = put(V, 0, v)
-    X, _ = orthonormalize(lm.xp, V, 0.0)
+    X, _ = orthonormalize(lm.xp, V, 0.0, rtol=np.sqrt(lm.eps))
     if X.shape[1] == 0:
         raise ValueError("the start block is zero; pass a nonzero v0")
     return X
@@ -140,7 +140,7 @@ def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
     if refreshed:
         basis = lm.xp.concat([Q, X], axis=1)
         R, _ = cgs2(basis, lm.random(gen, (lm.n, room)))
-        F, _ = orthonormalize(lm.xp, R, np.sqrt(lm.eps * lm.n))
+        F, _ = orthonormalize(lm.xp, R, 0.0, rtol=np.sqrt(lm.eps))
         F, _ = orthonormalize(lm.xp, cgs2(basis, F)[0], 0.5)
         X = lm.xp.concat([X, F], axis=1)
         B = np.concatenate([B, np.zeros((F.shape[1], W.shape[1]))])
