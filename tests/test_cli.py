@@ -119,6 +119,31 @@ def test_analyze_matches_the_dense_hessian_of_a_user_factory(tmp_path, capsys):
     assert doc["info"]["parameters"] == exact.size
 
 
+def test_analyze_imports_factories_beside_the_user_and_takes_a_dataloader(tmp_path, monkeypatch, capsys):
+    (tmp_path / "hessop_cli_user_factories.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)), torch.nn.MSELoss()\n"
+        "def loader(rank, size):\n"
+        "    g = torch.Generator().manual_seed(rank)\n"
+        "    return DataLoader(TensorDataset(torch.randn(30, 3, generator=g), torch.randn(30, 2, generator=g)), batch_size=8)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    argv = ["analyze", "--model", "hessop_cli_user_factories:build", "--data", "hessop_cli_user_factories:loader",
+            "--eig", "2", "--dtype", "float64", "--threads", "1", "--out", "r", "--quiet", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    import hessop_cli_user_factories as user
+
+    model, loss_fn = user.build()
+    x, y = user.loader(0, 1).dataset.tensors
+    exact = _dense_eigenvalues(model, loss_fn, (x, y))
+    np.testing.assert_allclose(doc["steps"]["eigenvalues"]["eigenvalues"], exact[:2], rtol=1e-6)
+
+
 def test_analyze_loads_a_checkpoint(tmp_path, capsys):
     other = MLP(4, 3, hidden=(6,))
     torch.nn.init.normal_(other.fc1.weight, std=2.0)
