@@ -255,3 +255,11 @@ def test_cuda_operator_keeps_vectors_on_the_gpu():
     r = eigsh(A, k=K, tol=TOL)
     assert r.eigenvectors.device.type == "cuda"
     np.testing.assert_allclose(r.eigenvalues, exact(eigs, K, "LA"), atol=TOL * eigs.max())
+
+
+def test_bad_tolerance_is_refused_before_any_product():
+    A = SpectralOperator(indefinite_spectrum(20), seed=0)
+    for tol in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="tol"):
+            eigsh(A, k=2, tol=tol)
+    assert A.num_matvecs == 0

@@ -194,9 +194,10 @@ def eigsh(
     if method == "block" and block_size < 1:
         raise ValueError(f"block_size must be at least 1; got {block_size}")
     budget = int(max_matvecs) if max_matvecs is not None else max(1000, 10 * lm.n)
+    tol = _tol(tol, lm)
     if check_symmetric:
         lm = as_linear_map(A, check_symmetric=True, seed=seed)
-    control = Control(lm, k, which, _tol(tol, lm), budget, callback, method, progress)
+    control = Control(lm, k, which, tol, budget, callback, method, progress)
     module, name = METHODS[method]
     solve = getattr(importlib.import_module(f"{__package__}.{module}"), name)
     try:
