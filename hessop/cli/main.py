@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Sequence
 
 from .errors import EXIT_ANALYSIS_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
@@ -33,17 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", help="train a small MLP on scikit-learn's digits and report its Hessian's spectrum",
-        description="Train a small MLP on scikit-learn's handwritten digits (no download) for a few seconds, then "
-        "compute the top eigenvalues, the trace, the spectral density, loss landscapes and a layer-wise table.",
+        description=_wrap("Train a small MLP on scikit-learn's handwritten digits (no download) for a few seconds, then "
+        "compute the top eigenvalues, the trace, the spectral density, loss landscapes and a layer-wise table."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(demo, default_dtype="float64", default_threads=1)
 
     analyze = sub.add_parser(
         "analyze", help="report the Hessian's spectrum of your own model and data",
-        description="Analyse your own model: --model and --data name factories as 'package.module:function' "
+        description=_wrap("Analyse your own model: --model and --data name factories as 'package.module:function' "
         "or 'path/to/file.py:function'. The model factory returns an nn.Module or a (module, loss_fn) pair "
-        "(default loss: cross-entropy); the data factory returns a DataLoader, a list of (x, y) batches or one batch.",
+        "(default loss: cross-entropy); the data factory returns a DataLoader, a list of (x, y) batches or one batch."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     analyze.add_argument("--model", required=True, metavar="MODULE:FACTORY", help="builds the model")
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     _common(analyze, default_dtype=None, default_threads=None)
     return parser
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=79)
 
 
 def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threads: int | None) -> None:
