@@ -212,6 +212,8 @@ def test_collectives_on_every_array_kind(tmp_path):
         assert rec["numpy_f32"]["dtype"] == "float32" and rec["numpy_f16"]["dtype"] == "float16"
         assert rec["torch_f32"]["type"] == "Tensor" and rec["torch_bf16"]["dtype"] == "torch.bfloat16"
         assert rec["jax_f32"]["dtype"] == "float32" and "Cpu" in rec["jax_device"]
+        assert rec["jax_hvp"]["type"] == "ArrayImpl" and rec["jax_hvp"]["dtype"] == "float32"
+        assert rec["jax_hvp"]["relerr"] < 1e-5  # float32: the sum over shards vs over batches
         assert rec["scalar"] == 0.5 + 1.5
         assert rec["broadcast"] == {"from": 1, "list": [1, 1, 1]}
         scalar, perm, length, tiny = rec["disagree"]

@@ -47,6 +47,25 @@ try:
 
     record("jax_f32", comm.allreduce(jnp.asarray(local, dtype=jnp.float32)), expected)
     out["jax_device"] = str(comm.allreduce(jnp.ones(3)).devices())
+
+    # a data-parallel JAX Hessian against the full-data one built on this rank alone
+    from hessop.factory import hessian
+
+    def loss_fn(params, batch):
+        x, y = batch
+        return jnp.mean((jnp.tanh(x @ params["w1"]) @ params["w2"] - y) ** 2)
+
+    gen = np.random.default_rng(5)
+    params = {"w1": jnp.asarray(gen.standard_normal((3, 4)), jnp.float32),
+              "w2": jnp.asarray(gen.standard_normal((4, 2)), jnp.float32)}
+    batches = [(jnp.asarray(gen.standard_normal((k, 3)), jnp.float32),
+                jnp.asarray(gen.standard_normal((k, 2)), jnp.float32)) for k in (3, 5, 4)]
+    H_parallel = hessian(loss_fn, params, shard(batches, comm), comm=comm)
+    H_alone = hessian(loss_fn, params, batches)
+    v = jnp.asarray(gen.standard_normal(H_alone.shape[0]), jnp.float32)
+    got, want = H_parallel.apply(v), H_alone.apply(v)
+    out["jax_hvp"] = {"type": type(got).__name__, "dtype": str(got.dtype),
+                      "relerr": float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))}
 except ImportError:  # pragma: no cover - jax is installed here
     pass
 
