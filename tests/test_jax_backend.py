@@ -150,6 +150,8 @@ def test_linearize_mode_matches_jvp():
     params = make_params()
     D, _, _ = dense_hessian(params)
     H = hessian(loss, params, [(X, Y)], hvp="linearize")
+    assert hessian(loss, params, (X, Y)).backend._hvp_mode == "linearize"  # "auto" caches a single batch
+    assert hessian(loss, params, SPLIT).backend._hvp_mode == "jvp"  # and nothing for several
     V = jnp.asarray(RNG.standard_normal((24, 4)))
     np.testing.assert_allclose(np.asarray(H.apply(V)), D @ np.asarray(V), atol=1e-12)
     np.testing.assert_allclose(np.asarray(H.apply(V[:, 0])), D @ np.asarray(V[:, 0]), atol=1e-12)
