@@ -5,6 +5,7 @@
 spectrum on the operator's own device. Importing hessop imports no framework.
 """
 
+from .backends.cupy import from_cupy, to_cupy
 from .factory import hessian
 from .operator import HessianOperator
 from .solvers import (
@@ -24,7 +25,7 @@ from .solvers import (
 )
 
 __all__ = [
-    "HessianOperator", "hessian",
+    "HessianOperator", "hessian", "to_cupy", "from_cupy",
     "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
 ]

@@ -42,7 +42,10 @@ def hessian(
         of the data; products are summed over processes.
     **options
         Passed to the backend (for PyTorch: ``params``, ``hvp``, ``reduction``,
-        ``check_determinism``; for JAX: ``model_fn``, ``reduction``).
+        ``check_determinism``, ``progress``; for JAX: ``model_fn``, ``hvp``,
+        ``reduction``, ``batch_size_fn``). With JAX and ``model_fn``, ``loss`` is
+        ``loss_fn(outputs, targets)`` and batches are ``(inputs, targets)``, as
+        with PyTorch; the GGN and residual curvatures need that form.
     """
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
