@@ -16,7 +16,7 @@ Every solver is run over a ladder of its own tolerance parameter, and the table
 reports the cheapest run whose 20 eigenvalues all have relative error
 ``|λ̂ - λ| / |λ| <= 1e-4`` against the exact ones: products (the symmetry probe
 of ``hessop.eigsh`` included), time as a ratio to ARPACK's in the same row
-group, the error reached and the tolerance that got there. ARPACK is
+group (best of three runs), the error reached and the tolerance that got there. ARPACK is
 ``scipy.sparse.linalg.eigsh`` with its products counted by a wrapper.
 """
 
@@ -80,13 +80,20 @@ SOLVERS = {
 
 
 def cheapest(solve, A, exact, seed):
-    """The first tolerance of the ladder whose eigenvalues reach TARGET; (matvecs, seconds, error, tol)."""
+    """The first tolerance of the ladder whose eigenvalues reach TARGET; (matvecs, seconds, error, tol).
+
+    The time is the best of three runs when one run takes under two seconds.
+    """
     for tol in TOLS:
         t0 = time.perf_counter()
         vals, count = solve(A, tol, seed)
         seconds = time.perf_counter() - t0
         err = float(np.max(np.abs(vals - exact) / np.abs(exact))) if np.all(np.isfinite(vals)) else np.inf
         if err <= TARGET:
+            for _ in range(2 if seconds < 2.0 else 0):
+                t0 = time.perf_counter()
+                solve(A, tol, seed)
+                seconds = min(seconds, time.perf_counter() - t0)
             return count, seconds, err, tol
     return None, seconds, err, tol
 

@@ -31,6 +31,8 @@ import numpy as np
 from .._array import Array, numpy_dtype
 from ._linear_map import LinearMap, as_linear_map
 
+__all__ = ["eigsh", "EigshResult", "EigshState"]
+
 WHICH = ("LA", "SA", "LM", "BE")
 METHODS = {
     "thick-restart": ("thick_restart", "thick_restart_lanczos"),

@@ -22,6 +22,8 @@ from .._array import Array, rng
 from ._linear_map import LinearMap
 from ._ortho import breakdown_tol, cgs2, host, noise_floor, norm, put
 
+__all__ = ["LanczosDecomposition", "lanczos"]
+
 
 @dataclass(frozen=True)
 class LanczosDecomposition:
