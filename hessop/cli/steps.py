@@ -43,7 +43,7 @@ class Budget:
     trace_rtol: float = 1e-2
     trace_max_matvecs: int = 2000
     density_steps: int = 80
-    density_probes: int = 8
+    density_probes: int = 6
     points_1d: int = 41
     points_2d: int = 21
     layer_trace_matvecs: int = 60
