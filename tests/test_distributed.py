@@ -297,3 +297,17 @@ def test_torch_dist_comm_needs_an_initialised_process_group():
         pytest.skip("a process group is already initialised in this process")
     with pytest.raises(RuntimeError, match="init_process_group"):
         TorchDistComm()
+
+
+def test_cuda_awareness_is_asked_of_mpi_and_can_be_overridden(monkeypatch):
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from hessop._mpi import CUDA_AWARE_ENV, MPIComm, cuda_aware
+
+    monkeypatch.setenv(CUDA_AWARE_ENV, "1")
+    assert cuda_aware() is True
+    monkeypatch.setenv(CUDA_AWARE_ENV, "0")
+    assert cuda_aware() is False
+    monkeypatch.delenv(CUDA_AWARE_ENV)
+    monkeypatch.setattr(MPI, "Query_cuda_support", lambda: True, raising=False)
+    assert cuda_aware() is True and MPIComm(MPI.COMM_SELF).cuda_aware is True
+    assert MPIComm(MPI.COMM_SELF, cuda_aware=False).cuda_aware is False
