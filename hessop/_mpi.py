@@ -70,8 +70,9 @@ class MPIComm:
     :meth:`allreduce` never writes into its argument: the sum lands in a fresh
     array (``Allreduce(send, recv)``), or in place (``MPI.IN_PLACE``) in a host
     copy it made itself. Replicated solvers rely on every rank receiving bitwise
-    the same sum: the MPI standard advises it and MPICH's algorithms (recursive
-    doubling, reduce-scatter + all-gather) guarantee it; the tests check it, and
+    the same sum. The MPI standard advises it, and MPICH's algorithms give it
+    (partners add the same two partial sums, and IEEE addition is commutative,
+    or one rank reduces a segment and sends it to all); the tests check it, and
     :meth:`check_agree` can verify any value a solver produces.
     """
 
