@@ -121,6 +121,8 @@ class Session:
         elif self.writer:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
+        if self.comm.size > 1:  # every process analyses rank 0's weights, however the factory initialised them
+            model.load_state_dict(self.comm.broadcast(model.state_dict() if self.writer else None))
 
 
 def require(module: str, extra: str, what: str) -> None:
