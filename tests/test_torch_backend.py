@@ -380,3 +380,45 @@ def test_shuffling_and_augmenting_loaders_are_detected():
     with pytest.raises(RuntimeError, match="random augmentation"):
         make_operator(model, loss, DataLoader(_Augmented(x, y), batch_size=5))
     make_operator(model, loss, DataLoader(_Augmented(x, y), batch_size=5), check_determinism=False)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 3), nn.Linear(2, 3)
+
+    def forward(self, x, z):
+        return torch.tanh(self.a(x)) + self.b(z)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_models_with_several_inputs_and_iterable_datasets():
+    torch.manual_seed(0)
+    model = _TwoInputs().double().eval()
+    z = torch.randn(15, 2)
+    batches = [((x, z[i : i + len(y)]), y) for (x, y), i in zip(random_batches((8,), SIZES, seed=1), (0, 5, 12))]
+    loss = nn.CrossEntropyLoss()
+    H = make_operator(model, loss, batches)
+
+    def full(flat):
+        w = dict(zip(["a.weight", "a.bias", "b.weight", "b.bias"], torch.split(flat, [24, 3, 6, 3])))
+        total = 0
+        for (x, zz), y in batches:
+            out = torch.tanh(x.double() @ w["a.weight"].reshape(3, 8).T + w["a.bias"])
+            out = out + zz.double() @ w["b.weight"].reshape(3, 2).T + w["b.bias"]
+            total = total + loss(out, y) * len(y) / 15
+        return total
+
+    expected = jacrev(jacrev(full))(H.parameters()).numpy()
+    np.testing.assert_allclose(H.to_dense(), expected, atol=1e-13)
+    stream = DataLoader(_Stream(batches), batch_size=None)  # batches pass through unchanged
+    S = make_operator(model, loss, stream)
+    assert S.backend.local_count == 15
+    np.testing.assert_allclose(S.to_dense(), expected, atol=1e-13)

@@ -68,6 +68,8 @@ class Batches:
         return self._move(x), self._move(y)
 
     def _move(self, t: Any) -> Any:
+        if isinstance(t, (tuple, list)):  # a model with several inputs
+            return type(t)(self._move(u) for u in t)
         if not isinstance(t, torch.Tensor):
             return t
         dtype = self.dtype if t.is_floating_point() else None
@@ -78,7 +80,8 @@ class Batches:
         if self.is_list:
             return sum(batch_size(*_pair(b, i)) for i, b in enumerate(self.source))
         sampler = getattr(self.source, "batch_sampler", None)
-        if sampler is not None and hasattr(sampler, "__iter__"):
+        iterable = isinstance(getattr(self.source, "dataset", None), torch.utils.data.IterableDataset)
+        if sampler is not None and not iterable:
             try:
                 return sum(len(indices) for indices in sampler)
             except TypeError:
@@ -136,7 +139,7 @@ def check_train_mode(model: nn.Module) -> None:
 
 
 def check_repeatable_forward(out1: torch.Tensor, out2: torch.Tensor) -> None:
-    """Two forward passes over the first batch must agree (up to rounding)."""
+    """Two forward passes over the first batch (their outputs, or their losses) must agree up to rounding."""
     if out1.shape == out2.shape and torch.allclose(out1, out2, rtol=_tol(out1), atol=_tol(out1) * _scale(out1)):
         return
     raise RuntimeError(
@@ -169,7 +172,9 @@ def check_loader(batches: Batches, first: Batch) -> None:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and bool(torch.equal(a, b))
-    return a is b or a == b
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(u, w) for u, w in zip(a, b))
+    return a is b or bool(a == b)
 
 
 def _tol(t: torch.Tensor) -> float:

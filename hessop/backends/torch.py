@@ -110,6 +110,7 @@ class TorchBackend(Backend):
         self._check_first_batch(x, y, check_determinism)
         self.local_count = float(self.batches.count())
         self.chosen: dict[str, str] = {}
+        self.cache_graph = True  # keep the single batch's first-order graph (module docstring)
         self._graph: tuple[Any, FirstOrderGraph] | None = None
 
     # -- parameters ------------------------------------------------------------------------
@@ -172,8 +173,10 @@ class TorchBackend(Backend):
         state = self._fixed() if state is None else state
         names = self.param_names
 
+        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
         def model_fn(p: Tensors) -> torch.Tensor:
-            return functional_call(self.model, {**state, **dict(zip(names, p))}, (x,))
+            return functional_call(self.model, {**state, **dict(zip(names, p))}, args)
 
         def loss_of_output(out: torch.Tensor, target: Any = y) -> torch.Tensor:
             return self.loss_fn(out, target)
@@ -194,7 +197,11 @@ class TorchBackend(Backend):
                     f"the loss must return a scalar but returned {shape}; use a loss with reduction='mean' or 'sum'"
                 )
             if check_determinism:
-                check_repeatable_forward(out, model_fn(tuple(self._current())))
+                again = model_fn(tuple(self._current()))
+                if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
+                    check_repeatable_forward(out, again)
+                else:
+                    check_repeatable_forward(value.reshape(()), loss_of_output(again).reshape(()))
         if check_determinism:
             check_loader(self.batches, (x, y))
 
@@ -242,6 +249,9 @@ class TorchBackend(Backend):
     def _hessian(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         key = f"block of {vs[0].shape[0]}" if batched else "vector"
         name = self.chosen.get(key) or self._choose(key, x, y, vs, batched)
+        return self._run(name, x, y, vs, batched)
+
+    def _run(self, name: str, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         if name.startswith("double-backward") and self._single_batch():
             graph = self._cached_graph(x, y)
             return graph.hvp_loop(vs) if batched and name.endswith("loop") else graph.hvp(vs, batched=batched)
@@ -249,21 +259,23 @@ class TorchBackend(Backend):
         return STRATEGIES[name](f, self._current(), y, vs, batched)
 
     def _choose(self, key: str, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
-        """The strategy for products of this shape: the user's, or the fastest on the first batch."""
+        """The strategy for products of this shape: the user's, or the fastest on the first batch.
+
+        Each candidate runs twice exactly as a real product would (with the kept
+        graph for a single batch) and the second run is timed.
+        """
         if self.hvp != "auto":
             self.chosen[key] = self.hvp
             return self.hvp
-        _, _, f = self._closures(x, y)
-        params = self._current()
         candidates = [n for n in STRATEGIES if batched or not n.endswith("loop")]
         times: dict[str, float] = {}
         errors: dict[str, Exception] = {}
         for name in candidates:
             try:
-                STRATEGIES[name](f, params, y, vs, batched)
+                self._run(name, x, y, vs, batched)
                 _synchronize(self.device)
                 start = time.perf_counter()
-                STRATEGIES[name](f, params, y, vs, batched)
+                self._run(name, x, y, vs, batched)
                 _synchronize(self.device)
                 times[name] = time.perf_counter() - start
             except RuntimeError as err:  # e.g. an operator without a vmap or forward-mode rule
@@ -274,7 +286,7 @@ class TorchBackend(Backend):
         return self.chosen[key]
 
     def _single_batch(self) -> bool:
-        return self.batches.is_list and len(self.batches) == 1
+        return self.cache_graph and self.batches.is_list and len(self.batches) == 1
 
     def _cached_graph(self, x: Any, y: Any) -> FirstOrderGraph:
         """The first-order graph of the only batch, rebuilt when a parameter or buffer changed in place."""
