@@ -7,7 +7,6 @@ from typing import Any
 from .errors import UsageError
 from .loading import as_model_and_loss, call_factory, check_data, load_checkpoint, load_object, shard
 from .run_state import RunState
-from .runner import Runner
 from .session import Session, chosen_steps, communicator, run, torch_device, torch_dtype
 
 
@@ -42,7 +41,7 @@ def analyze(args: Any) -> int:
 
 def _call(factory: Any, flag: str, comm: Any) -> Any:
     try:
-        return call_factory(factory, flag, rank=comm.rank, size=comm.size)
+        return call_factory(factory, rank=comm.rank, size=comm.size)
     except UsageError:
         raise
     except Exception as exc:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .loading import shard
 from .run_state import RunState
 from .runner import Runner
 from .session import Session, chosen_steps, communicator, run, torch_dtype
-from .loading import shard
 
 DEMO = {
     "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},

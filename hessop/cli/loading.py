@@ -63,7 +63,7 @@ def _load_file(path: Path, flag: str):
     return module
 
 
-def call_factory(factory: Callable, flag: str, **context: Any) -> Any:
+def call_factory(factory: Callable, **context: Any) -> Any:
     """Call ``factory``, passing those of ``context`` (e.g. ``rank``, ``size``) it declares."""
     try:
         params = inspect.signature(factory).parameters
