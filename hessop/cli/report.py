@@ -33,14 +33,14 @@ class Section:
 
 
 def fmt(x: Any, digits: int = 4) -> str:
-    """A number for a table: ``digits`` significant digits, booleans as yes/no."""
+    """A number for a table: ``digits`` significant digits, booleans as yes/no, None as a dash."""
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
         return f"{x:.{digits}g}"
-    return "" if x is None else str(x)
+    return "—" if x is None else str(x)
 
 
 def write_report(out: Path, state: RunState, status: str, error: str | None, info: dict) -> dict:
@@ -107,7 +107,19 @@ def build_sections(doc: dict) -> list[Section]:
             section = _SECTION[name](steps[name], figs.get(name))
             section.text[-1] += f" ({doc['seconds'][name]:.1f} s)"
             sections.append(section)
+    sections.append(_configuration(doc["config"]))
     return sections
+
+
+def _configuration(config: dict) -> Section:
+    s = Section("Configuration", header=["setting", "value"])
+    s.text.append("Everything that decides the numbers: the same configuration and seed give the same report.")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            s.rows += [[f"{key}.{k}", fmt(v)] for k, v in value.items()]
+        else:
+            s.rows.append([key, ", ".join(map(str, value)) if isinstance(value, list) else fmt(value)])
+    return s
 
 
 def _eigen(res: dict, fig: str | None) -> Section:

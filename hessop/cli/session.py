@@ -143,6 +143,11 @@ def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads {args.threads}: give a positive number of threads")
         torch.set_num_threads(args.threads)
+    if session.writer:
+        try:
+            session.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {str(session.out)!r}: cannot create the report folder ({exc.strerror}); choose another") from exc
     state = RunState.start(session.out, session.config, args.resume, writer=session.writer)
     session.info["command"] = "hessop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hessop"
 
