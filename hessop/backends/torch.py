@@ -159,6 +159,13 @@ class TorchBackend(Backend):
         parts = torch.split(V.T, self.param_sizes, dim=1)
         return tuple(p.reshape(k, *s).to(d) for p, s, d in zip(parts, self.param_shapes, self._param_dtypes))
 
+    def _views(self, flat: torch.Tensor) -> Tensors:
+        """Parameter-shaped views into a flat vector (n,) or block (n, k) (the block index first)."""
+        if flat.ndim == 1:
+            return tuple(p.view(s) for p, s in zip(torch.split(flat, self.param_sizes), self.param_shapes))
+        k = flat.shape[1]
+        return tuple(p.view(k, *s) for p, s in zip(torch.split(flat.T, self.param_sizes, dim=1), self.param_shapes))
+
     def _flatten(self, parts: Sequence[torch.Tensor], batched: bool) -> torch.Tensor:
         if not batched:
             return torch.cat([p.reshape(-1).to(self.dtype) for p in parts])
@@ -222,16 +229,29 @@ class TorchBackend(Backend):
         batched = V.ndim == 2
         vs = self._split(V)
         acc = torch.zeros_like(V)
-        flags, count = [], 0
-        for index, x, y in self._iter("Hessian-vector product"):
+        views = self._views(acc)  # parameter-shaped views: each batch adds in place, no concatenation
+        count = 0
+        for _, x, y in self._iter("Hessian-vector product"):
             w = self._weight(x, y)
             count += batch_size(x, y)
-            part = self._flatten(self._product(x, y, vs, batched), batched)
-            flags.append((index, ~torch.isfinite(part).all()))
-            acc.add_(part, alpha=w)
+            for view, part in zip(views, self._product(x, y, vs, batched)):
+                view.add_(part, alpha=w)
         self._check_count(count)
-        _raise_nonfinite(flags, f"{self.curvature}-vector product")
+        if not bool(torch.isfinite(acc).all()):
+            self._raise_nonfinite_product(vs, batched)
         return acc
+
+    def _raise_nonfinite_product(self, vs: Tensors, batched: bool) -> None:
+        """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
+        flags = []
+        for index, x, y in self.batches:
+            parts = self._product(x, y, vs, batched)
+            flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
+        _raise_nonfinite(flags, f"{self.curvature}-vector product")
+        raise FloatingPointError(
+            f"the {self.curvature}-vector product overflowed while summing over batches; "
+            "use a float64 model, or a smaller scale"
+        )
 
     def _product(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         if self.curvature == "ggn":
