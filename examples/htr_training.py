@@ -136,7 +136,6 @@ def main() -> None:
     p.add_argument("--trace-matvecs", type=int, default=100, help="budget of the final trace estimate")
     p.add_argument("--out", default="htr_runs", help="folder for the tracking files and the figure")
     args = p.parse_args()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     os.makedirs(args.out, exist_ok=True)
     data = digits(args.seed)
     results = [run(args, 0.0, data, "plain"), run(args, args.gamma, data, "htr")]

@@ -13,6 +13,7 @@ from torch import nn
 import hessop
 from hessop.analysis.gauss_newton import gauss_newton_decomposition
 from hessop.analysis.layerwise import DENSE_BELOW, block_groups, layerwise, spectral_distances
+from hessop.analysis.plots import negative_mass
 from hessop.solvers.density import SpectralDensity
 
 BUDGET = dict(trace_matvecs=24, density_steps=20, num_probes=2, seed=0)
@@ -118,7 +119,9 @@ def test_gauss_newton_rows_and_the_linear_output_layer_has_no_residual():
     json.dumps(res.to_dict())
 
 
-def test_gauss_newton_decomposition_traces_against_dense_matrices():
+def test_gauss_newton_decomposition_traces_against_dense_matrices(tmp_path):
+    from hessop.analysis.plots import savefig
+
     model, data = network([3, 6, 4, 3])
     res = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_matvecs=30,
                                      density_steps=20, num_probes=1)
@@ -136,6 +139,13 @@ def test_gauss_newton_decomposition_traces_against_dense_matrices():
     assert first["residual_trace"] == pytest.approx(np.trace(dense_block(dh, H, block) - dense_block(dg, G, block)))
     assert first["ggn_negative_mass"] == 0.0  # the GGN of a convex loss is positive semi-definite
     assert "Tr(H_l - G_l)" in res.to_markdown()
+    savefig(res.plot(["0", "full"]), tmp_path / "gauss_newton.png")
+    assert (tmp_path / "gauss_newton.png").stat().st_size > 1000
+
+
+def test_negative_mass_ignores_mass_within_the_resolution_of_zero():
+    exact = SpectralDensity.from_eigenvalues([-1.0, -1e-9, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    assert negative_mass(exact) == (pytest.approx(1 / 8), exact.sigma)
 
 
 def test_layerwise_plots_and_keeps_partial_results_on_interrupt(tmp_path, monkeypatch):

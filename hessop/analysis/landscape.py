@@ -14,7 +14,7 @@ eigenvalue λ gives, near the minimum of a quadratic, ``L(θ) + ½ λ α²``.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,7 +57,6 @@ class Landscape:
     labels: tuple[str, ...] = ("direction 1", "direction 2")
     num_evaluations: int = 0
     partial: bool = False
-    meta: dict = field(default_factory=dict)
 
     @property
     def ndim(self) -> int:

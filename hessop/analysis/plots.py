@@ -297,7 +297,7 @@ def savefig(fig_or_ax: Any, path: str | os.PathLike, *, dpi: int = 200) -> str:
     """Save a figure (or the figure of an axes / list of axes) tightly cropped; creates the folder."""
     import matplotlib.pyplot as plt
 
-    obj = fig_or_ax[0] if isinstance(fig_or_ax, (list, tuple, np.ndarray)) else fig_or_ax
+    obj = np.ravel(fig_or_ax)[0] if isinstance(fig_or_ax, (list, tuple, np.ndarray)) else fig_or_ax
     fig = getattr(obj, "figure", obj) if not hasattr(obj, "savefig") else obj
     path = os.fspath(path)
     folder = os.path.dirname(path)
