@@ -46,6 +46,10 @@ def wrong_data():
     return 42
 
 
+def generator_data():
+    return (batch for batch in tiny_data())
+
+
 def broken_model():
     raise ValueError("weights file not found")
 
@@ -173,6 +177,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (base + ["--model", _spec("wrong_model"), "--data", ok_data], "return a torch.nn.Module"),
         (base + ["--model", _spec("broken_model"), "--data", ok_data], "the factory raised ValueError"),
         (base + ["--model", ok_model, "--data", _spec("wrong_data")], "return a DataLoader"),
+        (base + ["--model", ok_model, "--data", _spec("generator_data")], "can be read only once"),
         (base + ["--model", ok_model, "--data", _spec("mismatched_data")], "cannot be evaluated on the data"),
         (base + ["--model", ok_model, "--data", ok_data, "--checkpoint", str(tmp / "none.pt")], "no such file"),
         (base + ["--model", ok_model, "--data", ok_data, "--checkpoint", str(garbage)], "cannot read"),

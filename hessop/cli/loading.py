@@ -98,27 +98,30 @@ def as_model_and_loss(obj: Any, flag: str = "--model") -> tuple[Any, Any]:
 
 
 def check_data(data: Any, flag: str = "--data") -> Any:
-    """Check a data factory's result: a DataLoader (any iterable of batches), a list of batches, or one batch."""
+    """Check a data factory's result: a DataLoader (any re-iterable of batches), a list of batches, or one batch."""
     import torch
 
-    if isinstance(data, torch.utils.data.DataLoader):
+    if _is_batch(data):
         return data
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    if isinstance(data, list):
+        if not data:
+            raise UsageError(f"{flag}: the factory returned an empty list; return at least one (inputs, targets) batch")
+        bad = next((i for i, b in enumerate(data) if not _is_batch(b)), None)
+        if bad is not None:
+            raise UsageError(f"{flag}: item {bad} of the returned list is a {type(data[bad]).__name__}, not an (inputs, targets) pair")
         return data
-    if isinstance(data, list) and data and all(_is_batch(b) for b in data):
+    if isinstance(data, torch.utils.data.DataLoader) or (hasattr(data, "__iter__") and iter(data) is not data):
         return data
-    if isinstance(data, list) and not data:
-        raise UsageError(f"{flag}: the factory returned an empty list; return at least one (inputs, targets) batch")
     raise UsageError(
         f"{flag}: the factory returned a {type(data).__name__}; return a DataLoader, "
-        "a list of (inputs, targets) batches or one (inputs, targets) batch of tensors"
+        "a list of (inputs, targets) batches or one (inputs, targets) batch (a generator can be read only once)"
     )
 
 
 def _is_batch(b: Any) -> bool:
     import torch
 
-    return isinstance(b, (tuple, list)) and len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b)
+    return isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], torch.Tensor)
 
 
 def shard(data: Any, rank: int, size: int) -> Any:
