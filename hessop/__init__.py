@@ -6,6 +6,7 @@ spectrum on the operator's own device. Importing hessop imports no framework.
 """
 
 from .backends.cupy import from_cupy, to_cupy
+from .distributed import RankDisagreementError, abort_on_error, shard
 from .factory import hessian
 from .operator import HessianOperator
 from .solvers import (
@@ -26,6 +27,7 @@ from .solvers import (
 
 __all__ = [
     "HessianOperator", "hessian", "to_cupy", "from_cupy",
+    "shard", "abort_on_error", "RankDisagreementError",
     "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
 ]
