@@ -94,7 +94,9 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hessop`` command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)  # exits with code 2 and a usage line on bad options
+    args.argv = argv
     try:
         from .session import require
 
@@ -113,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hessop {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"hessop {args.command}: interrupted before any analysis finished", file=sys.stderr)
+        print(f"hessop {args.command}: interrupted; steps that finished are saved in {args.out!r}, "
+              "rerun the same command with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:

@@ -116,7 +116,9 @@ class Session:
         import torch
 
         path = state.array_path("model.pt")
-        if state.steps and path.is_file():
+        if state.steps:
+            if not path.is_file():
+                raise UsageError(f"--resume: {path} is missing; delete {str(self.out)!r} and run again")
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         elif self.writer:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +151,7 @@ def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
         except OSError as exc:
             raise UsageError(f"--out {str(session.out)!r}: cannot create the report folder ({exc.strerror}); choose another") from exc
     state = RunState.start(session.out, session.config, args.resume, writer=session.writer)
-    session.info["command"] = "hessop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hessop"
+    session.info["command"] = " ".join(["hessop", *map(shlex.quote, args.argv)])
 
     def body(runner: Runner) -> None:
         H = setup(runner, state)
