@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/solvers.py            # n = 20000, about two minutes on 2 cores
+    python benchmarks/solvers.py            # n = 20000, about five minutes on 2 cores
     python benchmarks/solvers.py --n 5000   # quicker
 
 The operator is an implicit :class:`hessop.testing.SpectralOperator` (a random
