@@ -32,7 +32,8 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
                   block_size: int = 4, **_) -> EigshResult:
     """Block Lanczos with thick restarts; call it through :func:`hessop.solvers.eigsh.eigsh` (``method="block"``).
 
-    ``ncv`` (default ``min(n, max(2k + 1, 20) + block_size)``) bounds the basis.
+    ``ncv`` (default ``min(n, max(2k + 1, 20) + block_size)``, at least ``k + block_size``)
+    bounds the basis.
     A run stops on the same relative Ritz residuals as the other methods,
     checked after every block product.
     """
