@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib import rc_context
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
 STYLE = {
@@ -26,6 +26,8 @@ STYLE = {
     "savefig.bbox": "tight",
 }
 COLORS = ("#1f4e79", "#c0392b", "#27864a", "#8e44ad", "#d68910", "#5d6d7e")
+MAX_CURVES = 8
+"""At most this many block densities in one panel (the ones with the largest trace)."""
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -122,8 +124,8 @@ def landscape_2d(res: dict, path: Path) -> Path:
 def layerwise(res: dict, path: Path) -> Path:
     """Per-block top eigenvalue and trace (bars), and per-block densities against the full one."""
     with rc_context(STYLE):
-        fig = Figure(figsize=(9.0, 3.4))
         rows = res["rows"]
+        fig = Figure(figsize=(9.0, max(3.4, 1.2 + 0.28 * len(rows))))
         names = [r["block"] for r in rows]
         y = np.arange(len(rows))
         ax = fig.add_subplot(1, 2, 1)
@@ -141,12 +143,14 @@ def layerwise(res: dict, path: Path) -> Path:
         ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
         ax2 = fig.add_subplot(1, 2, 2)
         _density_line(ax2, res["full_density"], "black", "full Hessian")
-        for color, name in zip(COLORS[1:] * 4, names):
-            if name in res["densities"]:
-                _density_line(ax2, res["densities"][name], color, name)
+        shown = sorted((r for r in rows if r["block"] in res["densities"]), key=lambda r: -r["trace"])[:MAX_CURVES]
+        palette = colormaps["tab10"].colors
+        for color, row in zip(palette, sorted(shown, key=rows.index)):
+            _density_line(ax2, res["densities"][row["block"]], color, row["block"])
         ax2.set_xlabel(r"eigenvalue $\lambda$")
         ax2.set_ylabel(r"density $\phi(\lambda)$")
-        ax2.set_title("Spectral density of each diagonal block")
+        more = f" ({len(shown)} of {len(rows)}: largest traces)" if len(shown) < len(rows) else ""
+        ax2.set_title("Density of each diagonal block" + more)
         ax2.legend(frameon=False)
         return _save(fig, path)
 

@@ -65,7 +65,10 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threa
     what.add_argument("--trace", action="store_true", help="the trace, with its standard error")
     what.add_argument("--density", action="store_true", help="the spectral density (stochastic Lanczos quadrature)")
     what.add_argument("--landscape", action="store_true", help="the loss along and between the top two eigenvectors")
-    what.add_argument("--layerwise", action="store_true", help="top eigenvalue, trace and density of each module's block")
+    what.add_argument("--layerwise", action="store_true", help="top eigenvalue, trace and density of each block")
+    what.add_argument("--groups", choices=("stages", "modules"), default="stages",
+                      help="layer-wise blocks: stages, one per top-level module (default), or modules, one per "
+                      "module owning parameters")
     run = p.add_argument_group("run")
     run.add_argument("--out", default="hessop-report", metavar="DIR", help="report folder (default: hessop-report)")
     run.add_argument("--budget", choices=("full", "small"), default="full",

@@ -177,7 +177,11 @@ def _layers(res: dict, fig: str | None) -> Section:
     cols = ["block", "num_params", "top_eigenvalue", "trace", "trace_stderr", "wasserstein_to_full", "jensen_shannon_to_full"]
     extra = [k for k in ("ggn_top_eigenvalue", "ggn_trace") if res["rows"] and k in res["rows"][0]]
     s = Section(TITLES["layerwise"], figure=fig, header=[c.replace("_", " ") for c in cols + extra])
-    s.text.append("Each module's diagonal block of the Hessian (all other parameters fixed), and the distance of its spectral density to the full one.")
+    s.text.append(
+        "The diagonal block of the Hessian for each group of parameters (all others fixed): its top eigenvalue, "
+        "its trace with a standard error, and the distances of its spectral density to the whole network's "
+        "(Wasserstein-1 in eigenvalue units, Jensen-Shannon in [0, 1])."
+    )
     for row in [*res["rows"], res["full"]]:
         s.rows.append([fmt(row.get(c)) for c in cols + extra])
     return s

@@ -40,7 +40,7 @@ def communicator(choice: str) -> Any:
 
 def chosen_steps(args: Any) -> tuple[list[str], Budget]:
     """The analysis steps and budget the options ask for (no analysis flag: every analysis)."""
-    budget = BUDGETS[args.budget]
+    budget = replace(BUDGETS[args.budget], groups=args.groups)
     if args.eig is not None:
         if args.eig < 1:
             raise UsageError(f"--eig {args.eig}: ask for at least one eigenvalue, e.g. --eig 5")

@@ -49,6 +49,7 @@ class Budget:
     layer_trace_matvecs: int = 60
     layer_density_steps: int = 60
     layer_probes: int = 2
+    groups: str = "stages"
 
     def to_dict(self) -> dict:
         """The budget as saved in the run configuration."""
@@ -185,11 +186,11 @@ def landscape_2d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
 
 
 def layerwise(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
-    """Top eigenvalue, trace and spectral distance to the full Hessian of each module's block."""
+    """Top eigenvalue, trace and spectral distance to the full Hessian of each block (top-level modules or all)."""
     from ..analysis.layerwise import layerwise as per_block
 
     res = per_block(
-        H, groups="modules", k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,
+        H, groups=budget.groups, k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,
         num_probes=budget.layer_probes, seed=seed, progress=progress,
     )
     rows = [{k: _plain(v) for k, v in row.items()} for row in res.rows]
