@@ -109,6 +109,18 @@ def test_demo_writes_a_complete_report_with_true_numbers(tmp_path, capsys):
     assert f"| 1 | {top[0]:.6g} |" in md and "![Spectral density](density.png)" in md
 
 
+def test_demo_resumed_after_training_analyses_the_trained_weights(tmp_path, monkeypatch, capsys):
+    args = ["demo", "--budget", "small", "--eig", "2", "--trace", "--quiet", "--json"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("HESSOP_INTERRUPT_AFTER", "1")  # stop right after training
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    assert list(json.loads(capsys.readouterr().out)["steps"]) == ["train"]
+    monkeypatch.delenv("HESSOP_INTERRUPT_AFTER")
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    _assert_same_numbers(json.loads(capsys.readouterr().out)["steps"], whole["steps"])
+
+
 # -- analyze ---------------------------------------------------------------------------------
 
 
