@@ -270,7 +270,7 @@ def plot_layerwise(result: Any, axes=None, *, log: bool = True, title: str | Non
         ax_bar.set_ylabel("value")
         if log and np.all(top > 0) and np.all(tr > 0):
             ax_bar.set_yscale("log")
-        ax_bar.legend(loc="best")
+        ax_bar.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
         full = getattr(result, "full_density", None)
         if full is not None:
             plot_density(full, ax_rho, label="full network", color="black", log=log, title=None)
