@@ -237,7 +237,8 @@ class TorchBackend(Backend):
             for view, part in zip(views, self._product(x, y, vs, batched)):
                 view.add_(part, alpha=w)
         self._check_count(count)
-        if not bool(torch.isfinite(acc).all()):
+        # NaN and inf propagate into the sum: one cheap reduction, the full check only when it trips
+        if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
             self._raise_nonfinite_product(vs, batched)
         return acc
 
@@ -249,8 +250,7 @@ class TorchBackend(Backend):
             flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
         _raise_nonfinite(flags, f"{self.curvature}-vector product")
         raise FloatingPointError(
-            f"the {self.curvature}-vector product overflowed while summing over batches; "
-            "use a float64 model, or a smaller scale"
+            f"the {self.curvature}-vector product overflowed while adding up the batches; use a float64 model"
         )
 
     def _product(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
