@@ -33,17 +33,29 @@ def log(msg: str) -> None:
 
 
 def run_compare(models, repeats: int, write: bool) -> None:
+    """Run the comparison; each model's table is kept in the cache, and the section shows every model's latest."""
     from . import compare
+    from ._problems import CACHE
 
     argv = ["--repeats", str(repeats)] + (["--models", *models] if models else [])
-    start = time.perf_counter()
-    text = compare.main(argv, log=log)
-    text += f"\nWall time of this comparison: {time.perf_counter() - start:.0f} s.\n"
-    if write:
-        replace_section(PERFORMANCE, SECTION, text)
-        log(f"wrote the '{SECTION[3:]}' section of {PERFORMANCE}")
-    else:
-        print(text)
+    blocks = compare.main(argv, log=log)
+    if not write:
+        print("\n".join(blocks.values()))
+        return
+    os.makedirs(CACHE, exist_ok=True)
+    for name, text in blocks.items():
+        with open(os.path.join(CACHE, f"compare-{name}.md"), "w") as f:
+            f.write(text)
+    parts = [compare.NOTES, ""]
+    for name in compare.PROBLEMS:
+        path = os.path.join(CACHE, f"compare-{name}.md")
+        if os.path.exists(path):
+            with open(path) as f:
+                parts.append(f.read())
+        else:
+            parts.append(f"### {name}\n\nNot run yet: `python -m benchmarks compare {name}`.\n")
+    replace_section(PERFORMANCE, SECTION, "\n".join(parts))
+    log(f"wrote the '{SECTION[3:]}' section of {PERFORMANCE}")
 
 
 def run_reproductions(names, quick: bool, write: bool) -> None:
@@ -56,38 +68,32 @@ def run_reproductions(names, quick: bool, write: bool) -> None:
         verdict = mod.run(quick=quick, log=log)
         log(f"  done in {verdict.seconds:.0f} s")
         verdicts.append(verdict)
-    v = versions()
-    parts = ["# Reproductions of the source papers", "",
-             "Each section re-runs one published observation with hessop at the scale of a 2-core CPU machine,",
-             "shows a figure, and says plainly whether the result reproduces. Regenerate everything with",
-             "`python -m benchmarks reproduce` (or one of them: `python -m benchmarks reproduce NAME`).", "",
-             "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", ""]
-    for verdict in verdicts:
-        parts += [f"## {verdict.title}", "", f"Command: `{verdict.command}` ({verdict.seconds:.0f} s).", "",
-                  verdict.body, ""]
-    text = "\n".join(parts)
-    if write and not quick and not names:
+    if not write or quick:
+        print("\n\n".join(f"## {v.title}\n\n{v.body}" for v in verdicts))
+        return
+    if not names or not os.path.exists(REPRODUCTIONS):
         with open(REPRODUCTIONS, "w") as f:
-            f.write(text)
-        log(f"wrote {REPRODUCTIONS}")
-    elif write and not quick:
-        _merge(verdicts)
-    else:
-        print(text)
-
-
-def _merge(verdicts) -> None:
-    """Replace only the named reproductions' sections of an existing docs/reproductions.md."""
-    if not os.path.exists(REPRODUCTIONS):
-        raise SystemExit("docs/reproductions.md does not exist yet: run `python -m benchmarks reproduce` once in full")
+            f.write(_header())
     for verdict in verdicts:
         body = f"Command: `{verdict.command}` ({verdict.seconds:.0f} s).\n\n{verdict.body}"
         try:
             replace_section(REPRODUCTIONS, f"## {verdict.title}", body)
-        except ValueError:
+        except ValueError:  # not there yet: append it
             with open(REPRODUCTIONS, "a") as f:
                 f.write(f"\n## {verdict.title}\n\n{body}\n")
-    log(f"updated {REPRODUCTIONS}")
+    log(f"wrote {REPRODUCTIONS}")
+
+
+def _header() -> str:
+    v = versions()
+    return "\n".join([
+        "# Reproductions of the source papers", "",
+        "Each section re-runs one published observation with hessop at the scale of a 2-core CPU machine,",
+        "shows a figure, and says plainly whether the result reproduces. Regenerate everything with",
+        "`python -m benchmarks reproduce`, or one of them with `python -m benchmarks reproduce NAME`",
+        "(NAME: ghorbani, sketching, pyhessian, layerwise). Wall times were measured on a shared, heavily",
+        "loaded machine and are only indicative.", "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", ""])
 
 
 def main(argv=None) -> None:

@@ -17,6 +17,11 @@ from typing import Callable
 
 import numpy as np
 
+HVP = "double-backward"
+"""hessop's product strategy in every benchmark: reverse-over-reverse, the algorithm PyHessian and
+hessian-eigenthings use. The default ``hvp="auto"`` times every strategy at the first product of each
+new block shape, which costs several products per shape and would dominate short runs."""
+
 CACHE = os.environ.get("HESSOP_BENCH_CACHE", "/tmp/hessop-bench-cache")
 
 
@@ -80,7 +85,7 @@ def train(model, x, y, steps: int, lr: float = 1e-2, batch: int | None = None, s
         loss.backward()
         opt.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def dense_hessian(model, loss, x, y, chunk: int = 256) -> np.ndarray:

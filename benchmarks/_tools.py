@@ -160,12 +160,19 @@ def run_once(case: Case) -> None:
     case.runs.append(Run(value, seconds, mem.peak, counter.count))
 
 
-def interleaved(cases: list[Case], repeats: int, log: Callable[[str], None] = lambda s: None) -> list[Case]:
-    """Run every case ``repeats`` times, round-robin, so load drifts hit all tools alike."""
+def interleaved(cases: list[Case], repeats: int, log: Callable[[str], None] = lambda s: None,
+                long: float = 60.0) -> list[Case]:
+    """Run every case ``repeats`` times, round-robin, so load drifts hit all tools alike.
+
+    A case whose first run took more than ``long`` seconds is not repeated (its
+    time is then a single measurement).
+    """
     for rep in range(repeats):
         for case in cases:
+            if rep > 0 and case.runs and case.runs[0].seconds > long:
+                continue
             run_once(case)
-            if case.runs and case.error is None:
+            if case.runs and case.error is None and len(case.runs) == rep + 1:
                 log(f"  [{rep + 1}/{repeats}] {case.tool:<28} {case.task:<12} {case.runs[-1].seconds:8.2f} s "
                     f"{case.runs[-1].hvps:6d} HVPs")
             elif case.error is not None and rep == 0:

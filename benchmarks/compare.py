@@ -26,8 +26,8 @@ from ._tools import Case, interleaved, markdown_table, rel_err, top_err
 
 PROBLEMS: dict[str, Callable] = {
     "mlp-digits": _problems.mlp_digits,
-    "two-layer": _problems.two_layer,
     "cnn-bn": _problems.cnn_bn,
+    "two-layer": _problems.two_layer,
     "resnet20": _problems.resnet20,
 }
 DENSE_LIMIT = 16000
@@ -45,24 +45,49 @@ def _w1(out: dict, eigenvalues: np.ndarray) -> float:
     return float(scipy.stats.wasserstein_distance(out["grid"], eigenvalues, d / d.sum()))
 
 
-def accuracy(task: str, out: dict, problem, reference: dict) -> str:
-    """The task's error against ground truth (or against the reference run when there is none)."""
+def accuracy(task: str, out: dict, problem, reference: dict) -> tuple[str, float]:
+    """The task's error against ground truth (or the reference run when there is none): text and number."""
     exact = problem.eigenvalues is not None
+    nan = float("nan")
     if task.startswith("top"):
         k = len(out["eigenvalues"])
         if exact:
-            return f"{top_err(out['eigenvalues'], problem.eigenvalues[:k]):.1e}"
+            e = top_err(out["eigenvalues"], problem.eigenvalues[:k])
+            return f"{e:.1e}", e
         ref = reference.get(f"top{k}")
-        return f"{top_err(out['eigenvalues'], ref):.1e} (vs ARPACK)" if ref is not None else "—"
+        if ref is None:
+            return "—", nan
+        e = top_err(out["eigenvalues"], ref)
+        return f"{e:.1e} (vs ARPACK)", e
     if task.startswith("trace"):
-        est = out["trace"]
-        se = out.get("stderr")
+        est, se = out["trace"], out.get("stderr")
         val = f"{est:.4g}" + (f" ± {se:.2g}" if se is not None and np.isfinite(se) else "")
-        return f"{rel_err(est, problem.trace):.1e} ({val})" if exact else val
+        if not exact:
+            return val, nan
+        e = rel_err(est, problem.trace)
+        return f"{e:.1e} ({val})", e
     if task == "density" and exact:
-        width = problem.eigenvalues[0] - problem.eigenvalues[-1]
-        return f"{_w1(out, problem.eigenvalues) / width:.1e}"
-    return "—"
+        e = _w1(out, problem.eigenvalues) / (problem.eigenvalues[0] - problem.eigenvalues[-1])
+        return f"{e:.1e}", e
+    return "—", nan
+
+
+def behind(cases: list[Case], errors: dict) -> list[str]:
+    """Where another tool beat hessop on the same task: faster at no worse accuracy, or more accurate for no more HVPs."""
+    mine = {c.task: c for c in cases if c.tool == "hessop" and c.runs}
+    out = []
+    for c in cases:
+        h = mine.get(c.task.split(":")[0] if c.task == "top1:power" else c.task)
+        if c.tool == "hessop" or h is None or not c.runs:
+            continue
+        ec, eh = errors.get(id(c), float("nan")), errors.get(id(h), float("nan"))
+        comparable = not (np.isfinite(ec) and np.isfinite(eh)) or ec <= 2 * eh
+        if c.seconds < 0.8 * h.seconds and comparable:
+            out.append(f"{c.task}: {c.tool} {h.seconds / c.seconds:.1f}x faster"
+                       + (f" (error {ec:.1e} vs {eh:.1e})" if np.isfinite(ec) else ""))
+        elif np.isfinite(ec) and np.isfinite(eh) and ec < eh / 10 and c.hvps <= h.hvps:
+            out.append(f"{c.task}: {c.tool} more accurate ({ec:.1e} vs {eh:.1e}) with {c.hvps} HVPs vs {h.hvps}")
+    return out
 
 
 def run_problem(name: str, repeats: int, ks=(1, 20), log=print) -> dict:
@@ -89,61 +114,76 @@ def run_problem(name: str, repeats: int, ks=(1, 20), log=print) -> dict:
             if c.tool.startswith("scipy") and c.runs:
                 reference[c.task] = np.sort(c.value["eigenvalues"])[::-1]
     base = {c.task: c.seconds for c in cases if c.tool == "hessop" and c.runs}
-    rows = []
+    rows, errors = [], {}
     for c in cases:
         if c.error is not None:
             rows.append([c.task, c.tool, f"failed: {c.error}", "", "", "", ""])
             continue
         label = c.tool + (" (ARPACK)" if c.tool == "curvlinops" and c.task.startswith("top") else "")
         ratio = c.seconds / base[c.task] if c.task in base else float("nan")
-        rows.append([c.task, label, accuracy(c.task, c.value, problem, reference), c.hvps,
+        text, errors[id(c)] = accuracy(c.task, c.value, problem, reference)
+        rows.append([c.task, label, text, c.hvps,
                      f"{c.seconds:.3g}", f"{ratio:.2f}" if np.isfinite(ratio) else "—", f"{c.peak_mib:.0f}"])
-    return {"problem": problem, "rows": rows, "setup": setup, "missing": missing}
+    return {"problem": problem, "rows": rows, "setup": setup, "missing": missing,
+            "behind": behind(cases, errors)}
 
 
 HEADER = ["task", "tool", "error", "HVPs", "time (s)", "time / hessop", "peak RSS growth (MiB)"]
 
 
-def report(results: list[dict], repeats: int, command: str, versions: dict) -> str:
-    """The markdown of the whole comparison."""
-    out = [f"Command: `{command}` ({repeats} interleaved repeat(s), medians). Versions: "
-           + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
-           "Errors: top-k is the largest relative error of the k largest eigenvalues; trace is the relative "
-           f"error (estimate ± the tool's standard error where it gives one), all with {TRACE_BUDGET} HVPs except "
-           "PyHessian, which stops itself (its default `maxIter=100, tol=1e-3`); density is the 1-Wasserstein "
-           "distance between the tool's spectral measure (one probe, "
-           f"{DENSITY_STEPS} Lanczos steps) and the exact eigenvalues, divided by the spectral width. Top-k uses "
-           "each tool's default tolerance: hessop thick-restart Lanczos (relative residual 1e-6, raised to the "
-           "float32 floor 1.2e-4), ARPACK `which='LA'` with `tol=0`, PyHessian power iteration (`tol=1e-3` on "
-           "the change of the eigenvalue), hessian-eigenthings Lanczos with its default `2k` steps and no restart "
-           "(`top1:power` is its deflated power iteration). Time ratios are against hessop on the same task.", ""]
-    for res in results:
-        p = res["problem"]
-        truth = (f"ground truth: dense float64 Hessian ({p.truth_seconds:.0f} s to build and diagonalise)"
-                 if p.eigenvalues is not None else "no dense ground truth at this size: top-k errors are against "
-                 "ARPACK on hessop's operator, traces are shown with their standard errors")
-        out += [f"### {p.name} — n = {p.num_params:,}", "", f"{p.description}; {truth}.", ""]
-        out.append("Operator construction (s): " + ", ".join(f"{t} {s:.2f}" for t, s in res["setup"].items())
-                   + ("; not installed: " + ", ".join(res["missing"]) if res["missing"] else "") + ".")
-        out += ["", markdown_table(HEADER, res["rows"]), ""]
+NOTES = (
+    "Errors: top-k is the largest relative error of the k largest eigenvalues; trace is the relative error "
+    f"(estimate ± the tool's standard error where it gives one), all with {TRACE_BUDGET} HVPs except PyHessian, "
+    "which stops itself (its default `maxIter=100, tol=1e-3`); density is the 1-Wasserstein distance between the "
+    f"tool's spectral measure (one probe, {DENSITY_STEPS} Lanczos steps) and the exact eigenvalues, divided by the "
+    "spectral width. Top-k uses each tool's default tolerance: hessop thick-restart Lanczos (relative residual "
+    "1e-6, raised to the float32 floor 1.2e-4; its count includes a 2-product symmetry probe), ARPACK "
+    "`which='LA'` with `tol=0`, PyHessian power iteration (`tol=1e-3` on the change of the eigenvalue), "
+    "hessian-eigenthings Lanczos with its default `2k` steps and no restart (`top1:power` is its deflated power "
+    "iteration). curvlinops has no eigensolver of its own: its rows run ARPACK on `to_scipy()`. PyHessian 0.1's "
+    "density calls `torch.eig`, removed from PyTorch 2, so the benchmark supplies it from `torch.linalg.eigh`. "
+    "hessop runs with `hvp=\"double-backward\"` (the algorithm the others use); its default `hvp=\"auto\"` "
+    "times every strategy at the first product of each new block shape, several products' worth of one-off "
+    "cost per shape that is not in these tables. Time ratios are against hessop on the same task; a case "
+    "whose first run took over a minute is not repeated.")
+
+
+def model_block(res: dict, repeats: int, versions: dict) -> str:
+    """The markdown of one model's comparison, with the command and versions that produced it."""
+    p = res["problem"]
+    truth = (f"ground truth: dense float64 Hessian ({p.truth_seconds:.0f} s to build and diagonalise)"
+             if p.eigenvalues is not None else "no dense ground truth at this size: top-k errors are against "
+             "ARPACK on hessop's operator, traces are shown with their standard errors")
+    out = [f"### {p.name} — n = {p.num_params:,}", "",
+           f"`python -m benchmarks compare {res['key']} --repeats {repeats}` ({res['repeats']} interleaved "
+           f"repeat(s), medians; {res['seconds']:.0f} s). {p.description}; {truth}.", ""]
+    out.append("Operator construction (s): " + ", ".join(f"{t} {s:.2f}" for t, s in res["setup"].items())
+               + ("; not installed: " + ", ".join(res["missing"]) if res["missing"] else "") + ".")
+    lag = res["behind"]
+    out += ["", markdown_table(HEADER, res["rows"]), "",
+            "**Where hessop is behind here:** " + ("; ".join(lag) if lag else "nowhere in this table") + ".", "",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
     return "\n".join(out)
 
 
-def main(argv=None, log=print) -> str:
+def main(argv=None, log=print) -> dict[str, str]:
+    """Run the comparison; return ``{model: markdown block}``."""
     from ._tools import versions
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats on the small models")
     args = ap.parse_args(argv)
-    results = []
+    v = versions()
+    blocks = {}
     for name in args.models:
+        start = time.perf_counter()
         reps = 1 if name == "resnet20" else args.repeats
-        results.append(run_problem(name, reps, ks=(1, 5) if name == "resnet20" else (1, 20), log=log))
-    cmd = "python -m benchmarks compare" + (f" --models {' '.join(args.models)}" if args.models != list(PROBLEMS)
-                                            else "")
-    return report(results, args.repeats, cmd, versions())
+        res = run_problem(name, reps, ks=(1, 5) if name == "resnet20" else (1, 20), log=log)
+        res.update(key=name, repeats=reps, seconds=time.perf_counter() - start)
+        blocks[name] = model_block(res, args.repeats, v)
+    return blocks
 
 
 if __name__ == "__main__":
-    print(main())
+    print("\n".join(main().values()))

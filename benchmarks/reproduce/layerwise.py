@@ -42,7 +42,7 @@ def run(quick: bool = False, log=print) -> Verdict:
 
     start = time.perf_counter()
     model, x, y, final = _network(quick)
-    H = hessop.hessian(model, torch.nn.CrossEntropyLoss(), (x, y))
+    H = hessop.hessian(model, torch.nn.CrossEntropyLoss(), (x, y), hvp="double-backward")
     steps, probes = (40, 2) if quick else (80, 4)
     results = {scale: layerwise(H, "modules", k=1, trace_matvecs=30, density_steps=steps, num_probes=probes,
                                 scale=scale) for scale in ("none", "top")}
