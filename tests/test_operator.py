@@ -87,7 +87,8 @@ def test_blocks_and_restrict_are_dense_sub_blocks(problem):
         assert sub.parameter_names == [f"{name}.weight", f"{name}.bias"]
         np.testing.assert_allclose(sub.to_dense(), dense[s, s], atol=1e-13)
     both = H.restrict("conv1", r"bn\d\.bias")
-    index = np.r_[blocks["conv1"], blocks["bn1"].stop - 3 : blocks["bn1"].stop, blocks["bn2"].stop - 3 : blocks["bn2"].stop]
+    bn1, bn2 = blocks["bn1"].stop, blocks["bn2"].stop
+    index = np.r_[blocks["conv1"], bn1 - 3 : bn1, bn2 - 3 : bn2]
     np.testing.assert_allclose(both.to_dense(), dense[np.ix_(index, index)], atol=1e-13)
 
 

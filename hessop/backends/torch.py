@@ -44,6 +44,7 @@ from torch.func import functional_call
 from .._array import namespace
 from ._torch_data import Batches, batch_size, check_loader, check_repeatable_forward, check_train_mode
 from ._torch_hvp import STRATEGIES, FirstOrderGraph, Tensors, ggn
+from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
 
 HVP_CHOICES = ("auto", *STRATEGIES)
@@ -100,9 +101,9 @@ class TorchBackend(Backend):
         self.curvature = curvature
         self.hvp = hvp
         self.progress = progress
-        self.reduction = _reduction(loss, reduction)
+        self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
-        self._set_params(_select(model, params))
+        self._set_params(select_params(model, params))
         self.batches = Batches(data, self.device, next(iter(model.parameters())).dtype)
         if check_determinism:
             check_train_mode(model)
@@ -374,54 +375,6 @@ class TorchBackend(Backend):
         other.chosen = {}
         other._set_params([n for n in self.param_names if n in set(names)])
         return other
-
-
-def _select(model: nn.Module, params: Sequence[torch.Tensor | str] | None) -> list[str]:
-    """Names, in model order, of the parameters to differentiate."""
-    named = list(model.named_parameters())
-    if params is None:
-        names = [n for n, p in named if p.requires_grad]
-        if not names:
-            raise ValueError(
-                "the model has no trainable parameters (none with requires_grad=True); "
-                "unfreeze some, or pass params=[...] explicitly"
-            )
-        return names
-    if isinstance(params, (str, torch.Tensor)):
-        params = [params]
-    by_id = {id(p): n for n, p in named}
-    wanted = set()
-    for p in params:
-        if isinstance(p, str):
-            if p not in dict(named):
-                raise ValueError(f"params: {p!r} is not a parameter of the model; names are like {[n for n, _ in named[:4]]}")
-            wanted.add(p)
-        elif isinstance(p, torch.Tensor):
-            if id(p) not in by_id:
-                raise ValueError(
-                    f"params: a tensor of shape {tuple(p.shape)} is not a parameter of the model; pass tensors from "
-                    "model.parameters() (not copies) or parameter names"
-                )
-            wanted.add(by_id[id(p)])
-        else:
-            raise TypeError(f"params must hold tensors or names, not {type(p).__name__}")
-    if not wanted:
-        raise ValueError("params is empty: pass at least one parameter tensor or name, or params=None for all")
-    return [n for n, _ in named if n in wanted]
-
-
-def _reduction(loss: Any, reduction: str | None) -> str:
-    own = getattr(loss, "reduction", None)
-    if reduction is None:
-        reduction = own if isinstance(own, str) else "mean"
-    elif isinstance(own, str) and own != reduction:
-        raise ValueError(f"reduction={reduction!r} contradicts the loss's own reduction={own!r}; drop one of them")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(
-            f"the loss reduces with {reduction!r}; it must return a scalar mean or sum over samples "
-            "(reduction='mean' or 'sum')"
-        )
-    return reduction
 
 
 def _raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
