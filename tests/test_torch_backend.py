@@ -422,3 +422,25 @@ def test_models_with_several_inputs_and_iterable_datasets():
     S = make_operator(model, loss, stream)
     assert S.backend.local_count == 15
     np.testing.assert_allclose(S.to_dense(), expected, atol=1e-13)
+
+
+def test_progress_bar_does_not_change_the_product(capsys):
+    model, data = _mlp()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    quiet = make_operator(model, nn.CrossEntropyLoss(), data).apply(v)
+    loud = make_operator(model, nn.CrossEntropyLoss(), data, progress=True).apply(v)
+    torch.testing.assert_close(loud, quiet, rtol=0, atol=0)
+    assert capsys.readouterr().out == ""  # tqdm writes to stderr only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_products_stay_on_the_device_and_match_cpu():
+    model, data = _cnn()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    expected = make_operator(model, nn.CrossEntropyLoss(), data).apply(v)
+    H = make_operator(model.cuda(), nn.CrossEntropyLoss(), data)  # CPU batches move to the model's device
+    assert H.device.type == "cuda"
+    Hv = H.apply(v.cuda())
+    assert Hv.device.type == "cuda"
+    torch.testing.assert_close(Hv.cpu(), expected, rtol=1e-10, atol=1e-12)
