@@ -103,6 +103,7 @@ def run(args, gamma: float, data, tag: str) -> dict:
 
 def figure(results: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     with style():
         fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.3), layout="tight")
@@ -116,6 +117,7 @@ def figure(results: list[dict], path: str) -> None:
             axes[1].fill_between(ep, tr - 2 * se, tr + 2 * se, color=line.get_color(), alpha=0.2, linewidth=0)
             axes[2].plot(ep, [r["test_accuracy"] for r in recs], marker="o", markersize=3, label=label)
         for ax, name in zip(axes, ("top eigenvalue", "Hessian trace (±2 stderr)", "test accuracy")):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
             ax.legend()

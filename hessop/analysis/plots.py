@@ -235,6 +235,10 @@ def plot_track(records: Iterable[Mapping[str, Any]], axes=None, *, unit: str | N
             ax_tr.legend(loc="best")
         ax_tr.set_xlabel(unit)
         ax_tr.set_ylabel("Hessian trace")
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in (ax_eig, ax_tr):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title:
             ax_eig.figure.suptitle(title)
     return [ax_eig, ax_tr]
