@@ -210,10 +210,12 @@ class BlockSpectrum:
 
 
 def block_spectrum(H: Any, k: int = 1, trace_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
-                   seed: int = 0, trace_method: str = "xtrace", with_density: bool = True) -> BlockSpectrum:
+                   seed: int = 0, trace_method: str = "xtrace", with_density: bool = True,
+                   with_trace: bool = True) -> BlockSpectrum:
     """The top ``k`` eigenvalues, the trace (with stderr) and optionally the SLQ density of ``H``.
 
-    The building block of the layer-wise, Gauss-Newton and tracking analyses.
+    The building block of the layer-wise, Gauss-Newton and tracking analyses;
+    ``with_trace=False`` skips the trace estimate (NaN, no products spent).
     """
     from ..solvers.density import SpectralDensity, density
     from ..solvers.eigsh import eigsh
@@ -229,16 +231,19 @@ def block_spectrum(H: Any, k: int = 1, trace_matvecs: int = 60, density_steps: i
                              rho, n, True)
     eig = eigsh(H, k=min(k, n - 1), seed=seed)
     order = np.argsort(-np.asarray(eig.eigenvalues, dtype=np.float64))
-    est = trace(H, method=trace_method, num_matvecs=max(4, trace_matvecs), seed=seed)
-    spent = int(eig.num_matvecs) + int(est.num_matvecs)
+    spent = int(eig.num_matvecs)
+    tr, stderr, samples = math.nan, math.nan, np.empty(0)
+    if with_trace:
+        est = trace(H, method=trace_method, num_matvecs=max(4, trace_matvecs), seed=seed)
+        tr, stderr, samples = float(est.estimate), float(est.stderr), np.asarray(est.samples, dtype=np.float64)
+        spent += int(est.num_matvecs)
     rho = None
     if with_density:
         rho = density(H, num_steps=density_steps, num_probes=num_probes, seed=seed)
         spent += int(rho.num_matvecs)
     return BlockSpectrum(n, [float(eig.eigenvalues[i]) for i in order],
                          [float(eig.residual_norms[i]) for i in order], bool(np.all(eig.converged)),
-                         float(est.estimate), float(est.stderr), np.asarray(est.samples, dtype=np.float64), rho,
-                         spent, False)
+                         tr, stderr, samples, rho, spent, False)
 
 
 def _ggn_row(g: BlockSpectrum) -> dict:

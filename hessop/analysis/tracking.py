@@ -109,7 +109,8 @@ class CurvatureTracker:
         from .plots import negative_mass
 
         b = block_spectrum(H, k=max(self.k, 1), trace_matvecs=self.trace_matvecs, density_steps=self.density_steps,
-                           num_probes=self.num_probes, seed=self.seed, with_density=self.density)
+                           num_probes=self.num_probes, seed=self.seed, with_density=self.density,
+                           with_trace=self.trace)
         rec: dict[str, Any] = {"num_params": b.num_params}
         if self.k:
             rec["top_eigenvalues"] = b.eigenvalues[: self.k]
