@@ -38,24 +38,26 @@ def run_compare(models, repeats: int, write: bool) -> None:
     from ._problems import CACHE
 
     argv = ["--repeats", str(repeats)] + (["--models", *models] if models else [])
-    blocks = compare.main(argv, log=log)
     if not write:
-        print("\n".join(blocks.values()))
+        print("\n".join(compare.main(argv, log=log).values()))
         return
-    os.makedirs(CACHE, exist_ok=True)
-    for name, text in blocks.items():
+
+    def save(name: str, text: str) -> None:
+        os.makedirs(CACHE, exist_ok=True)
         with open(os.path.join(CACHE, f"compare-{name}.md"), "w") as f:
             f.write(text)
-    parts = [compare.NOTES, ""]
-    for name in compare.PROBLEMS:
-        path = os.path.join(CACHE, f"compare-{name}.md")
-        if os.path.exists(path):
-            with open(path) as f:
-                parts.append(f.read())
-        else:
-            parts.append(f"### {name}\n\nNot run yet: `python -m benchmarks compare {name}`.\n")
-    replace_section(PERFORMANCE, SECTION, "\n".join(parts))
-    log(f"wrote the '{SECTION[3:]}' section of {PERFORMANCE}")
+        parts = [compare.NOTES, ""]
+        for key in compare.PROBLEMS:
+            path = os.path.join(CACHE, f"compare-{key}.md")
+            if os.path.exists(path):
+                with open(path) as f:
+                    parts.append(f.read())
+            else:
+                parts.append(f"### {key}\n\nNot run yet: `python -m benchmarks compare {key}`.\n")
+        replace_section(PERFORMANCE, SECTION, "\n".join(parts))
+        log(f"wrote {name} into the '{SECTION[3:]}' section of {PERFORMANCE}")
+
+    compare.main(argv, log=log, on_block=save)
 
 
 def run_reproductions(names, quick: bool, write: bool) -> None:
@@ -71,16 +73,23 @@ def run_reproductions(names, quick: bool, write: bool) -> None:
     if not write or quick:
         print("\n\n".join(f"## {v.title}\n\n{v.body}" for v in verdicts))
         return
-    if not names or not os.path.exists(REPRODUCTIONS):
-        with open(REPRODUCTIONS, "w") as f:
-            f.write(_header())
-    for verdict in verdicts:
-        body = f"Command: `{verdict.command}` ({verdict.seconds:.0f} s).\n\n{verdict.body}"
-        try:
-            replace_section(REPRODUCTIONS, f"## {verdict.title}", body)
-        except ValueError:  # not there yet: append it
-            with open(REPRODUCTIONS, "a") as f:
-                f.write(f"\n## {verdict.title}\n\n{body}\n")
+    from ._problems import CACHE
+
+    os.makedirs(CACHE, exist_ok=True)
+    for verdict, name in zip(verdicts, names or NAMES):
+        with open(os.path.join(CACHE, f"repro-{name}.md"), "w") as f:
+            f.write(f"## {verdict.title}\n\nCommand: `{verdict.command}` ({verdict.seconds:.0f} s).\n\n"
+                    f"{verdict.body}\n")
+    parts = [_header()]
+    for name in NAMES:  # every reproduction's latest verdict, in a fixed order
+        path = os.path.join(CACHE, f"repro-{name}.md")
+        if os.path.exists(path):
+            with open(path) as f:
+                parts.append(f.read())
+        else:
+            parts.append(f"## {name}\n\nNot run yet: `python -m benchmarks reproduce {name}`.\n")
+    with open(REPRODUCTIONS, "w") as f:
+        f.write("\n".join(parts))
     log(f"wrote {REPRODUCTIONS}")
 
 

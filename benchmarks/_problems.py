@@ -161,8 +161,11 @@ def mlp_digits() -> Problem:
                    model, torch.nn.CrossEntropyLoss(), x, y)
 
 
-def two_layer(hidden: int = 200, n: int = 1000) -> Problem:
-    """A two-layer tanh network 64-hidden-10 on digits (15,010 parameters at hidden=200), as in Ghorbani et al."""
+def two_layer(hidden: int = 50, n: int = 1000) -> Problem:
+    """A two-layer tanh network 64-hidden-10 on digits, as in Ghorbani et al.'s accuracy figure.
+
+    3,760 parameters at the default ``hidden=50``; 15,010 (the paper's scale) at ``hidden=200``.
+    """
     import torch
 
     from hessop.models.small import MLP

@@ -69,12 +69,12 @@ def _power_vs_lanczos(quick: bool) -> dict:
 
     from .. import _problems
 
-    problem = _problems.resnet20(batch=8 if quick else 16)
+    problem = _problems.resnet20(batch=8)
     H = hessop.hessian(problem.model, problem.loss, problem.data, hvp=_problems.HVP)
     out = {"n": problem.num_params, "batch": int(problem.x.shape[0])}
-    for method in ("thick-restart", "lanczos", "power"):
+    for method in ("lanczos", "power"):
         start = time.perf_counter()
-        r = eigsh(H, k=20, which="LA", method=method, tol=1e-3, max_matvecs=1500, seed=0)
+        r = eigsh(H, k=20, which="LA", method=method, tol=1e-3, max_matvecs=1000, seed=0)
         out[method] = {"matvecs": r.num_matvecs, "converged": int(r.converged.sum()), "stopped": r.stopped,
                        "seconds": time.perf_counter() - start, "eigenvalues": r.eigenvalues}
     return out
@@ -108,8 +108,8 @@ def run(quick: bool = False, log=print) -> Verdict:
         axis.legend(fontsize=8)
     ax[2].set_xscale("log")
     ax[2].set_yscale("log")
-    methods = ["power", "lanczos", "thick-restart"]
-    ax[3].bar(methods, [pl[m]["matvecs"] for m in methods], color=["C3", "C0", "C2"])
+    methods = ["power", "lanczos"]
+    ax[3].bar(methods, [pl[m]["matvecs"] for m in methods], color=["C3", "C0"])
     ax[3].bar(["paper: power", "paper: Lanczos"], [349, 45], color="0.7")
     ax[3].set(ylabel="HVPs for the top 20", title=f"ResNet20 (n={pl['n']:,}), tol 1e-3")
     ax[3].tick_params(axis="x", rotation=30)
@@ -149,7 +149,7 @@ the top {TOP} divided by its mean (0 = perfectly uniform).
 | spread over the top {TOP} | {spread_r} |
 
 Top-20 eigenvalues of the ResNet20 Hessian ({pl['n']:,} parameters, batch of {pl['batch']} synthetic images,
-float32, `hessop.solvers.eigsh.eigsh(H, k=20, which="LA", tol=1e-3, method=...)`, budget 1500 HVPs):
+float32, `hessop.solvers.eigsh.eigsh(H, k=20, which="LA", tol=1e-3, method=...)`, budget 1000 HVPs):
 
 | method | HVPs | converged | stopped | time (s) |
 |---|---|---|---|---|
