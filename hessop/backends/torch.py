@@ -229,7 +229,7 @@ class TorchBackend(Backend):
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         batched = V.ndim == 2
         vs = self._split(V)
-        acc = torch.zeros_like(V)
+        acc = torch.zeros(V.shape, dtype=V.dtype, device=V.device)  # contiguous, whatever V's strides
         views = self._views(acc)  # parameter-shaped views: each batch adds in place, no concatenation
         count = 0
         for _, x, y in self._iter("Hessian-vector product"):
