@@ -10,6 +10,9 @@ gradient
     plain PyTorch: ``torch.autograd.grad`` of each batch's loss, summed (the baseline).
 hvp <strategy>
     ``hessop.hessian(..., hvp=strategy).apply(v)``, one vector, all batches.
+hvp double-backward, no graph cache
+    ``graph_cache=False``: every product redoes each batch's forward pass and first backward pass
+    (the other hvp rows keep each batch's first-order graph where the strategy allows it).
 hvp auto
     the strategy ``hvp="auto"`` picked (timed on the first batch), in brackets.
 block of k <strategy> (per vector)
@@ -119,6 +122,8 @@ def measure_torch(names: list[str], batch_size: int, num_batches: int, block: in
         auto.apply(v), auto.apply(V)  # let auto choose, outside the timings
         cases: list[tuple[str, Callable[[], Any], int]] = [("gradient", _gradient_pass(model, loss, data), 1)]
         cases += [(f"hvp {s}", (lambda H=H: H.apply(v)), 1) for s, H in ops.items()]
+        uncached = hessian(model, loss, data, hvp="double-backward", graph_cache=False)
+        cases.append(("hvp double-backward, no graph cache", lambda: uncached.apply(v), 1))
         cases.append((f"hvp auto [{auto.backend.chosen['vector']}]", lambda: auto.apply(v), 1))
         cases += [(f"block of {block} {s} (per vector)", (lambda H=H: H.apply(V)), block) for s, H in ops.items()]
         cases.append((f"block of {block} auto [{auto.backend.chosen[f'block of {block}']}] (per vector)",
@@ -143,8 +148,7 @@ def measure_torch(names: list[str], batch_size: int, num_batches: int, block: in
 
 def _single_batch(label, model, loss, batch, v, py, repeats) -> list[dict]:
     kept = hessian(model, loss, [batch], hvp="double-backward")
-    fresh = hessian(model, loss, [batch], hvp="double-backward")
-    fresh.backend.cache_graph = False
+    fresh = hessian(model, loss, [batch], hvp="double-backward", graph_cache=False)
     cases = [("single batch: gradient", _gradient_pass(model, loss, [batch])),
              ("single batch: hvp double-backward, graph kept", lambda: kept.apply(v)),
              ("single batch: hvp double-backward, graph rebuilt", lambda: fresh.apply(v))]

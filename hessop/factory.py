@@ -42,7 +42,8 @@ def hessian(
         of the data; products are summed over processes.
     **options
         Passed to the backend (for PyTorch: ``params``, ``hvp``, ``reduction``,
-        ``check_determinism``, ``progress``; for JAX: ``model_fn``, ``hvp``,
+        ``check_determinism``, ``progress``, ``graph_cache``,
+        ``graph_cache_bytes``; for JAX: ``model_fn``, ``hvp``,
         ``reduction``, ``batch_size_fn``). With JAX and ``model_fn``, ``loss`` is
         ``loss_fn(outputs, targets)`` and batches are ``(inputs, targets)``, as
         with PyTorch; the GGN and residual curvatures need that form.

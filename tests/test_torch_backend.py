@@ -445,3 +445,78 @@ def test_cuda_products_stay_on_the_device_and_match_cpu():
     Hv = H.apply(v.cuda())
     assert Hv.device.type == "cuda"
     torch.testing.assert_close(Hv.cpu(), expected, rtol=1e-10, atol=1e-12)
+
+
+# -- first-order graphs kept across products, several batches ------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["mlp-ce-mean", "cnn-ce-mean", "mlp-mse-sum"])
+@pytest.mark.parametrize("strategy", ["double-backward", "double-backward-loop"])
+def test_graph_cache_over_several_batches_matches_dense_and_uncached(case, strategy):
+    make, make_loss = CASES[case]
+    model, data = make()
+    loss = make_loss()
+    expected = dense_hessian(model, loss, data)
+    V = torch.randn(expected.shape[0], 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kept = make_operator(model, loss, data, hvp=strategy, graph_cache=True)
+    none = make_operator(model, loss, data, hvp=strategy, graph_cache=False)
+    everything = [(H.apply(V[:, 0]), H.apply(V), H.apply(V)) for H in (kept, none)]
+    assert sorted(kept.backend._graphs.graphs) == [0, 1, 2] and not none.backend._graphs.graphs
+    for cached, uncached in zip(*everything):
+        torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(everything[0][1].numpy(), expected @ V.numpy(), atol=1e-12 * scale * 4, rtol=0)
+    np.testing.assert_allclose(kept.to_dense(), expected, atol=1e-12 * scale, rtol=0)
+
+
+def test_graph_cache_budget_keeps_only_what_fits():
+    model, data = _cnn()
+    loss = nn.CrossEntropyLoss()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    full = make_operator(model, loss, data, hvp="double-backward", graph_cache=True)
+    reference = full.apply(v)
+    sizes = full.backend._graphs.used
+    assert sizes > 0
+    for budget, kept in [(0, []), (sizes, [0, 1, 2])]:
+        H = make_operator(model, loss, data, hvp="double-backward", graph_cache_bytes=budget)
+        for _ in range(2):
+            torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
+        assert sorted(H.backend._graphs.graphs) == kept
+    partial = make_operator(model, loss, data, hvp="double-backward", graph_cache_bytes=sizes - 1)
+    torch.testing.assert_close(partial.apply(v), reference, rtol=0, atol=0)
+    torch.testing.assert_close(partial.apply(v), reference, rtol=0, atol=0)
+    assert 1 <= len(partial.backend._graphs.graphs) < 3 and partial.backend._graphs.too_big
+    auto = make_operator(model, loss, data, hvp="double-backward")  # the default budget, far above this model
+    torch.testing.assert_close(auto.apply(v), reference, rtol=0, atol=0)
+    assert sorted(auto.backend._graphs.graphs) == [0, 1, 2] and 0 < auto.backend._graphs.budget <= 2 << 30
+
+
+@pytest.mark.parametrize("case", ["mlp-ce-mean", "cnn-ce-mean"])
+def test_graph_cache_follows_an_optimizer_step_over_several_batches(case):
+    make, make_loss = CASES[case]
+    model, data = make()
+    loss = make_loss()
+    H = make_operator(model, loss, data, hvp="double-backward")
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = H.apply(v)
+    assert len(H.backend._graphs.graphs) == 3
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer.zero_grad()
+    sum(loss(model(x.double()), _target(y)) for x, y in data).backward()
+    optimizer.step()  # in place, as in training
+    after = H.apply(v)
+    expected = dense_hessian(model, loss, data)
+    np.testing.assert_allclose(after.numpy(), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max() * 10, rtol=0)
+    assert not torch.allclose(after, before)
+    if case == "cnn-ce-mean":  # a buffer changed in place invalidates too
+        with torch.no_grad():
+            model.bn1.running_var.mul_(2.0)
+        fresh = make_operator(model, loss, data, hvp="double-backward", graph_cache=False).apply(v)
+        torch.testing.assert_close(H.apply(v), fresh, rtol=0, atol=0)
+
+
+def test_graph_cache_options_are_checked():
+    model, data = _mlp()
+    for bad in [dict(graph_cache="yes"), dict(graph_cache_bytes=-1)]:
+        with pytest.raises(ValueError, match="graph_cache"):
+            TorchBackend(model, nn.CrossEntropyLoss(), data, **bad)

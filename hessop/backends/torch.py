@@ -22,10 +22,12 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
     fastest for the rest of the operator's life. A strategy that fails on the
     model (e.g. an op without a ``vmap`` rule) is skipped.
 
-With a single batch and the double-backward strategies, the first-order graph
-(forward pass and gradient with ``create_graph=True``) is built once and reused
-by every product until a parameter or buffer changes in place: each product
-then costs one backward pass (see ``docs/performance.md``).
+With the double-backward strategies and data given as a list of batches, each
+batch's first-order graph (forward pass and gradient with ``create_graph=True``)
+is built once and reused by every product until a parameter or buffer changes
+in place, for as many batches as fit the ``graph_cache_bytes`` budget
+(:mod:`hessop.backends._torch_graphs`): a kept batch then costs one backward
+pass per product, the others are recomputed (see ``docs/performance.md``).
 
 float16/bfloat16 models: vectors, products and sums over batches are float32;
 each batch's product runs in the model's dtype on the vector cast to it.
@@ -43,6 +45,7 @@ from torch.func import functional_call
 
 from .._array import namespace
 from ._torch_data import Batches, batch_size, check_loader, check_repeatable_forward, check_train_mode
+from ._torch_graphs import GraphCache, budget_of
 from ._torch_hvp import STRATEGIES, FirstOrderGraph, Tensors, ggn
 from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
@@ -73,6 +76,9 @@ class TorchBackend(Backend):
         Refuse models and loaders that make the Hessian a random matrix.
     progress : bool
         Show a progress bar over the batches of each product.
+    graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
+        Keep batches' first-order graphs across products (module docstring) under ``graph_cache_bytes``
+        (default: min(2 GiB, free memory / 4); ``True``: no limit; ``False`` or 0: keep none).
     """
 
     def __init__(
@@ -87,6 +93,8 @@ class TorchBackend(Backend):
         reduction: str | None = None,
         check_determinism: bool = True,
         progress: bool = False,
+        graph_cache: bool | str = "auto",
+        graph_cache_bytes: int | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -96,6 +104,7 @@ class TorchBackend(Backend):
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
         if hvp not in HVP_CHOICES:
             raise ValueError(f"unknown hvp strategy {hvp!r}; choose one of {HVP_CHOICES}")
+        self.graph_budget = budget_of(graph_cache, graph_cache_bytes)
         self.model = model
         self.loss_fn = loss
         self.curvature = curvature
@@ -111,8 +120,6 @@ class TorchBackend(Backend):
         self._check_first_batch(x, y, check_determinism)
         self.local_count = float(self.batches.count())
         self.chosen: dict[str, str] = {}
-        self.cache_graph = True  # keep the single batch's first-order graph (module docstring)
-        self._graph: tuple[Any, FirstOrderGraph] | None = None
 
     # -- parameters ------------------------------------------------------------------------
     def _set_params(self, names: list[str]) -> None:
@@ -137,7 +144,7 @@ class TorchBackend(Backend):
         self.dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
         self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
         self._param_dtypes = [t.dtype for t in tensors]
-        self._graph = None
+        self._graphs = GraphCache(self.graph_budget)
 
     def _current(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -232,10 +239,10 @@ class TorchBackend(Backend):
         acc = torch.zeros(V.shape, dtype=V.dtype, device=V.device)  # contiguous, whatever V's strides
         views = self._views(acc)  # parameter-shaped views: each batch adds in place, no concatenation
         count = 0
-        for _, x, y in self._iter("Hessian-vector product"):
+        for index, x, y in self._iter("Hessian-vector product"):
             w = self._weight(x, y)
             count += batch_size(x, y)
-            for view, part in zip(views, self._product(x, y, vs, batched)):
+            for view, part in zip(views, self._product(index, x, y, vs, batched)):
                 view.add_(part, alpha=w)
         self._check_count(count)
         # NaN and inf propagate into the sum: one cheap reduction, the full check only when it trips
@@ -247,17 +254,17 @@ class TorchBackend(Backend):
         """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
         flags = []
         for index, x, y in self.batches:
-            parts = self._product(x, y, vs, batched)
+            parts = self._product(index, x, y, vs, batched)
             flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
         _raise_nonfinite(flags, f"{self.curvature}-vector product")
         raise FloatingPointError(
             f"the {self.curvature}-vector product overflowed while adding up the batches; use a float64 model"
         )
 
-    def _product(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+    def _product(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         if self.curvature == "ggn":
             return self._ggn(x, y, vs, batched)
-        hv = self._hessian(x, y, vs, batched)
+        hv = self._hessian(index, x, y, vs, batched)
         if self.curvature == "residual":
             gv = self._ggn(x, y, vs, batched)
             return tuple(a - b for a, b in zip(hv, gv))
@@ -267,23 +274,23 @@ class TorchBackend(Backend):
         model_fn, loss_of_output, _ = self._closures(x, y)
         return ggn(model_fn, loss_of_output, self._current(), y, vs, batched)
 
-    def _hessian(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+    def _hessian(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         key = f"block of {vs[0].shape[0]}" if batched else "vector"
-        name = self.chosen.get(key) or self._choose(key, x, y, vs, batched)
-        return self._run(name, x, y, vs, batched)
+        name = self.chosen.get(key) or self._choose(key, index, x, y, vs, batched)
+        return self._run(name, index, x, y, vs, batched)
 
-    def _run(self, name: str, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
-        if name.startswith("double-backward") and self._single_batch():
-            graph = self._cached_graph(x, y)
+    def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+        graph = self._graph(index, x, y) if name.startswith("double-backward") else None
+        if graph is not None:
             return graph.hvp_loop(vs) if batched and name.endswith("loop") else graph.hvp(vs, batched=batched)
         _, _, f = self._closures(x, y)
         return STRATEGIES[name](f, self._current(), y, vs, batched)
 
-    def _choose(self, key: str, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
+    def _choose(self, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
         """The strategy for products of this shape: the user's, or the fastest on the first batch.
 
-        Each candidate runs twice exactly as a real product would (with the kept
-        graph for a single batch) and the second run is timed.
+        Each candidate runs twice exactly as a real product would (with the first
+        batch's kept graph if it fits the budget) and the second run is timed.
         """
         if self.hvp != "auto":
             self.chosen[key] = self.hvp
@@ -293,10 +300,10 @@ class TorchBackend(Backend):
         errors: dict[str, Exception] = {}
         for name in candidates:
             try:
-                self._run(name, x, y, vs, batched)
+                self._run(name, index, x, y, vs, batched)
                 _synchronize(self.device)
                 start = time.perf_counter()
-                self._run(name, x, y, vs, batched)
+                self._run(name, index, x, y, vs, batched)
                 _synchronize(self.device)
                 times[name] = time.perf_counter() - start
             except RuntimeError as err:  # e.g. an operator without a vmap or forward-mode rule
@@ -306,18 +313,14 @@ class TorchBackend(Backend):
         self.chosen[key] = min(times, key=times.__getitem__)
         return self.chosen[key]
 
-    def _single_batch(self) -> bool:
-        return self.cache_graph and self.batches.is_list and len(self.batches) == 1
-
-    def _cached_graph(self, x: Any, y: Any) -> FirstOrderGraph:
-        """The first-order graph of the only batch, rebuilt when a parameter or buffer changed in place."""
+    def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
+        """Batch ``index``'s first-order graph from the cache (module docstring); ``None``: recompute."""
+        if not self.batches.is_list:
+            return None
         state = self._fixed()
         key = tuple((t.data_ptr(), t._version) for t in state.values())
-        if self._graph is None or self._graph[0] != key:
-            self._graph = None
-            _, _, f = self._closures(x, y, state)
-            self._graph = (key, FirstOrderGraph(f, self._current(), y))
-        return self._graph[1]
+        build = lambda: FirstOrderGraph(self._closures(x, y, state)[2], self._current(), y)  # noqa: E731
+        return self._graphs.get(index, key, build, state.values())
 
     def _check_count(self, count: int) -> None:
         if count != self.local_count:

@@ -1,0 +1,126 @@
+"""The first-order graphs of several batches, kept across products under a memory budget.
+
+A double-backward product of one batch costs a forward pass and a backward pass
+with ``create_graph=True`` (the first-order graph, :class:`FirstOrderGraph`),
+then one more backward pass. Keeping each batch's graph makes every later
+product cost that last pass only, at the price of holding the batch's saved
+activations. :class:`GraphCache` keeps graphs, batch by batch, while their
+total stays under a budget in bytes; the batches beyond it are recomputed at
+every product as without a cache. All graphs are dropped together when a
+parameter or buffer of the model changes in place (the caller's ``key``).
+
+A graph's size is the bytes of the distinct tensor storages autograd saves
+while building it (recorded by ``torch.autograd.graph.saved_tensors_hooks``)
+plus its gradient, the model's own parameters and buffers excluded: an
+estimate of the memory the graph holds, not an allocator measurement.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import torch
+
+from ._torch_hvp import FirstOrderGraph
+
+DEFAULT_CAP = 2 << 30  # bytes: the default budget is the smaller of this and a quarter of the free memory
+
+
+class GraphCache:
+    """First-order graphs by batch index, kept while their total size fits ``budget`` bytes.
+
+    Parameters
+    ----------
+    budget : int or None
+        The bytes the kept graphs may hold; ``None`` for :func:`default_budget`
+        of the device of the first graph built; ``0`` keeps nothing.
+    """
+
+    def __init__(self, budget: int | None):
+        self.budget = budget
+        self.clear(None)
+
+    def clear(self, key: object) -> None:
+        """Drop every graph; ``key`` identifies the parameter and buffer values they were built at."""
+        self.key = key
+        self.graphs: dict[int, FirstOrderGraph] = {}
+        self.too_big: set[int] = set()
+        self.used = 0
+
+    def get(
+        self, index: int, key: object, build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tensor]
+    ) -> FirstOrderGraph | None:
+        """Batch ``index``'s graph: the kept one, or a new one from ``build`` (kept if it fits).
+
+        ``None`` when the budget is spent or the graph was found too big before:
+        the caller then computes the product without a kept graph.
+        """
+        if key != self.key:
+            self.clear(key)
+        graph = self.graphs.get(index)
+        if graph is not None or self.budget == 0 or index in self.too_big:
+            return graph
+        graph, size = _measured(build, exclude)
+        if self.budget is None:
+            self.budget = default_budget(graph.params[0].device)
+        if self.used + size <= self.budget:
+            self.graphs[index] = graph
+            self.used += size
+        else:
+            self.too_big.add(index)
+        return graph
+
+
+def budget_of(graph_cache: bool | str, graph_cache_bytes: int | None) -> int | None:
+    """The budget in bytes for the backend's ``graph_cache`` and ``graph_cache_bytes`` options (None: default)."""
+    if graph_cache not in ("auto", True, False) or not (graph_cache_bytes is None or graph_cache_bytes >= 0):
+        raise ValueError(
+            "graph_cache must be 'auto', True or False and graph_cache_bytes None or a number of bytes >= 0; "
+            f"got {graph_cache!r} and {graph_cache_bytes!r}"
+        )
+    if graph_cache is False:
+        return 0
+    if graph_cache_bytes is not None:
+        return int(graph_cache_bytes)
+    return None if graph_cache == "auto" else 1 << 62
+
+
+def _measured(build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tensor]) -> tuple[FirstOrderGraph, int]:
+    """The graph ``build`` returns and the bytes of the storages it saved, those of ``exclude`` left out."""
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        graph = build()
+    for t in [*exclude, *graph.params]:
+        sizes.pop(t.untyped_storage().data_ptr(), None)
+    return graph, sum(sizes.values()) + sum(g.numel() * g.element_size() for g in graph.grads)
+
+
+def default_budget(device: torch.device) -> int:
+    """The smaller of 2 GiB and a quarter of the device's free memory (of the host's, for the CPU)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _host_available()
+    return min(DEFAULT_CAP, free // 4)
+
+
+def _host_available() -> int:
+    """The host's available memory in bytes (``MemAvailable`` on Linux, free pages elsewhere, else 8 GiB)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
