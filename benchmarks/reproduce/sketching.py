@@ -159,7 +159,7 @@ float32, `hessop.solvers.eigsh.eigsh(H, k=20, which="LA", tol=1e-3, method=...)`
 the true one, shifted by nearly the same amount (largest spread {spread:.2f}), and the shift
 {'tracks' if follows else 'does not track'} the tail-mass prediction `(tr A - Σ_top λ)/d` within a factor of two;
 it {'falls' if falling else 'does not fall monotonically'} as the zero fraction grows and as the sketch grows.
-Power iteration vs Lanczos: power iteration needed {pl['power']['matvecs']} HVPs against
+Power iteration vs Lanczos: power iteration {'needed' if pl['power']['stopped'] == 'converged' else 'had not converged all 20 pairs (' + str(pl['power']['converged']) + ' done) when its budget ran out at'} {pl['power']['matvecs']} HVPs, against
 {pl['lanczos']['matvecs']} for Lanczos ({ratio_pl:.1f}x; the paper reports 349 vs 45, 7.8x). The exact counts
 depend on the tolerance, the model and its training state, and the stopping rule (ours: relative Ritz
 residual 1e-3 for all twenty pairs), so only the ratio's direction and rough size are comparable.
