@@ -13,12 +13,6 @@ import hessop
 from hessop.analysis.landscape import Landscape, filter_normalized_direction, landscape_1d, landscape_2d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def least_squares(seed=0):

@@ -19,12 +19,6 @@ from hessop.solvers.density import SpectralDensity
 BUDGET = dict(trace_matvecs=24, density_steps=20, num_probes=2, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def network(widths, seed=0, samples=48):

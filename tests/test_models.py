@@ -10,12 +10,6 @@ from torch import nn
 from hessop.models.resnet import BasicBlock, resnet, resnet20, resnet32, resnet38
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def count(model: nn.Module, kind) -> int:

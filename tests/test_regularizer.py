@@ -12,13 +12,6 @@ from torch.func import functional_call
 from hessop.analysis.regularizer import HessianTraceRegularizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: one thread avoids oversubscribing the cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(seed=0):

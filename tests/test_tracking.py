@@ -13,12 +13,6 @@ import hessop
 from hessop.analysis.tracking import CurvatureTracker, plot_track, read_track
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def setup(seed=0):

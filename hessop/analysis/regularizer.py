@@ -19,11 +19,12 @@ penalty has a gradient (a third-order derivative of the loss).
 from __future__ import annotations
 
 import math
-import re
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from ..operator import restrict_names
 
 __all__ = ["HessianTraceRegularizer", "parameter_layers"]
 
@@ -36,15 +37,6 @@ def parameter_layers(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
         if own:
             layers.append((mod_name, own))
     return layers
-
-
-def _matches(pattern: str, name: str) -> bool:
-    if name == pattern or name.startswith(pattern + "."):
-        return True
-    try:
-        return re.fullmatch(pattern, name) is not None
-    except re.error:
-        return False
 
 
 class HessianTraceRegularizer:
@@ -120,7 +112,8 @@ class HessianTraceRegularizer:
             return all_layers[q : len(all_layers) - q]
         if isinstance(layers, str):
             layers = [layers]
-        chosen = [(n, own) for n, own in all_layers if any(_matches(p, n) for p in layers)]
+        keep = set(restrict_names([n for n, _ in all_layers], *layers))
+        chosen = [(n, own) for n, own in all_layers if n in keep]
         if not chosen:
             names = [n for n, _ in all_layers]
             raise ValueError(f"layers={list(layers)} match no layer; layers are named like {names[:4]}"
