@@ -97,10 +97,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
                 break
     except KeyboardInterrupt:
         stopped = "interrupt"
-    if snap is None:
-        return control.result(np.zeros(0), None, np.zeros(0), restarts, stopped)
-    m, theta, sel, Y, rel = snap
-    return control.result(theta[sel], Q[:, :m] @ to_device(lm, Y[:, sel]), rel, restarts, stopped)
+    return control.ritz_result(snap, lambda m: Q[:, :m], restarts, stopped)
 
 
 def _snapshot(control: Control, theta, Y, res, m):

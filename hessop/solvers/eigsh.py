@@ -298,6 +298,16 @@ class Control:
         answer = self.callback(state)
         return answer is True or answer == "stop"
 
+    def ritz_result(self, snap, basis, restarts: int, stopped: str) -> EigshResult:
+        """The result from the last Rayleigh-Ritz snapshot ``(m, θ, wanted, Y, rel)``.
+
+        ``basis(m)`` gives the first ``m`` basis vectors; no snapshot means no pair yet.
+        """
+        if snap is None:
+            return self.result(np.zeros(0), None, np.zeros(0), restarts, stopped)
+        m, theta, sel, Y, rel = snap
+        return self.result(theta[sel], basis(m) @ to_device(self.lm, Y[:, sel]), rel, restarts, stopped)
+
     def result(self, theta: np.ndarray, X: Array | None, rel: np.ndarray, restarts: int, stopped: str) -> EigshResult:
         """The frozen result; a run stopped before ``k`` Ritz pairs existed is padded with NaN pairs."""
         theta = np.asarray(theta, dtype=np.float64).ravel()

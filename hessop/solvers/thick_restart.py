@@ -104,11 +104,7 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
                 break
     except KeyboardInterrupt:
         stopped = "interrupt"
-    if snap is None:
-        return control.result(np.zeros(0), None, np.zeros(0), restarts, stopped)
-    m, theta, sel, Y, rel = snap
-    X = K.basis(m) @ to_device(lm, Y[:, sel])
-    return control.result(theta[sel], X, rel, restarts, stopped)
+    return control.ritz_result(snap, K.basis, restarts, stopped)
 
 
 def _explored(K: KrylovBasis, theta: np.ndarray, previous, control: Control) -> bool:
