@@ -18,6 +18,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import time
 
 from ._tools import replace_section, versions
@@ -67,7 +68,9 @@ def run_reproductions(names, quick: bool, write: bool) -> None:
     for name in names or NAMES:
         log(f"reproduction: {name}")
         mod = importlib.import_module(f".reproduce.{name}", __package__)
+        load = os.getloadavg()[0]
         verdict = mod.run(quick=quick, log=log)
+        verdict.load = load
         log(f"  done in {verdict.seconds:.0f} s")
         verdicts.append(verdict)
     if not write or quick:
@@ -78,7 +81,8 @@ def run_reproductions(names, quick: bool, write: bool) -> None:
     os.makedirs(CACHE, exist_ok=True)
     for verdict, name in zip(verdicts, names or NAMES):
         with open(os.path.join(CACHE, f"repro-{name}.md"), "w") as f:
-            f.write(f"## {verdict.title}\n\nCommand: `{verdict.command}` ({verdict.seconds:.0f} s).\n\n"
+            f.write(f"## {verdict.title}\n\nCommand: `{verdict.command}` ({verdict.seconds:.0f} s, load average "
+                    f"{verdict.load:.1f} at the start).\n\n"
                     f"{verdict.body}\n")
     parts = [_header()]
     for name in NAMES:  # every reproduction's latest verdict, in a fixed order
@@ -100,8 +104,9 @@ def _header() -> str:
         "Each section re-runs one published observation with hessop at the scale of a 2-core CPU machine,",
         "shows a figure, and says plainly whether the result reproduces. Regenerate everything with",
         "`python -m benchmarks reproduce`, or one of them with `python -m benchmarks reproduce NAME`",
-        "(NAME: ghorbani, sketching, pyhessian, layerwise). Wall times were measured on a shared, heavily",
-        "loaded machine and are only indicative.", "",
+        "(NAME: ghorbani, sketching, pyhessian, layerwise). Each section gives its wall time and the",
+        "machine's 1-minute load average when it started; on 2 cores, times taken beside another busy",
+        "process are several times longer and only indicative.", "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", ""])
 
 
@@ -115,7 +120,14 @@ def main(argv=None) -> None:
     ap.add_argument("--no-write", action="store_true", help="print the results instead of writing the docs")
     args = ap.parse_args(argv)
     write = not (args.quick or args.no_write)
+    if not write:
+        os.environ.setdefault("HESSOP_BENCH_FIGURES", os.path.join(tempfile.gettempdir(), "hessop-bench-figures"))
+        log(f"figures go to {os.environ['HESSOP_BENCH_FIGURES']} (the docs are not written)")
     start = time.perf_counter()
+    load = os.getloadavg()[0]
+    if load > 1.0:
+        log(f"warning: the 1-minute load average is {load:.1f}; on a 2-core machine another busy process "
+            "makes these timings several times longer (results are still written, with the load noted)")
     if args.what in ("all", "compare"):
         models = args.names if args.what == "compare" else None
         if args.quick and not models:

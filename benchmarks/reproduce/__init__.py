@@ -21,3 +21,4 @@ class Verdict:
     figures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     command: str = ""
+    load: float = float("nan")  # the machine's 1-minute load average when it started

@@ -9,9 +9,14 @@ IMG = os.path.join(ROOT, "docs", "img")
 
 
 def figure_path(name: str) -> str:
-    """``docs/img/repro_<name>.png`` (absolute), creating the folder."""
-    os.makedirs(IMG, exist_ok=True)
-    return os.path.join(IMG, f"repro_{name}.png")
+    """``docs/img/repro_<name>.png`` (absolute), creating the folder.
+
+    ``$HESSOP_BENCH_FIGURES`` names another folder: runs that do not write the docs (``--quick``,
+    ``--no-write``) put their figures there, so they never overwrite the published ones.
+    """
+    folder = os.environ.get("HESSOP_BENCH_FIGURES", IMG)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"repro_{name}.png")
 
 
 def pyplot():
