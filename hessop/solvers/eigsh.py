@@ -143,8 +143,9 @@ def eigsh(
         residual estimates meaningless; asking for less warns.
     ncv : int, optional
         Basis size of the restarted methods (default ``min(n, max(2k + 1, 20))``,
-        plus room for a block in ``"block"``); the maximum depth of ``"lanczos"``
-        (default ``n``).
+        plus room for a block in ``"block"``; ``min(n, max(3k, 40))`` for
+        ``"thick-restart"`` with ``"SA"`` or ``"BE"``, the clustered end of a
+        Hessian); the maximum depth of ``"lanczos"`` (default ``n``).
     max_matvecs : int, optional
         Budget of products (default ``max(1000, 10 n)``); when it is spent the
         result is returned with ``converged`` False where not met.
