@@ -81,14 +81,14 @@ class FirstOrderGraph:
 
 
 def double_backward(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
-    """``H v`` by reverse over reverse; a block through ``is_grads_batched``."""
-    return FirstOrderGraph(f, params, target).hvp(v, batched=batched, retain=False)
-
-
-def double_backward_loop(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
-    """``H V`` by reverse over reverse, one second pass per column over a shared first pass."""
+    """``H v`` by reverse over reverse; a block as one second pass per column over a shared first pass."""
     graph = FirstOrderGraph(f, params, target)
     return graph.hvp_loop(v, retain=False) if batched else graph.hvp(v, retain=False)
+
+
+def double_backward_vmap(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
+    """``H v`` by reverse over reverse; a block as one second pass through ``is_grads_batched``."""
+    return FirstOrderGraph(f, params, target).hvp(v, batched=batched, retain=False)
 
 
 def forward_over_reverse(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
@@ -124,8 +124,11 @@ def ggn(
     return vmap(one)(v) if batched else one(v)
 
 
+ALIASES = {"double-backward-loop": "double-backward"}
+"""Former names: ``"double-backward-loop"`` was the column loop that ``"double-backward"`` now does for blocks."""
+
 STRATEGIES = {
     "double-backward": double_backward,
-    "double-backward-loop": double_backward_loop,
+    "double-backward-vmap": double_backward_vmap,
     "forward-over-reverse": forward_over_reverse,
 }

@@ -10,10 +10,11 @@ trains.
 Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
 
 ``"double-backward"``
-    reverse over reverse; a block of vectors through ``is_grads_batched``.
-``"double-backward-loop"``
     reverse over reverse; a block as one second pass per column over a shared
-    first pass.
+    first pass (``"double-backward-loop"``, its former name, is still accepted).
+``"double-backward-vmap"``
+    reverse over reverse; a block as one batched second pass through
+    ``is_grads_batched``.
 ``"forward-over-reverse"``
     ``jvp`` of ``grad``; a block through ``vmap``.
 ``"auto"`` (default)
@@ -46,11 +47,11 @@ from torch.func import functional_call
 from .._array import namespace
 from ._torch_data import Batches, batch_size, check_loader, check_repeatable_forward, check_train_mode
 from ._torch_graphs import GraphCache, budget_of
-from ._torch_hvp import STRATEGIES, FirstOrderGraph, Tensors, ggn
+from ._torch_hvp import ALIASES, STRATEGIES, FirstOrderGraph, Tensors, ggn
 from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
 
-HVP_CHOICES = ("auto", *STRATEGIES)
+HVP_CHOICES = ("auto", *STRATEGIES, *ALIASES)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -68,7 +69,7 @@ class TorchBackend(Backend):
     curvature : {"hessian", "ggn", "residual"}
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
-    hvp : {"auto", "double-backward", "double-backward-loop", "forward-over-reverse"}
+    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse"}
         How Hessian-vector products are computed (module docstring).
     reduction : {"mean", "sum"}, optional
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
@@ -108,7 +109,7 @@ class TorchBackend(Backend):
         self.model = model
         self.loss_fn = loss
         self.curvature = curvature
-        self.hvp = hvp
+        self.hvp = ALIASES.get(hvp, hvp)
         self.progress = progress
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
@@ -282,7 +283,7 @@ class TorchBackend(Backend):
     def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         graph = self._graph(index, x, y) if name.startswith("double-backward") else None
         if graph is not None:
-            return graph.hvp_loop(vs) if batched and name.endswith("loop") else graph.hvp(vs, batched=batched)
+            return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
         _, _, f = self._closures(x, y)
         return STRATEGIES[name](f, self._current(), y, vs, batched)
 
@@ -295,7 +296,7 @@ class TorchBackend(Backend):
         if self.hvp != "auto":
             self.chosen[key] = self.hvp
             return self.hvp
-        candidates = [n for n in STRATEGIES if batched or not n.endswith("loop")]
+        candidates = [n for n in STRATEGIES if batched or not n.endswith("vmap")]  # the same for one vector
         times: dict[str, float] = {}
         errors: dict[str, Exception] = {}
         for name in candidates:
