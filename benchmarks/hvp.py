@@ -48,7 +48,7 @@ from torch import nn  # noqa: E402
 from hessop.factory import hessian  # noqa: E402
 from hessop.models.small import MLP, SmallCNN, random_batches  # noqa: E402
 
-STRATEGIES = ("double-backward", "double-backward-loop", "forward-over-reverse")
+STRATEGIES = ("double-backward", "double-backward-vmap", "forward-over-reverse")
 
 
 def models(names: list[str], batch_size: int, num_batches: int, seed: int = 0):
