@@ -89,3 +89,15 @@ def test_quick_figures_do_not_overwrite_the_docs(tmp_path, monkeypatch):
     assert figure_path("x") == str(tmp_path / "repro_x.png")
     monkeypatch.delenv("HESSOP_BENCH_FIGURES")
     assert figure_path("x").startswith(IMG)
+
+
+def test_peak_memory_sees_a_short_lived_allocation():
+    from benchmarks._tools import PeakRSS
+
+    with PeakRSS() as small:
+        pass
+    with PeakRSS() as big:
+        block = np.ones(2**24)  # 128 MiB, touched, then freed before the block ends
+        del block
+    assert big.peak >= 120 * 2**20
+    assert small.peak < 16 * 2**20
