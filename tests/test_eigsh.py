@@ -265,3 +265,23 @@ def test_bad_tolerance_is_refused_before_any_product():
         with pytest.raises(ValueError, match="tol"):
             eigsh(A, k=2, tol=tol)
     assert A.num_matvecs == 0
+
+
+def test_projected_eigenproblems_run_on_one_blas_thread(monkeypatch):
+    # numpy's OpenBLAS threads eigh from order ~32 on; its spinning workers then slow the next product
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from hessop.solvers import _small
+
+    controller = threadpoolctl.ThreadpoolController()
+    seen, real = [], np.linalg.eigh
+
+    def spy(H):
+        seen.append(max(lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"))
+        return real(H)
+
+    monkeypatch.setattr(_small.np.linalg, "eigh", spy)
+    eigs = nn_like_spectrum(120, num_outliers=6, seed=1)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        r = eigsh(SpectralOperator(eigs, seed=3), k=K)
+    check_pairs(SpectralOperator(eigs, seed=3), eigs, r, K, "LA", TOL)
+    assert seen and set(seen) == {1}

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._array import Array, numpy_dtype
 from ._linear_map import LinearMap, as_linear_map
+from ._small import eigh as small_eigh
 
 __all__ = ["eigsh", "EigshResult", "EigshState"]
 
@@ -253,7 +254,7 @@ def rayleigh_ritz(H: np.ndarray, B: np.ndarray, k: int, which: str):
     matrix and the absolute residual norm of every Ritz pair.
     """
     H = 0.5 * (H + H.T)
-    theta, Y = np.linalg.eigh(H)
+    theta, Y = small_eigh(H)
     b = B.shape[1]
     res = np.linalg.norm(B @ Y[H.shape[0] - b:, :], axis=0) if B.size else np.zeros(theta.size)
     return theta, wanted(theta, k, which), Y, res
