@@ -33,12 +33,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_compare(models, repeats: int, write: bool) -> None:
+def run_compare(models, repeats: int, write: bool, threads: int = 1) -> None:
     """Run the comparison; each model's table is kept in the cache, and the section shows every model's latest."""
     from . import compare
     from ._problems import CACHE
 
-    argv = ["--repeats", str(repeats)] + (["--models", *models] if models else [])
+    argv = ["--repeats", str(repeats), "--threads", str(threads)] + (["--models", *models] if models else [])
     if not write:
         print("\n".join(compare.main(argv, log=log).values()))
         return
@@ -116,6 +116,9 @@ def main(argv=None) -> None:
     ap.add_argument("what", nargs="?", choices=["all", "compare", "reproduce"], default="all")
     ap.add_argument("names", nargs="*", help="models (compare) or reproductions (reproduce) to run; default all")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each comparison case")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads while the comparison is timed (0: leave as is); ground truths and "
+                         "reproductions use every core")
     ap.add_argument("--quick", action="store_true", help="small sizes, print instead of writing the docs")
     ap.add_argument("--no-write", action="store_true", help="print the results instead of writing the docs")
     args = ap.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv=None) -> None:
         models = args.names if args.what == "compare" else None
         if args.quick and not models:
             models = ["mlp-digits", "cnn-bn"]
-        run_compare(models, 1 if args.quick else args.repeats, write)
+        run_compare(models, 1 if args.quick else args.repeats, write, args.threads)
     if args.what in ("all", "reproduce"):
         run_reproductions(args.names if args.what == "reproduce" else None, args.quick, write)
     log(f"total {time.perf_counter() - start:.0f} s")

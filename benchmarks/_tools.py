@@ -3,9 +3,13 @@
 What each number means
 ----------------------
 wall time
-    ``time.perf_counter`` around one call (operator already built), median over
-    repeats. Repeats are *interleaved* (tool A, tool B, ..., then A, B, ... again)
-    so that background load on a shared machine falls on every tool alike.
+    ``time.perf_counter`` around one call (operator already built), the fastest of
+    the repeats, with one intra-op thread (:func:`threads`). Repeats are
+    *interleaved* (tool A, tool B, ..., then A, B, ... again) so that slow drifts
+    of background load fall on every tool alike; the fastest run is the one least
+    disturbed. One thread, because on 2 cores any other runnable thread stalls a
+    2-thread OpenMP region at its barriers: a 0.2 s trace estimate measured 11 s
+    beside one other busy process, where a single-threaded run only loses a share.
 HVPs
     Hessian-vector products the call made, counted by wrapping each tool's own
     product function (a block of ``k`` columns counts ``k``).
@@ -21,6 +25,7 @@ peak memory
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -120,6 +125,29 @@ class PeakRSS:
         self.peak = self._top - self.base
 
 
+@contextlib.contextmanager
+def threads(n: int | None):
+    """Run the block with ``n`` intra-op threads in PyTorch and in the BLAS libraries (None: unchanged)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # the BLAS then keeps its own setting
+        limits = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(n)
+    try:
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Counter:
     """Counts products through wrapped functions."""
 
@@ -163,7 +191,7 @@ class Case:
 
     @property
     def seconds(self) -> float:
-        return statistics.median(r.seconds for r in self.runs) if self.runs else float("nan")
+        return min(r.seconds for r in self.runs) if self.runs else float("nan")
 
     @property
     def peak_mib(self) -> float:

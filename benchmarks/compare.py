@@ -4,7 +4,7 @@ For every model (:mod:`benchmarks._problems`) each installed tool builds its own
 Hessian of the same float32 model, loss and batch, then runs the same tasks:
 one Hessian-vector product, the top-1 and top-20 eigenvalues, the trace and the
 spectral density. Accuracy is measured against the dense float64 Hessian where it
-is affordable; HVPs, wall time (median of interleaved repeats) and peak memory
+is affordable; HVPs, wall time (fastest of interleaved repeats, one thread) and peak memory
 as documented in :mod:`benchmarks._tools`.
 
 Run ``python -m benchmarks compare`` (or ``python -m benchmarks.compare``) from
@@ -23,7 +23,7 @@ import scipy.stats
 
 from . import _problems
 from ._adapters import DENSITY_STEPS, TOOLS, TRACE_BUDGET, Missing
-from ._tools import Case, interleaved, markdown_table, rel_err, top_err
+from ._tools import Case, interleaved, markdown_table, rel_err, threads, top_err
 
 PROBLEMS: dict[str, Callable] = {
     "mlp-digits": _problems.mlp_digits,
@@ -105,7 +105,8 @@ LARGE_TASKS = ("hvp", "top1", "top1:power", "trace:hutchinson")
 """The tasks run on ResNet20, where each product costs a second or more on 2 CPU cores."""
 
 
-def run_problem(name: str, repeats: int, ks=(1, 20), log=print, tasks=None, long: float = 60.0) -> dict:
+def run_problem(name: str, repeats: int, ks=(1, 20), log=print, tasks=None, long: float = 60.0,
+                num_threads: int | None = 1) -> dict:
     """Build every tool on one problem, run the tasks interleaved, and return the table rows."""
     problem = PROBLEMS[name]()
     log(f"{problem.name}: {problem.description}; n = {problem.num_params}")
@@ -122,7 +123,8 @@ def run_problem(name: str, repeats: int, ks=(1, 20), log=print, tasks=None, long
         setup[tool] = time.perf_counter() - start
         cases += [Case(tool, task, fn) for task, fn in made.items() if tasks is None or task in tasks]
     cases.sort(key=lambda c: TASK_ORDER.index(c.task) if c.task in TASK_ORDER else 99)
-    interleaved(cases, repeats, log, long=long)
+    with threads(num_threads):  # the dense ground truth above used every core
+        interleaved(cases, repeats, log, long=long)
     reference = {}
     if problem.eigenvalues is None:
         for c in cases:
@@ -173,7 +175,7 @@ def model_block(res: dict, repeats: int, versions: dict) -> str:
              "ARPACK on hessop's operator, traces are shown with their standard errors")
     out = [f"### {p.name} — n = {p.num_params:,}", "",
            f"`python -m benchmarks compare {res['key']} --repeats {repeats}` ({res['repeats']} interleaved "
-           f"repeat(s), medians; {res['seconds']:.0f} s; 1-minute load average {res['load'][0]:.1f} before, "
+           f"repeat(s), fastest, {res['threads']} thread(s); {res['seconds']:.0f} s; 1-minute load average {res['load'][0]:.1f} before, "
            f"{res['load'][1]:.1f} after). {p.description}; {truth}.", ""]
     out.append("Operator construction (s): " + ", ".join(f"{t} {s:.2f}" for t, s in res["setup"].items())
                + ("; not installed: " + ", ".join(res["missing"]) if res["missing"] else "") + ".")
@@ -191,6 +193,7 @@ def main(argv=None, log=print, on_block=None) -> dict[str, str]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats on the small models")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads while timing (0: leave as is)")
     args = ap.parse_args(argv)
     v = versions()
     blocks = {}
@@ -198,8 +201,9 @@ def main(argv=None, log=print, on_block=None) -> dict[str, str]:
         start, load = time.perf_counter(), os.getloadavg()[0]
         large = name == "resnet20"
         res = run_problem(name, args.repeats, ks=(1,) if large else (1, 20), log=log,
-                          tasks=LARGE_TASKS if large else None, long=10.0 if large else 60.0)
-        res.update(key=name, repeats=args.repeats, seconds=time.perf_counter() - start,
+                          tasks=LARGE_TASKS if large else None, long=10.0 if large else 60.0,
+                          num_threads=args.threads)
+        res.update(key=name, repeats=args.repeats, threads=args.threads or "default", seconds=time.perf_counter() - start,
                    load=(load, os.getloadavg()[0]))
         blocks[name] = model_block(res, args.repeats, v)
         if on_block is not None:

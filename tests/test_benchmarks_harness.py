@@ -101,3 +101,20 @@ def test_peak_memory_sees_a_short_lived_allocation():
         del block
     assert big.peak >= 120 * 2**20
     assert small.peak < 16 * 2**20
+
+
+def test_threads_are_pinned_inside_and_restored_after():
+    import torch
+
+    from benchmarks._tools import threads
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with threads(None):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
