@@ -155,7 +155,7 @@ NOTES = (
     "error, which made its rows incomparable); each trace error is a single random draw; density is the 1-Wasserstein distance between the "
     f"tool's spectral measure (one probe, {DENSITY_STEPS} Lanczos steps) and the exact eigenvalues, divided by the "
     "spectral width. Top-k uses each tool's default tolerance: hessop thick-restart Lanczos (relative residual "
-    "1e-6, raised to the float32 floor 1.2e-4; its count includes a 2-product symmetry probe), ARPACK "
+    "1e-6, raised to the float32 floor 100 ε = 1.2e-5; its count includes a 2-product symmetry probe), ARPACK "
     "`which='LA'` with `tol=0`, PyHessian power iteration (`tol=1e-3` on the change of the eigenvalue), "
     "hessian-eigenthings Lanczos with its default `2k` steps and no restart (`top1:power` is its deflated power "
     "iteration). curvlinops has no eigensolver of its own: its rows run ARPACK on `to_scipy()`. PyHessian 0.1's "
