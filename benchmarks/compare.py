@@ -175,7 +175,8 @@ def model_block(res: dict, repeats: int, versions: dict) -> str:
              "ARPACK on hessop's operator, traces are shown with their standard errors")
     out = [f"### {p.name} — n = {p.num_params:,}", "",
            f"`python -m benchmarks compare {res['key']} --repeats {repeats}` ({res['repeats']} interleaved "
-           f"repeat(s), fastest, {res['threads']} thread(s); {res['seconds']:.0f} s; 1-minute load average {res['load'][0]:.1f} before, "
+           f"repeat(s), fastest, {res['threads']} intra-op thread{'' if res['threads'] == 1 else 's'}; "
+           f"{res['seconds']:.0f} s; 1-minute load average {res['load'][0]:.1f} before, "
            f"{res['load'][1]:.1f} after). {p.description}; {truth}.", ""]
     out.append("Operator construction (s): " + ", ".join(f"{t} {s:.2f}" for t, s in res["setup"].items())
                + ("; not installed: " + ", ".join(res["missing"]) if res["missing"] else "") + ".")

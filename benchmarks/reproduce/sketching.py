@@ -163,7 +163,8 @@ float32, `hessop.solvers.eigsh.eigsh(H, k=20, tol=1e-3, method=...)`, `which="LA
 power iteration, as PyHessian runs it; budget 1000 HVPs). "Converged" counts pairs whose relative residual
 meets 1e-3; power iteration's own stopping rule (PyHessian's) is a relative change of the eigenvalue
 below 1e-3, which it reaches long before the residual does. The {settled} eigenvalues it settled agree
-with Lanczos' to {agree:.1e} of the top one.
+with Lanczos' to {agree:.1e} of the top one: where eigenvalues are close, the estimate stalls (and the
+rule stops) long before it is accurate, and deflating an inaccurate vector spoils the pairs after it.
 
 | method | HVPs | converged | stopped | time (s) |
 |---|---|---|---|---|
