@@ -104,7 +104,7 @@ def measure(calls: list[tuple[str, Callable[[], Any]]], repeats: int) -> list[tu
 def main(argv: list[str] | None = None) -> None:
     from benchmarks import _problems
 
-    problems = {"mlp-digits": _problems.mlp_digits, "resnet20": _problems.resnet20}
+    problems = {"mlp-digits": _problems.mlp_digits, "cnn-bn": _problems.cnn_bn, "resnet20": _problems.resnet20}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=["mlp-digits"], choices=list(problems))
     parser.add_argument("--tasks", nargs="+", default=["hvp", *(f"trace:{m}" for m in METHODS)])
