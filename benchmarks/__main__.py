@@ -1,6 +1,6 @@
 """``python -m benchmarks``: the side-by-side comparison and the paper reproductions, in one run.
 
-    python -m benchmarks                       # everything (17 minutes on 2 idle cores; 8 with cached ground truths)
+    python -m benchmarks                       # everything (17 minutes on 2 idle cores; 9 with cached ground truths)
     python -m benchmarks compare               # only the comparison with the other tools
     python -m benchmarks compare mlp-digits cnn-bn --repeats 1
     python -m benchmarks reproduce             # only the reproductions

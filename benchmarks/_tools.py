@@ -4,7 +4,9 @@ What each number means
 ----------------------
 wall time
     ``time.perf_counter`` around one call (operator already built), the fastest of
-    the repeats, with one intra-op thread (:func:`threads`). Repeats are
+    the timing-only repeats (the first round measures memory, whose ``malloc_trim``
+    makes the call page its memory in afresh and ran a conv-net product 1.5x slower),
+    with one intra-op thread (:func:`threads`). Repeats are
     *interleaved* (tool A, tool B, ..., then A, B, ... again) so that slow drifts
     of background load fall on every tool alike; the fastest run is the one least
     disturbed. One thread, because on 2 cores any other runnable thread stalls a
@@ -175,7 +177,7 @@ class Run:
 
     value: Any
     seconds: float
-    peak_bytes: int
+    peak_bytes: int | None  # None: a timing-only run
     hvps: int
 
 
@@ -191,11 +193,14 @@ class Case:
 
     @property
     def seconds(self) -> float:
-        return min(r.seconds for r in self.runs) if self.runs else float("nan")
+        """The fastest timing-only run (the memory-measuring one when there is no other)."""
+        timed = [r.seconds for r in self.runs if r.peak_bytes is None] or [r.seconds for r in self.runs]
+        return min(timed) if timed else float("nan")
 
     @property
     def peak_mib(self) -> float:
-        return statistics.median(r.peak_bytes for r in self.runs) / 2**20 if self.runs else float("nan")
+        peaks = [r.peak_bytes for r in self.runs if r.peak_bytes is not None]
+        return statistics.median(peaks) / 2**20 if peaks else float("nan")
 
     @property
     def hvps(self) -> int:
@@ -206,34 +211,50 @@ class Case:
         return self.runs[0].value if self.runs else None
 
 
-def run_once(case: Case) -> None:
-    """Run a case once, timing it and recording its products and memory; record a failure instead of raising."""
+def run_once(case: Case, memory: bool = True, inner: int = 1) -> None:
+    """Run a case, timing it and recording its products (and memory); record a failure instead of raising.
+
+    With ``memory`` the call runs inside :class:`PeakRSS`, whose ``malloc_trim`` makes the call page
+    in its memory afresh; such a run gives the memory, and the time only when there is no other run.
+    Without it the call is timed ``inner`` times and the fastest counts.
+    """
     if case.error is not None:
         return
     counter = Counter()
     try:
-        with PeakRSS() as mem:
-            start = time.perf_counter()
-            value = case.fn(counter)
-            seconds = time.perf_counter() - start
+        if memory:
+            with PeakRSS() as mem:
+                start = time.perf_counter()
+                value = case.fn(counter)
+                seconds = time.perf_counter() - start
+            peak = mem.peak
+        else:
+            seconds, peak = float("inf"), None
+            for _ in range(inner):
+                start = time.perf_counter()
+                value = case.fn(counter)
+                seconds = min(seconds, time.perf_counter() - start)
     except Exception as exc:  # a tool that fails is reported, not fatal
         case.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         return
-    case.runs.append(Run(value, seconds, mem.peak, counter.count))
+    case.runs.append(Run(value, seconds, peak, counter.count))
 
 
 def interleaved(cases: list[Case], repeats: int, log: Callable[[str], None] = lambda s: None,
-                long: float = 60.0) -> list[Case]:
+                long: float = 60.0, short: float = 0.1) -> list[Case]:
     """Run every case ``repeats`` times, round-robin, so load drifts hit all tools alike.
 
-    A case whose first run took more than ``long`` seconds is not repeated (its
-    time is then a single measurement).
+    The first round measures memory; later rounds only time, and a case whose
+    first run took under ``short`` seconds is timed 10 times in each of them. A
+    case whose first run took more than ``long`` seconds is not repeated (its time
+    is then the single, memory-measuring run).
     """
     for rep in range(repeats):
         for case in cases:
             if rep > 0 and case.runs and case.runs[0].seconds > long:
                 continue
-            run_once(case)
+            inner = 10 if rep > 0 and case.runs and case.runs[0].seconds < short else 1
+            run_once(case, memory=rep == 0, inner=inner)
             if case.runs and case.error is None and len(case.runs) == rep + 1:
                 log(f"  [{rep + 1}/{repeats}] {case.tool:<28} {case.task:<12} {case.runs[-1].seconds:8.2f} s "
                     f"{case.runs[-1].hvps:6d} HVPs")

@@ -58,12 +58,29 @@ def test_interleaved_repeats_short_cases_only():
         return Case(name, "t", fn)
 
     short, slow = make("short", 0.0), make("slow", 0.0)
-    interleaved([short, slow], repeats=3, long=0.05)
+    interleaved([short, slow], repeats=3, long=0.05, short=0.0)
     assert calls == ["short", "slow"] * 3  # round-robin
     slow.runs[0].seconds = 1.0  # as if its first run had been long
     calls.clear()
-    interleaved([short, slow], repeats=2, long=0.05)
+    interleaved([short, slow], repeats=2, long=0.05, short=0.0)
     assert calls == ["short", "slow", "short"]
+
+
+def test_memory_in_the_first_round_times_from_the_others():
+    runs = []
+
+    def fn(counter):
+        runs.append(1)
+        counter.count = 3
+        return None
+
+    case = Case("t", "hvp", fn)
+    interleaved([case], repeats=3)  # a fast case: timed 10 times in each later round
+    assert len(runs) == 1 + 2 * 10
+    assert [r.peak_bytes is None for r in case.runs] == [False, True, True]
+    assert all(r.hvps == 3 for r in case.runs)
+    case.runs[0].seconds = -1.0  # the memory run never sets the time when timing runs exist
+    assert case.seconds >= 0 and case.peak_mib >= 0
 
 
 def test_failing_tool_is_recorded_not_raised():
