@@ -28,7 +28,7 @@ def setup(seed=0):
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return model, (x, y), loss_fn, step
 
