@@ -135,16 +135,12 @@ def threads(n: int | None):
         return
     import torch
 
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # the BLAS then keeps its own setting
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(n)
-    try:
-        with limits:
+        with threadpool_limits(n):
             yield
     finally:
         torch.set_num_threads(before)

@@ -6,13 +6,10 @@ every product. numpy's OpenBLAS parallelises ``eigh`` from about order 32 on
 then keep spinning, waiting for more, on the cores the framework's own threads
 need for the next product. On 2 cores that made each step of ``eigsh(H, k=20)``
 cost 2.4 times the product (docs/performance.md, "Solvers"). Matrices this small
-gain nothing from threads, so the call runs on one, through ``threadpoolctl``
-where it is installed (without it the call runs as numpy configures it).
+gain nothing from threads, so the call runs on one, through ``threadpoolctl``.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 
@@ -22,13 +19,10 @@ _controller = None  # a threadpoolctl.ThreadpoolController, built at the first c
 def _one_blas_thread():
     global _controller
     if _controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            _controller = False
-        else:
-            _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas") if _controller else contextlib.nullcontext()
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def eigh(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
