@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, Iterable, Iterator
@@ -281,6 +282,11 @@ class abort_on_error(contextlib.ContextDecorator):
     ``comm.abort(code)`` (``MPI_Abort``), which ends every process with a non-zero
     status. With one process the exception propagates untouched.
 
+    Between the message and the abort it waits ``grace`` seconds: the launcher
+    forwards each process's stderr through a pipe, and MPICH's ``mpiexec`` tears
+    the job down on ``MPI_Abort`` without draining those pipes, so on a busy
+    machine an immediate abort can swallow the traceback the user needs.
+
     ``abort_on_error(comm).install()`` does the same for the rest of the script
     through :data:`sys.excepthook`.
 
@@ -290,11 +296,16 @@ class abort_on_error(contextlib.ContextDecorator):
         Default :func:`world`.
     code : int
         Exit status of the aborted job (a ``SystemExit`` passes its own).
+    grace : float
+        Seconds to leave the launcher to forward the message before aborting.
     """
 
-    def __init__(self, comm: Any = None, *, code: int = 1):
+    def __init__(self, comm: Any = None, *, code: int = 1, grace: float = 1.0):
+        if grace < 0:
+            raise ValueError(f"grace must be non-negative, got {grace}")
         self._comm = comm
         self.code = code
+        self.grace = grace
 
     @property
     def comm(self) -> Any:
@@ -337,4 +348,5 @@ class abort_on_error(contextlib.ContextDecorator):
         prefix = f"rank {comm.rank}: "
         sys.stderr.write("".join(prefix + line + "\n" for line in text.rstrip("\n").split("\n")))
         sys.stderr.flush()
+        time.sleep(self.grace)
         comm.abort(code)

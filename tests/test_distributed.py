@@ -150,6 +150,27 @@ def test_abort_on_error_with_one_process_lets_the_exception_through():
     assert fine() == 3
 
 
+def test_abort_on_error_gives_the_launcher_time_to_forward_the_traceback(monkeypatch, capsys):
+    """The traceback is written, then ``grace`` seconds pass, then the job is aborted."""
+    events = []
+
+    class TwoRanks(SerialComm):
+        rank, size = 1, 2
+
+        def abort(self, code=1):
+            events.append(("abort", code))
+
+    monkeypatch.setattr("hessop.distributed.time.sleep", lambda s: events.append(("sleep", s)))
+    with pytest.raises(ValueError):  # the fake abort returns, so the exception goes on
+        with abort_on_error(TwoRanks(), code=3, grace=0.25):
+            raise ValueError("boom")
+    assert events == [("sleep", 0.25), ("abort", 3)]
+    err = capsys.readouterr().err
+    assert err.startswith("rank 1: Traceback") and "rank 1: ValueError: boom" in err
+    with pytest.raises(ValueError, match="grace"):
+        abort_on_error(TwoRanks(), grace=-1)
+
+
 def test_mpi_comm_of_one_process():
     MPI = pytest.importorskip("mpi4py.MPI")
     comm = as_comm(MPI.COMM_SELF)
@@ -282,7 +303,7 @@ def test_parallel_hessian_and_estimators_equal_the_one_process_results(n, launch
 @pytest.mark.mpi
 def test_ranks_with_different_models_are_refused(tmp_path):
     proc = mpiexec(2, "hessian.py", str(tmp_path), "mismatch")
-    assert proc.returncode != 0
+    assert proc.returncode != 0, proc.stdout
     assert "RankDisagreementError: the 2 ranks disagree on the model parameters" in proc.stderr
     assert "same seed or checkpoint" in proc.stderr
 
