@@ -136,3 +136,19 @@ def test_threads_are_pinned_inside_and_restored_after():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(original)
+
+
+def test_trace_draws_are_the_seeded_estimates_with_their_spread():
+    pytest.importorskip("torch")
+    from benchmarks.trace_draws import main, summary
+
+    lines = []
+    res = main(["--problem", "mlp-digits", "--seeds", "2", "--num-matvecs", "12", "--methods", "hutchinson"],
+               log=lines.append)
+    (a, sa), (b, sb) = res["hessop hutchinson"]
+    assert a != b and sa > 0 and sb > 0  # two different draws, each with its own standard error
+    assert lines[0].startswith("hessop hutchinson: ") and "spread between draws" in lines[0]
+    assert summary([(1.0, 0.3), (3.0, 0.4)]).endswith(
+        f"mean 2, spread between draws 1.41, reported standard error {np.sqrt(0.125):.3g}")
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0"])
