@@ -25,12 +25,10 @@ from benchmarks import _adapters  # noqa: E402
 from benchmarks.compare import PROBLEMS  # noqa: E402
 
 
-def hessop_draws(problem, seeds, num_matvecs: int, method: str) -> list[tuple[float, float]]:
+def hessop_draws(H, seeds, num_matvecs: int, method: str) -> list[tuple[float, float]]:
     """(estimate, standard error) of ``hessop.trace`` for each seed."""
-    import hessop
     from hessop.solvers.trace import trace
 
-    H = hessop.hessian(problem.model, problem.loss, problem.data)
     out = []
     for seed in seeds:
         r = trace(H, method=method, num_matvecs=num_matvecs, seed=seed, check_symmetric=False)
@@ -38,14 +36,11 @@ def hessop_draws(problem, seeds, num_matvecs: int, method: str) -> list[tuple[fl
     return out
 
 
-def pyhessian_draws(problem, seeds, num_matvecs: int) -> tuple[float, list[tuple[float, float]]]:
-    """The relative difference of PyHessian's product from hessop's, and its Hutchinson draws."""
-    import hessop
-
+def pyhessian_draws(problem, H, seeds, num_matvecs: int) -> tuple[float, list[tuple[float, float]]]:
+    """The relative difference of PyHessian's product from hessop's (``H``), and its Hutchinson draws."""
     cls = _adapters._pyhessian()
     ph = cls(problem.model, problem.loss, data=problem.data, cuda=False)
     mod = sys.modules["pyhessian.hessian"]
-    H = hessop.hessian(problem.model, problem.loss, problem.data)
     v = _adapters._vector(H.shape[0])
     mine = np.asarray(H.apply(v), dtype=np.float64)
     parts = torch.split(v, [p.numel() for p in ph.params])
@@ -80,14 +75,17 @@ def main(argv=None, log=print) -> dict:
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.num_matvecs < 3:
         ap.error("--seeds must be at least 1 and --num-matvecs at least 3")
+    import hessop
+
     problem = PROBLEMS[args.problem]()
+    H = hessop.hessian(problem.model, problem.loss, problem.data)
     seeds = range(args.seeds)
     results = {}
     for method in args.methods:
-        results[f"hessop {method}"] = hessop_draws(problem, seeds, args.num_matvecs, method)
+        results[f"hessop {method}"] = hessop_draws(H, seeds, args.num_matvecs, method)
         log(f"hessop {method}: {summary(results[f'hessop {method}'])}")
     try:
-        difference, results["pyhessian hutchinson"] = pyhessian_draws(problem, seeds, args.num_matvecs)
+        difference, results["pyhessian hutchinson"] = pyhessian_draws(problem, H, seeds, args.num_matvecs)
     except _adapters.Missing:
         log("PyHessian is not installed: its draws are skipped (benchmarks/setup_env.sh)")
     else:
