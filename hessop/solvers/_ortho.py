@@ -87,8 +87,12 @@ def columns(xp, X: Array, mask: np.ndarray) -> Array:
     """The columns of ``X`` selected by a host boolean mask (no copy when all are kept)."""
     if np.all(mask):
         return X
-    idx = xp.asarray(np.flatnonzero(mask), device=array_api_compat.device(X))
-    return xp.take(X, idx, axis=1)
+    return take_columns(xp, X, np.flatnonzero(mask))
+
+
+def take_columns(xp, X: Array, idx) -> Array:
+    """The columns ``idx`` (host integers, in that order) of ``X``."""
+    return xp.take(X, xp.asarray(np.asarray(idx, dtype=np.int64), device=array_api_compat.device(X)), axis=1)
 
 
 def _device(xp, like: Array, a: np.ndarray) -> Array:

@@ -210,7 +210,12 @@ def eigsh(
     module, name = METHODS[method]
     solve = getattr(importlib.import_module(f"{__package__}.{module}"), name)
     try:
-        return solve(lm, control, ncv=ncv, v0=v0, seed=seed, block_size=block_size)
+        result = solve(lm, control, ncv=ncv, v0=v0, seed=seed, block_size=block_size)
+        if method == "power":
+            return result
+        from .certify import certify
+
+        return certify(lm, control, result, seed)
     finally:
         control.close()
 

@@ -1,0 +1,83 @@
+"""eigsh finds every copy of a repeated eigenvalue at the wanted end, or says it could not.
+
+Single-vector Krylov spaces hold one copy of each eigenvalue; network Hessians
+are full of repeated ones (an exact null space, permutation symmetry). Every
+method, every end, exact-diagonal and rotated operators, multiplicities from 2
+to k + 3, against ``numpy.linalg.eigvalsh``.
+"""
+
+import numpy as np
+import pytest
+
+import hessop
+from hessop.testing import SpectralOperator
+
+K = 5
+N = 120
+
+
+def spectrum(which: str, mult: int) -> np.ndarray:
+    """Distinct values in [-1, 4] with the wanted end(s) holding a value of multiplicity ``mult``.
+
+    A second repeated value (twice) sits just inside it, so the wanted set mixes copies of two values.
+    """
+    bulk = np.linspace(-1.0, 4.0, N - 2 * mult - 2)
+    top, bottom = np.full(mult, 6.0), np.full(mult, -3.0)
+    if which == "LA":
+        return np.sort(np.concatenate([bulk, top, [5.0, 5.0], np.linspace(-1.5, -1.2, mult)]))
+    if which == "SA":
+        return np.sort(np.concatenate([bulk, bottom, [-2.0, -2.0], np.linspace(4.2, 4.5, mult)]))
+    if which == "LM":
+        return np.sort(np.concatenate([bulk, np.full(mult, -7.0), [5.0, 5.0], np.linspace(4.2, 4.5, mult)]))
+    return np.sort(np.concatenate([bulk, top, bottom, [5.0, -2.0]]))
+
+
+def expected(eigs: np.ndarray, k: int, which: str) -> np.ndarray:
+    if which == "LA":
+        return eigs[::-1][:k]
+    if which == "SA":
+        return eigs[:k]
+    if which == "LM":
+        return eigs[np.argsort(-np.abs(eigs), kind="stable")][:k]
+    return np.concatenate([eigs[: k // 2], eigs[len(eigs) - (k - k // 2):]])
+
+
+def operator(eigs: np.ndarray, rotated: bool):
+    if rotated:
+        return SpectralOperator(eigs, seed=3)
+    return np.diag(np.random.default_rng(4).permutation(eigs))  # exact eigenvectors: coordinate axes
+
+
+def check(r, eigs, which, k, tol=1e-8):
+    truth = expected(np.sort(np.linalg.eigvalsh(np.diag(eigs))), k, which)
+    assert r.all_converged, (r.stopped, r.eigenvalues)
+    np.testing.assert_allclose(np.sort(r.eigenvalues), np.sort(truth), atol=10 * tol * np.abs(eigs).max())
+
+
+@pytest.mark.parametrize("tol", [1e-8, 1e-3, 1e-2, 5e-2])
+@pytest.mark.parametrize("rotated", [False, True], ids=["diagonal", "rotated"])
+@pytest.mark.parametrize("mult", [2, K, K + 3])
+@pytest.mark.parametrize("which", ["LA", "SA", "LM", "BE"])
+@pytest.mark.parametrize("method", ["thick-restart", "lanczos", "block"])
+def test_every_copy_at_the_wanted_end_is_found(method, which, mult, rotated, tol):
+    eigs = spectrum(which, mult)
+    r = hessop.eigsh(operator(eigs, rotated), k=K, which=which, method=method, tol=tol, seed=2)
+    check(r, eigs, which, K, tol)
+
+
+@pytest.mark.parametrize("which", ["SA", "BE"])
+@pytest.mark.parametrize("method", ["thick-restart", "lanczos", "block"])
+def test_a_null_space_is_returned_with_its_multiplicity(method, which):
+    eigs = np.zeros(300)
+    eigs[-15:] = np.linspace(1, 10, 15)
+    r = hessop.eigsh(SpectralOperator(eigs), k=5, which=which, method=method)
+    check(r, eigs, which, 5, tol=r.tol)
+
+
+def test_a_check_without_budget_marks_the_result_unconverged():
+    eigs = np.zeros(300)
+    eigs[-15:] = np.linspace(1, 10, 15)
+    full = hessop.eigsh(SpectralOperator(eigs), k=5, which="SA")
+    assert full.all_converged
+    short = hessop.eigsh(SpectralOperator(eigs), k=5, which="SA", max_matvecs=full.num_matvecs - 5)
+    assert not short.converged.any() and short.stopped == "budget"
