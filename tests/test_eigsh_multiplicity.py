@@ -81,3 +81,31 @@ def test_a_check_without_budget_marks_the_result_unconverged():
     assert full.all_converged
     short = hessop.eigsh(SpectralOperator(eigs), k=5, which="SA", max_matvecs=full.num_matvecs - 5)
     assert not short.converged.any() and short.stopped == "budget"
+
+
+def test_certify_false_returns_the_uncertified_krylov_answer():
+    eigs = np.zeros(300)
+    eigs[-15:] = np.linspace(1, 10, 15)
+    r = hessop.eigsh(SpectralOperator(eigs), k=5, which="SA", certify=False)
+    assert r.num_matvecs < hessop.eigsh(SpectralOperator(eigs), k=5, which="SA").num_matvecs
+    assert np.count_nonzero(np.abs(r.eigenvalues) < 1e-8) < 5  # what one Krylov space holds
+
+
+def test_an_interrupted_check_returns_the_pairs_marked_unconverged():
+    eigs = np.zeros(300)
+    eigs[-15:] = np.linspace(1, 10, 15)
+    A = SpectralOperator(eigs)
+    total = hessop.eigsh(A, k=5, which="SA").num_matvecs
+    uncertified = hessop.eigsh(A, k=5, which="SA", certify=False).num_matvecs
+
+    class Interrupting(SpectralOperator):
+        def apply(self, V):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == (uncertified + total) // 2:  # inside the check
+                raise KeyboardInterrupt
+            return super().apply(V)
+
+    r = hessop.eigsh(Interrupting(eigs), k=5, which="SA")
+    assert r.stopped == "interrupt" and not r.converged.any()
+    X = np.asarray(r.eigenvectors)  # the pairs it holds are still true eigenpairs
+    assert np.all(np.linalg.norm(A.to_dense() @ X - X * r.eigenvalues, axis=0) < 1e-5)

@@ -52,7 +52,7 @@ MISS_PROBABILITY = 1e-3
 """Largest probability, per round, that an eigenvalue beyond the least wanted one escapes the check."""
 
 
-def certify(lm: LinearMap, control: Control, result: EigshResult, seed) -> EigshResult:
+def certified(lm: LinearMap, control: Control, result: EigshResult, seed) -> EigshResult:
     """``result`` confirmed (or completed with missed copies) from fresh vectors; see the module docstring.
 
     Only a fully converged result is checked; anything else is returned as it is.
