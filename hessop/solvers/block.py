@@ -48,7 +48,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
     m, restarts, anorm = 0, 0, 0.0
     P = _start_block(lm, v0, b, gen)
     B = np.zeros((P.shape[1], 0))
-    snap, previous, stopped = None, None, "budget"
+    snap, stopped = None, "budget"
     try:
         while True:
             if m + P.shape[1] > ncv and m < n:  # basis full: thick restart
@@ -80,15 +80,11 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
             H[m:m + bp, :m + bp] = h.T
             m += bp
             anorm = max(anorm, control.anorm, float(np.linalg.norm(h, 2)))
-            P, B, refreshed = _next_block(lm, Q[:, :m], W, b, anorm, gen)
+            P, B = _next_block(lm, Q[:, :m], W, b, anorm, gen)
             theta, sel, Y, res = rayleigh_ritz(H[:m, :m], B, k, which)
             snap = _snapshot(control, theta, Y, res, m)
             rel = snap[4]
             done = sel.size == k and bool(np.all(rel <= tol))
-            if done and refreshed:  # an invariant subspace was reached: trust only unchanged values
-                done = previous is not None and previous.shape == theta[sel].shape and bool(
-                    np.all(np.abs(theta[sel] - previous) <= tol * max(control.anorm, 1e-300)))
-            previous = theta[sel]
             if done or m >= n:
                 stopped = "converged" if done else "exhausted"
                 break
@@ -120,7 +116,7 @@ def _start_block(lm: LinearMap, v0, b: int, gen):
 def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
     """Orthonormal next block ``P`` with ``W ≈ P B``, refilled with random vectors where ``W`` lost rank.
 
-    Returns ``(P, B, refreshed)``; ``B`` has zero rows for the fresh vectors.
+    Returns ``(P, B)``; ``B`` has zero rows for the fresh vectors.
     """
     floor = noise_floor(lm.eps) * anorm
     X, B = orthonormalize(lm.xp, W, floor)
@@ -134,12 +130,11 @@ def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
     width = min(b, lm.n - Q.shape[1])
     X, B = X[:, :width], B[:width]
     room = width - X.shape[1]
-    refreshed = room > 0
-    if refreshed:
+    if room > 0:
         basis = lm.xp.concat([Q, X], axis=1)
         R, _ = cgs2(basis, lm.random(gen, (lm.n, room)))
         F, _ = orthonormalize(lm.xp, R, 0.0, rtol=np.sqrt(lm.eps))
         F, _ = orthonormalize(lm.xp, cgs2(basis, F)[0], 0.5)
         X = lm.xp.concat([X, F], axis=1)
         B = np.concatenate([B, np.zeros((F.shape[1], W.shape[1]))])
-    return X, B, refreshed
+    return X, B

@@ -147,10 +147,8 @@ class KrylovBasis:
     After ``extend``, columns ``0..size-1`` of :attr:`Q` are orthonormal,
     ``alpha[j]`` is ``q_jᵀ A q_j`` and ``beta[j]`` the coupling between columns
     ``j`` and ``j+1``; :attr:`r` is the normalised next vector (``None`` after a
-    breakdown) with coefficient ``beta[-1]``. :attr:`block_fresh` and
-    :attr:`block_steps` tell whether the current invariant-subspace search
-    started from a fresh random vector (after a breakdown) and how long ago.
-    Restarted solvers may overwrite the leading columns and :attr:`r` between
+    breakdown) with coefficient ``beta[-1]``; the next step after a breakdown
+    starts from a fresh random vector orthogonal to the basis. Restarted solvers may overwrite the leading columns and :attr:`r` between
     calls (thick restart).
     """
 
@@ -165,8 +163,6 @@ class KrylovBasis:
         self.r: Array | None = None
         self.scale = 0.0
         self.breakdowns = 0
-        self.block_fresh = False  # the current block started from a fresh vector after a breakdown
-        self.block_steps = 0  # steps since the current block started
         self.tol = breakdown_tol(lm.eps)
         self._gen = rng(seed)
         self._last: Array | None = None  # q_j and q_{j-1} when no basis is kept
@@ -211,9 +207,7 @@ class KrylovBasis:
                 break
             if self.r is None:
                 self.breakdowns += 1
-                self.block_fresh, self.block_steps = True, 0
             self._step(q)
-            self.block_steps += 1
             done += 1
         return done
 

@@ -75,7 +75,6 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
     l, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
     restarts = 0
     snap = None  # (m, theta, wanted indices, Y, relative residuals) of the last Rayleigh-Ritz
-    previous = None  # wanted Ritz values at the previous check
     stopped = "budget"
     try:
         while True:
@@ -109,8 +108,7 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
             theta, sel, Y, res = rayleigh_ritz(H, np.array([[K.beta[-1]]]), k, which)
             snap = _snapshot(control, theta, Y, res, K.size)
             rel = snap[4]
-            done = sel.size == k and bool(np.all(rel <= tol)) and _explored(K, theta[sel], previous, control)
-            previous = theta[sel]
+            done = sel.size == k and bool(np.all(rel <= tol))
             if done:
                 stopped = "converged"
                 break
@@ -123,25 +121,6 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
     except KeyboardInterrupt:
         stopped = "interrupt"
     return control.ritz_result(snap, K.basis, restarts, stopped)
-
-
-def _explored(K: KrylovBasis, theta: np.ndarray, previous, control: Control) -> bool:
-    """Whether converged Ritz pairs may be trusted after breakdowns (invariant subspaces).
-
-    A breakdown means the Krylov space of the start vector is invariant: the
-    rest of the space is invisible to it and may hold wanted eigenvalues, or
-    further copies of a multiple one. So the run goes on from fresh random
-    vectors, and stops only once a fresh block has either broken down itself
-    without changing the wanted values (its Ritz values are exact and none is
-    wanted), or grown past ``k`` steps like an ordinary Lanczos run.
-    """
-    if not K.block_fresh:
-        return K.r is not None
-    if K.r is None:
-        if previous is None or previous.shape != theta.shape:
-            return False
-        return bool(np.all(np.abs(theta - previous) <= control.tol * max(control.anorm, 1e-300)))
-    return K.block_steps > control.k
 
 
 def _snapshot(control: Control, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int):
