@@ -26,20 +26,23 @@ from .._array import rng, to_numpy
 from ._linear_map import LinearMap
 from ._ortho import cgs2, columns, noise_floor, orthonormalize, put
 from .eigsh import Control, EigshResult, rayleigh_ritz, to_device, wanted
+from .thick_restart import _kept, default_ncv
 
 
 def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0=None, seed=0,
                   block_size: int = 4, **_) -> EigshResult:
     """Block Lanczos with thick restarts; call it through :func:`hessop.solvers.eigsh.eigsh` (``method="block"``).
 
-    ``ncv`` (default ``min(n, max(2k + 1, 20) + block_size)``, at least ``k + block_size``)
-    bounds the basis.
+    ``ncv`` (default ``min(n, default_ncv + block_size)``, at least ``k + block_size``,
+    with :func:`.thick_restart.default_ncv`) bounds the basis. Restarts keep what
+    thick restart keeps (:func:`.thick_restart._kept`): the wanted pairs, the far
+    end's converged ones, then the nearest.
     A run stops on the same relative Ritz residuals as the other methods,
     checked after every block product.
     """
     n, k, which, tol = lm.n, control.k, control.which, control.tol
     b = min(int(block_size), n)
-    ncv = min(n, ncv or max(2 * k + 1, 20) + b)
+    ncv = min(n, ncv or default_ncv(k, which) + b)
     ncv = max(ncv, min(n, k + b))
     keep_count = k + max(0, (ncv - k - b) // 2)
     gen = rng(seed)
@@ -53,7 +56,9 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
         while True:
             if m + P.shape[1] > ncv and m < n:  # basis full: thick restart
                 m_old, theta, _, Y, _ = snap
-                keep = np.sort(wanted(theta, min(keep_count, ncv - P.shape[1]), which))
+                coupling = np.linalg.norm(B @ Y[m_old - B.shape[1]:m_old, :], axis=0)
+                converged = control.relative(theta, theta, coupling) <= tol
+                keep = _kept(theta, converged, k, which, min(keep_count, ncv - P.shape[1]))
                 C = B @ Y[m_old - B.shape[1]:m_old, keep]
                 kept = _snapshot(control, theta[keep], np.eye(keep.size), np.linalg.norm(C, axis=0), keep.size)
                 Xk = Q[:, :m_old] @ to_device(lm, Y[:, keep])

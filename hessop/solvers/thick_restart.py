@@ -160,11 +160,11 @@ def _keep(k: int, ncv: int) -> int:
     return min(k + (ncv - k) // 2, ncv - 1)
 
 
-def _kept(theta: np.ndarray, converged: np.ndarray, k: int, which: str) -> np.ndarray:
+def _kept(theta: np.ndarray, converged: np.ndarray, k: int, which: str, total: int | None = None) -> np.ndarray:
     """Indices (ascending) of the Ritz pairs kept at a restart of a full basis.
 
     ``theta`` ascending, ``converged`` whether each pair meets the tolerance.
-    :func:`_keep` of them are kept: the ``k`` wanted; then, for ``"LA"`` and
+    ``total`` (default :func:`_keep`) of them are kept: the ``k`` wanted; then, for ``"LA"`` and
     ``"SA"``, the converged pairs at the far end of the spectrum, counted from
     its extreme inward up to the first unconverged one (Stathopoulos, Saad & Wu
     1998 keep Ritz vectors from both ends); the rest of the room goes to the
@@ -172,7 +172,7 @@ def _kept(theta: np.ndarray, converged: np.ndarray, k: int, which: str) -> np.nd
     and ``"LM"`` may, so they keep the nearest only.
     """
     m = theta.size
-    total = _keep(k, m)
+    total = _keep(k, m) if total is None else min(total, m)
     far = 0
     if which in ("LA", "SA"):
         inward = converged if which == "LA" else converged[::-1]  # the far end's extreme first
