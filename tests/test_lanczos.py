@@ -43,7 +43,7 @@ def test_full_depth_tridiagonal_has_the_exact_spectrum(ns, name):
     n = 120
     eigs = SPECTRA[name](n)
     A = SpectralOperator(eigs, seed=5, **NAMESPACES[ns])
-    d = lanczos(as_linear_map(A), None, n + 10, seed=3)
+    d = lanczos(as_linear_map(A), n + 10, seed=3)
     assert d.num_steps == n  # stops at exhaustion, never past n
     assert d.residual_norm == 0.0
     scale = np.abs(eigs).max()
@@ -58,7 +58,7 @@ def test_full_depth_tridiagonal_has_the_exact_spectrum(ns, name):
 def test_breakdown_restarts_and_counts():
     eigs = low_rank_spectrum(60, rank=4)
     lm = as_linear_map(SpectralOperator(eigs, seed=1))
-    d = lanczos(lm, None, 20)
+    d = lanczos(lm, 20)
     # the Krylov space of a start vector is 5-dimensional (4 eigenvalues + the null space)
     assert d.beta[4] == 0.0 and np.all(d.beta[:4] > 0)
     assert d.breakdowns == 15  # every later step starts a fresh vector in the null space
@@ -70,7 +70,7 @@ def test_partial_decomposition_satisfies_the_lanczos_relation():
     eigs = nn_like_spectrum(200, seed=4)
     A = SpectralOperator(eigs, seed=2)
     lm = as_linear_map(A)
-    d = lanczos(lm, np.ones(200), 30)
+    d = lanczos(lm, 30, v0=np.ones(200))
     Q = to_numpy(d.basis)
     D = A.to_dense()
     R = D @ Q - Q @ d.tridiagonal()
@@ -82,19 +82,19 @@ def test_partial_decomposition_satisfies_the_lanczos_relation():
 
 def test_without_reorthogonalisation_matches_early_steps_and_keeps_no_basis():
     A = SpectralOperator(indefinite_spectrum(150, seed=1), seed=3)
-    full = lanczos(as_linear_map(A), None, 8, seed=7)
-    cheap = lanczos(as_linear_map(A), None, 8, seed=7, reorthogonalize=False, store_basis=False)
+    full = lanczos(as_linear_map(A), 8, seed=7)
+    cheap = lanczos(as_linear_map(A), 8, seed=7, reorthogonalize=False, store_basis=False)
     assert cheap.basis is None
     np.testing.assert_allclose(cheap.alpha, full.alpha, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(cheap.beta, full.beta, rtol=1e-10)
-    kept = lanczos(as_linear_map(A), None, 8, seed=7, reorthogonalize=False, store_basis=True)
+    kept = lanczos(as_linear_map(A), 8, seed=7, reorthogonalize=False, store_basis=True)
     assert kept.basis.shape == (150, 8)
 
 
 def test_float32_vectors_stay_float32_with_float64_recurrence():
     eigs = nn_like_spectrum(200, seed=0)
     A = SpectralOperator(eigs, seed=1, xp=array_api_compat.torch, device=torch.device("cpu"), dtype=torch.float32)
-    d = lanczos(as_linear_map(A), None, 200)
+    d = lanczos(as_linear_map(A), 200)
     assert d.basis.dtype == torch.float32 and d.alpha.dtype == np.float64
     err = np.abs(np.sort(_ritz_values(d)) - eigs).max() / eigs.max()
     assert err < 1e-5  # float32 arithmetic; the dropped couplings stay below eps^(2/3)
@@ -104,18 +104,18 @@ def test_jax_arrays_are_written_functionally():
     jnp = pytest.importorskip("jax.numpy")
     eigs = indefinite_spectrum(8, seed=2)
     M = jnp.asarray(SpectralOperator(eigs, seed=0).to_dense())
-    d = lanczos(as_linear_map(M), None, 8)
+    d = lanczos(as_linear_map(M), 8)
     np.testing.assert_allclose(np.sort(_ritz_values(d)), eigs, atol=1e-5)  # jax defaults to float32
 
 
 def test_bad_inputs_raise_clear_errors():
     lm = as_linear_map(SpectralOperator(indefinite_spectrum(30), seed=0))
     with pytest.raises(ValueError, match="num_steps"):
-        lanczos(lm, None, 0)
+        lanczos(lm, 0)
     with pytest.raises(ValueError, match="zero"):
-        lanczos(lm, np.zeros(30), 5)
+        lanczos(lm, 5, v0=np.zeros(30))
     with pytest.raises(ValueError, match="shape"):
-        lanczos(lm, np.ones(31), 5)
+        lanczos(lm, 5, v0=np.ones(31))
 
     calls = []
 
@@ -127,4 +127,17 @@ def test_bad_inputs_raise_clear_errors():
 
     bad = LinearMap(product, 30, lm.xp, lm.dtype, "cpu")
     with pytest.raises(FloatingPointError, match="step 3"):
-        lanczos(bad, None, 10)
+        lanczos(bad, 10)
+
+
+def test_takes_any_operator_like_every_other_solver():
+    import scipy.sparse
+
+    import hessop
+
+    eigs = indefinite_spectrum(40, seed=1)
+    A = SpectralOperator(eigs, seed=2)
+    for op in (A, A.to_dense(), scipy.sparse.csr_matrix(A.to_dense()), torch.from_numpy(A.to_dense())):
+        d = hessop.lanczos(op, 40, seed=0)
+        np.testing.assert_allclose(np.sort(_ritz_values(d)), eigs, atol=1e-10)
+    assert isinstance(hessop.lanczos(torch.from_numpy(A.to_dense()), 3).basis, torch.Tensor)

@@ -25,7 +25,7 @@ import numpy as np
 from .._array import rng, to_numpy
 from ._linear_map import LinearMap
 from ._ortho import cgs2, columns, noise_floor, orthonormalize, put
-from .eigsh import Control, EigshResult, rayleigh_ritz, to_device, wanted
+from ._ritz import Control, EigshResult, rayleigh_ritz, to_device
 from .thick_restart import _kept, default_ncv
 
 
@@ -60,7 +60,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
                 converged = control.relative(theta, theta, coupling) <= tol
                 keep = _kept(theta, converged, k, which, min(keep_count, ncv - P.shape[1]))
                 C = B @ Y[m_old - B.shape[1]:m_old, keep]
-                kept = _snapshot(control, theta[keep], np.eye(keep.size), np.linalg.norm(C, axis=0), keep.size)
+                kept = control.snapshot(theta[keep], np.eye(keep.size), np.linalg.norm(C, axis=0), keep.size)
                 Xk = Q[:, :m_old] @ to_device(lm, Y[:, keep])
                 try:  # an interrupt must not separate the new basis from its snapshot
                     Q = put(Q, 0, Xk)
@@ -87,7 +87,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
             anorm = max(anorm, control.anorm, float(np.linalg.norm(h, 2)))
             P, B = _next_block(lm, Q[:, :m], W, b, anorm, gen)
             theta, sel, Y, res = rayleigh_ritz(H[:m, :m], B, k, which)
-            snap = _snapshot(control, theta, Y, res, m)
+            snap = control.snapshot(theta, Y, res, m)
             rel = snap[4]
             done = sel.size == k and bool(np.all(rel <= tol))
             if done or m >= n:
@@ -99,11 +99,6 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
     except KeyboardInterrupt:
         stopped = "interrupt"
     return control.ritz_result(snap, lambda m: Q[:, :m], restarts, stopped)
-
-
-def _snapshot(control: Control, theta, Y, res, m):
-    sel = wanted(theta, control.k, control.which)
-    return m, theta, sel, Y, control.relative(theta, theta[sel], res[sel])
 
 
 def _start_block(lm: LinearMap, v0, b: int, gen):

@@ -43,10 +43,10 @@ import numpy as np
 from scipy.special import betainc
 
 from .._array import rng
+from ._krylov import KrylovBasis
 from ._linear_map import LinearMap
 from ._ortho import put, take_columns
-from .eigsh import Control, EigshResult, rayleigh_ritz, to_device, wanted
-from .lanczos import KrylovBasis
+from ._ritz import Control, EigshResult, rayleigh_ritz, to_device, wanted
 
 MISS_PROBABILITY = 1e-3
 """Largest probability, per round, that an eigenvalue beyond the least wanted one escapes the check."""
@@ -120,7 +120,7 @@ def _round(lm: LinearMap, control: Control, theta: np.ndarray, X, rel: np.ndarra
                    for bound, sign in ((high, 1.0), (low, -1.0)) if bound is not None]
         if all(settled):
             return None
-        if control.report(theta, rel, 0):
+        if control.report(theta, rel, 0, "certifying"):
             return "callback"
 
 

@@ -179,7 +179,7 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
         for i in tqdm(mine(comm, 0, num_probes), disable=not progress, desc="SLQ", unit="probe"):
             before = lm.num_matvecs
             v = probes(lm, seed, [i], "rademacher")[:, 0]
-            dec = lanczos(lm, v, m, reorthogonalize=True, store_basis=False, seed=[seed, i])
+            dec = lanczos(lm, m, v0=v, reorthogonalize=True, store_basis=False, seed=[seed, i])
             theta, tau = _gauss_rule(dec.alpha, dec.beta)
             k = theta.size
             local[i, :k], local[i, m:m + k] = theta, tau

@@ -28,7 +28,7 @@ import numpy as np
 from .._array import rng
 from ._linear_map import LinearMap
 from ._ortho import cgs2, host, norm
-from .eigsh import Control, EigshResult, wanted
+from ._ritz import Control, EigshResult, wanted
 
 
 def power_iteration(lm: LinearMap, control: Control, *, v0=None, seed=0, **_) -> EigshResult:

@@ -1,4 +1,4 @@
-"""Thick-restart Lanczos (Wu & Simon 2000) and its unrestarted special case, plain Lanczos.
+"""Thick-restart Lanczos (Wu & Simon 2000), and the loop it shares with plain Lanczos.
 
 A restart cycle extends an orthonormal basis ``Q = [X, q_l, ..., q_{m-1}]`` by
 Lanczos steps with full reorthogonalisation until it holds ``ncv`` vectors.
@@ -28,7 +28,8 @@ now). For the same reason the clustered ends (``"SA"``, ``"BE"``) get a
 larger default basis, room for the wanted pairs, their neighbours in the
 cluster and the outliers at once. The top (``"LA"``) costs what it did.
 
-Plain Lanczos is the same loop with the basis grown instead of restarted.
+Plain Lanczos (``method="lanczos"``, :func:`.lanczos.lanczos_eigsh`) is the same
+loop, :func:`run`, with the basis grown instead of restarted.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import rng
+from ._krylov import KrylovBasis
 from ._linear_map import LinearMap
 from ._ortho import put
-from .eigsh import Control, EigshResult, rayleigh_ritz, to_device, wanted
-from .lanczos import KrylovBasis
+from ._ritz import Control, EigshResult, rayleigh_ritz, to_device, wanted
 
 
 def thick_restart_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0=None, seed=0,
@@ -53,21 +54,11 @@ def thick_restart_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = 
     adds about ``(ncv - k) / 2`` new directions.
     """
     ncv = min(lm.n, ncv or default_ncv(control.k, control.which))
-    return _run(lm, control, ncv, v0, seed, restart=True)
+    return run(lm, control, ncv, v0, seed, restart=True)
 
 
-def lanczos_eigsh(lm: LinearMap, control: Control, *, ncv: int | None = None, v0=None, seed=0,
-                  **_) -> EigshResult:
-    """Lanczos with full reorthogonalisation grown until convergence (``method="lanczos"``).
-
-    The basis grows (by doubling its allocation) up to ``ncv`` vectors (default ``n``);
-    memory is one vector per product.
-    """
-    depth = min(lm.n, ncv or lm.n)
-    return _run(lm, control, depth, v0, seed, restart=False)
-
-
-def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> EigshResult:
+def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> EigshResult:
+    """The Lanczos loop of both methods: thick restarts when the basis is full, or growth (``restart=False``)."""
     k, which, tol = control.k, control.which, control.tol
     gen = rng(seed)
     K = KrylovBasis(lm, ncv if restart else min(ncv, max(2 * k + 1, 32)), gen)
@@ -89,7 +80,7 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
                 converged = control.relative(theta, theta, np.abs(coupling)) <= tol
                 keep = _kept(theta, converged, k, which)  # ascending θ
                 l, s = keep.size, coupling[keep]
-                kept = _snapshot(control, theta[keep], np.eye(l), np.abs(s), l)
+                kept = control.snapshot(theta[keep], np.eye(l), np.abs(s), l)
                 Xk = K.basis(m) @ to_device(lm, Y[:, keep])
                 try:  # an interrupt must not separate the new basis from its snapshot
                     K.Q = put(K.Q, 0, Xk)
@@ -106,7 +97,7 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
                 break
             H = _projected(K, l, s)
             theta, sel, Y, res = rayleigh_ritz(H, np.array([[K.beta[-1]]]), k, which)
-            snap = _snapshot(control, theta, Y, res, K.size)
+            snap = control.snapshot(theta, Y, res, K.size)
             rel = snap[4]
             done = sel.size == k and bool(np.all(rel <= tol))
             if done:
@@ -121,11 +112,6 @@ def _run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> 
     except KeyboardInterrupt:
         stopped = "interrupt"
     return control.ritz_result(snap, K.basis, restarts, stopped)
-
-
-def _snapshot(control: Control, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int):
-    sel = wanted(theta, control.k, control.which)
-    return m, theta, sel, Y, control.relative(theta, theta[sel], res[sel])
 
 
 def _projected(K: KrylovBasis, l: int, s: np.ndarray) -> np.ndarray:
