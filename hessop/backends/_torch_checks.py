@@ -3,6 +3,8 @@
 * :func:`check_finite_model` and :func:`check_finite_batch`: NaN or infinite
   values in the model's weights or in the first batch, found when the operator is
   built, before any arithmetic turns them into an unrelated error.
+* :func:`check_first_batch`: the loss of the first batch is a finite scalar,
+  and two forward passes over it agree.
 * :func:`check_repeatable_product`: the same vector multiplied twice on the same
   batch must give the same product; a model that draws random numbers in its
   forward pass (dropout in train mode) makes the operator a random matrix,
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from ._torch_data import check_repeatable_forward
 
 
 def check_finite_model(model: nn.Module) -> None:
@@ -33,8 +37,14 @@ def check_finite_model(model: nn.Module) -> None:
                 )
 
 
-def check_finite_batch(x: Any, y: Any, index: int) -> None:
-    """Raise naming the first tensor of batch ``index`` (input or target) that holds NaN or infinite values."""
+def check_finite_batch(batches: Any) -> None:
+    """Raise naming the tensor of the first batch (input or target) that holds NaN or infinite values."""
+    for index, batch in enumerate(batches.source):  # the first batch, before it is weighed
+        _check_finite_batch(*batches.prepare(batch, index), index)
+        return
+
+
+def _check_finite_batch(x: Any, y: Any, index: int) -> None:
     for where, t in [*_tensors(x, "input"), *_tensors(y, "target")]:
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise FloatingPointError(
@@ -56,6 +66,29 @@ def _tensors(t: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
 
 def _bad_count(t: torch.Tensor) -> int:
     return int((~torch.isfinite(t)).sum())
+
+
+def check_first_batch(model_fn: Callable, loss_of_output: Callable, params: tuple, check_determinism: bool) -> None:
+    """The loss of the first batch is a finite scalar; with ``check_determinism``, two forward passes agree."""
+    with torch.no_grad():
+        out = model_fn(params)
+        value = loss_of_output(out)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"the loss must return a scalar but returned {shape}; use a loss with reduction='mean' or 'sum'"
+            )
+        if not bool(torch.isfinite(value)):  # the data and the weights were found finite before
+            raise FloatingPointError(
+                f"the loss of the first batch is {float(value)} although its data and the model's weights are "
+                "finite; look for a log of zero, a division by zero or an overflow in the model or the loss"
+            )
+        if check_determinism:
+            again = model_fn(params)
+            if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
+                check_repeatable_forward(out, again)
+            else:
+                check_repeatable_forward(value.reshape(()), loss_of_output(again).reshape(()))
 
 
 def check_repeatable_product(first: Sequence[torch.Tensor], again: Sequence[torch.Tensor], index: int) -> None:

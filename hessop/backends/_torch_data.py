@@ -133,6 +133,18 @@ def is_one_batch(data: Any) -> bool:
     )
 
 
+def arguments(x: Any) -> tuple[tuple, dict]:
+    """The model's positional and keyword arguments for input ``x`` (a tensor, a tuple or list, a dict)."""
+    if isinstance(x, Mapping):
+        return (), dict(x)
+    return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), {}
+
+
+def target_of(x: Any, y: Any) -> Any:
+    """What the loss gets as its target: ``y``, or the whole batch for a dict batch."""
+    return x if y is None and isinstance(x, Mapping) else y
+
+
 def first_tensor(t: Any) -> torch.Tensor | None:
     """The first tensor with a batch dimension inside ``t`` (depth first), or None."""
     if isinstance(t, torch.Tensor):

@@ -89,6 +89,15 @@ class Counter:
         self.weight_fn = weight_fn
         self.samples_only = weight_fn is None and not isinstance(loss, TOKEN_LOSSES) and loss is not None
 
+    def check_known(self, one_batch: bool) -> None:
+        """A loss the model computes needs ``weight_fn`` unless the data is one batch."""
+        if self.loss is None and self.weight_fn is None and not one_batch:
+            raise ValueError(
+                "loss=None takes the loss the model returns, whose number of terms (tokens) only the model knows: "
+                "state each batch's weight with weight_fn=lambda batch: ..., e.g. for a causal language model "
+                "weight_fn=lambda b: (b['labels'][:, 1:] != -100).sum()"
+            )
+
     def __call__(self, x: Any, y: Any, index: int) -> float:
         if self.weight_fn is not None:
             return _number(self.weight_fn(x if y is None and isinstance(x, Mapping) else (x, y)), index)

@@ -50,9 +50,6 @@ each batch's product runs in the model's dtype on the vector cast to it.
 from __future__ import annotations
 
 import copy
-import time
-import warnings
-from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -61,11 +58,18 @@ from torch.func import functional_call
 
 from .._array import namespace
 from ._torch_attention import exact_attention
-from ._torch_checks import check_finite_batch, check_finite_model, check_repeatable_product, raise_nonfinite
-from ._torch_data import Batches, check_loader, check_repeatable_forward, check_train_mode
+from ._torch_checks import (
+    check_finite_batch,
+    check_finite_model,
+    check_first_batch,
+    check_repeatable_product,
+    raise_nonfinite,
+)
+from ._torch_data import Batches, arguments, check_loader, check_train_mode, target_of
 from ._torch_graphs import GraphCache, budget_of
 from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
 from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
+from ._torch_strategy import fastest
 from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
 
@@ -144,18 +148,11 @@ class TorchBackend(Backend):
         self._set_params(select_params(model, params))
         counter = Counter(loss, weight_fn)
         self.batches = Batches(data, self.device, self._data_dtype, counter)
-        if loss is None and weight_fn is None and not (self.batches.is_list and len(self.batches) == 1):
-            raise ValueError(
-                "loss=None takes the loss the model returns, whose number of terms (tokens) only the model knows: "
-                "state each batch's weight with weight_fn=lambda batch: ..., e.g. for a causal language model "
-                "weight_fn=lambda b: (b['labels'][:, 1:] != -100).sum()"
-            )
+        counter.check_known(self.batches.is_list and len(self.batches) == 1)
         if check_determinism:
             check_train_mode(model)
         check_finite_model(model)
-        for index, batch in enumerate(self.batches.source):  # the first batch, before it is weighed
-            check_finite_batch(*self.batches.prepare(batch, index), index)
-            break
+        check_finite_batch(self.batches)
         x, y = self.batches.first()
         self._check_first_batch(x, y, check_determinism)
         self.local_count = self.batches.count(counter.samples_only)
@@ -232,8 +229,8 @@ class TorchBackend(Backend):
         state = self._fixed() if state is None else state
         names = self.param_names
 
-        args, kwargs = _arguments(x)
-        y = _target(x, y)
+        args, kwargs = arguments(x)
+        y = target_of(x, y)
         output = logits_of if self.loss_fn is not None else (lambda out: out)
 
         def model_fn(p: Tensors) -> torch.Tensor:
@@ -249,25 +246,7 @@ class TorchBackend(Backend):
 
     def _check_first_batch(self, x: Any, y: Any, check_determinism: bool) -> None:
         model_fn, loss_of_output, _ = self._closures(x, y)
-        with torch.no_grad():
-            out = model_fn(tuple(self._current()))
-            value = loss_of_output(out)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(
-                    f"the loss must return a scalar but returned {shape}; use a loss with reduction='mean' or 'sum'"
-                )
-            if not bool(torch.isfinite(value)):  # the data and the weights were found finite
-                raise FloatingPointError(
-                    f"the loss of the first batch is {float(value)} although its data and the model's weights are "
-                    "finite; look for a log of zero, a division by zero or an overflow in the model or the loss"
-                )
-            if check_determinism:
-                again = model_fn(tuple(self._current()))
-                if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
-                    check_repeatable_forward(out, again)
-                else:
-                    check_repeatable_forward(value.reshape(()), loss_of_output(again).reshape(()))
+        check_first_batch(model_fn, loss_of_output, tuple(self._current()), check_determinism)
         if check_determinism:
             check_loader(self.batches, (x, y))
 
@@ -330,7 +309,7 @@ class TorchBackend(Backend):
 
     def _ggn(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         model_fn, loss_of_output, _ = self._closures(x, y)
-        return ggn(model_fn, loss_of_output, self._current(), _target(x, y), vs, batched)
+        return ggn(model_fn, loss_of_output, self._current(), target_of(x, y), vs, batched)
 
     def _hessian(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
         key = f"block of {vs[0].shape[0]}" if batched else "vector"
@@ -342,42 +321,16 @@ class TorchBackend(Backend):
         if graph is not None:
             return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
         _, _, f = self._closures(x, y)
-        return _ALL[name](f, self._current(), _target(x, y), vs, batched)
+        return _ALL[name](f, self._current(), target_of(x, y), vs, batched)
 
     def _choose(self, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
-        """The strategy for products of this shape: the user's, or the fastest on the first batch.
-
-        Each candidate runs twice exactly as a real product would (with the first
-        batch's kept graph if it fits the budget) and the second run is timed.
-        """
+        """The strategy for products of this shape: the user's, or the fastest on the first batch."""
         if self.hvp != "auto":
             self.chosen[key] = self.hvp
             return self.hvp
         candidates = [n for n in STRATEGIES if batched or not n.endswith("vmap")]  # the same for one vector
-        times: dict[str, float] = {}
-        errors: dict[str, Exception] = {}
-        for name in candidates:
-            try:
-                self._run(name, index, x, y, vs, batched)
-                _synchronize(self.device)
-                start = time.perf_counter()
-                self._run(name, index, x, y, vs, batched)
-                _synchronize(self.device)
-                times[name] = time.perf_counter() - start
-            except (RuntimeError, NotImplementedError) as err:  # e.g. an op without a vmap or forward-mode rule
-                errors[name] = err
-        if not times:
-            why = "; ".join(f"{n}: {str(e).splitlines()[0][:160]}" for n, e in errors.items())
-            warnings.warn(
-                f"no exact Hessian-vector product runs on this model ({why}); using hvp='finite-difference', "
-                "a central difference of two gradient passes, accurate to about eps^(2/3) relative "
-                "(docs/transformers.md)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.chosen[key] = "finite-difference"
-            return self.chosen[key]
-        self.chosen[key] = min(times, key=times.__getitem__)
+        run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
+        self.chosen[key] = fastest(run, candidates, self.device)
         return self.chosen[key]
 
     def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
@@ -386,7 +339,7 @@ class TorchBackend(Backend):
             return None
         state = self._fixed()
         key = tuple((t.data_ptr(), t._version) for t in state.values())
-        build = lambda: FirstOrderGraph(self._closures(x, y, state)[2], self._current(), _target(x, y))  # noqa: E731
+        build = lambda: FirstOrderGraph(self._closures(x, y, state)[2], self._current(), target_of(x, y))  # noqa: E731
         return self._graphs.get(index, key, build, state.values())
 
     def _check_count(self, count: float) -> None:
@@ -445,20 +398,3 @@ class TorchBackend(Backend):
         other.chosen = {}
         other._set_params([n for n in self.param_names if n in set(names)])
         return other
-
-
-def _arguments(x: Any) -> tuple[tuple, dict]:
-    """The model's positional and keyword arguments for input ``x`` (a tensor, a tuple or list, a dict)."""
-    if isinstance(x, Mapping):
-        return (), dict(x)
-    return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), {}
-
-
-def _target(x: Any, y: Any) -> Any:
-    """What the loss gets as its target: ``y``, or the whole batch for a dict batch."""
-    return x if y is None and isinstance(x, Mapping) else y
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
