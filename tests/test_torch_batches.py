@@ -224,3 +224,14 @@ def test_tiny_gpt2_with_attention_and_token_loss():
         exact = torch.autograd.functional.hessian(full64, torch.cat([t.detach().reshape(-1) for t in sub.values()]))
     E = make_operator(model, shifted_ce, data, params=params, weight_fn=_shifted_tokens)
     np.testing.assert_allclose(E.to_dense(), exact.numpy(), atol=1e-12 * scale)
+
+
+def test_dict_batches_from_a_data_loader():
+    """A DataLoader of dict samples yields dict batches; the loader check compares them key by key."""
+    model, data = _hf_model(), _hf_batches()
+    rows = [{k: v[i] for k, v in data[1].items()} for i in range(3)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=2)  # batches of 2 and 1, each a dict of stacked rows
+    H = make_operator(model, None, loader, weight_fn=_shifted_tokens)
+    as_list = [{k: torch.stack([r[k] for r in rows[i:j]]) for k in rows[0]} for i, j in ((0, 2), (2, 3))]
+    np.testing.assert_allclose(H.to_dense(), make_operator(model, None, as_list, weight_fn=_shifted_tokens).to_dense(),
+                               atol=1e-14)

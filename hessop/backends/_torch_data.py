@@ -224,6 +224,8 @@ def _same(a: Any, b: Any) -> bool:
         return a.shape == b.shape and bool(torch.equal(a, b))
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(u, w) for u, w in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a is b or bool(a == b)
 
 
