@@ -103,7 +103,8 @@ class TorchBackend(Backend):
         ``weight_fn(batch)``: the number of loss terms a batch's mean is over (default:
         non-ignored targets for cross-entropy and NLL, else samples; :mod:`._torch_losses`).
     check_determinism : bool
-        Refuse models and loaders that make the Hessian a random matrix.
+        Refuse train-mode dropout and BatchNorm, random forward passes and shuffling loaders when the
+        operator is built. Whatever it says, the first product refuses a product that is not repeatable.
     progress : bool
         Show a progress bar over the batches of each product.
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
