@@ -74,7 +74,8 @@ def _dense(model, loss, data):
     total = sum(len(y) for _, y in data)
 
     def full(flat):
-        params = dict(zip(names, (q.reshape(s) for q, s in zip(torch.split(flat, [s.numel() for s in shapes]), shapes))))
+        parts = torch.split(flat, [s.numel() for s in shapes])
+        params = dict(zip(names, (q.reshape(s) for q, s in zip(parts, shapes))))
         return sum(loss(functional_call(model, params, (x.double(),)), y) * len(y) / total for x, y in data)
 
     fast = torch.backends.mha.get_fastpath_enabled()

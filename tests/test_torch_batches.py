@@ -22,7 +22,8 @@ def _dense(model, mean_loss, batches, weights):
     shapes = [p.shape for p in model.parameters()]
 
     def full(flat):
-        params = dict(zip(names, (q.reshape(s) for q, s in zip(torch.split(flat, [s.numel() for s in shapes]), shapes))))
+        parts = torch.split(flat, [s.numel() for s in shapes])
+        params = dict(zip(names, (q.reshape(s) for q, s in zip(parts, shapes))))
         return sum(w * mean_loss(params, b) for w, b in zip(weights, batches)) / sum(weights)
 
     flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -131,8 +132,10 @@ def test_inputs_of_any_nesting_are_moved_and_cast_alike():
     torch.manual_seed(0)
     model = _Nested().double().eval()
     g = torch.Generator().manual_seed(2)
-    data = [({"x": torch.randn(n, 4, generator=g), "extra": (torch.randn(n, 2, generator=g), torch.rand(n, 1, generator=g))},
-             torch.randint(0, 3, (n,), generator=g)) for n in (4, 2)]
+    data = []
+    for n in (4, 2):
+        extra = (torch.randn(n, 2, generator=g), torch.rand(n, 1, generator=g))
+        data.append(({"x": torch.randn(n, 4, generator=g), "extra": extra}, torch.randint(0, 3, (n,), generator=g)))
     loss = nn.CrossEntropyLoss()
     H = make_operator(model, loss, data)
 
@@ -158,8 +161,8 @@ def test_a_single_multi_input_batch_and_one_shot_iterators():
     torch.manual_seed(0)
     model = _TwoInputs().double().eval()
     g = torch.Generator().manual_seed(3)
-    batches = [((torch.randn(n, 4, generator=g), torch.randn(n, 2, generator=g)), torch.randint(0, 3, (n,), generator=g))
-               for n in (5, 3)]
+    batches = [((torch.randn(n, 4, generator=g), torch.randn(n, 2, generator=g)),
+                torch.randint(0, 3, (n,), generator=g)) for n in (5, 3)]
     loss = nn.CrossEntropyLoss()
     reference = make_operator(model, loss, batches).to_dense()
     single = make_operator(model, loss, batches[0])

@@ -24,15 +24,15 @@ def _relative_errors(model, loss, data, dtype, seeds=4):
 
 @pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_error_against_exact_products_is_near_eps_to_the_two_thirds(dtype, bound):
-    """The central difference with h‖v‖ = ε^(1/3)(1 + ‖θ‖) is accurate to ~ε^(2/3): measured 4e-11-2e-10 in float64,
-    3e-5-1.5e-4 in float32 (benchmarks/finite_difference.py); the bounds leave a factor of 5 or more."""
+    """The central difference with h‖v‖ = ε^(1/3)(1 + ‖θ‖) is accurate to ~ε^(2/3): measured 4e-11-2e-10 in
+    float64, 3e-5-1.5e-4 in float32 (benchmarks/finite_difference.py); the bounds leave a factor of 5 or more."""
     torch.manual_seed(0)
     mlp = MLP(8, 3, (12,)).to(dtype).eval()
     errors = _relative_errors(mlp, nn.CrossEntropyLoss(), random_batches((8,), [7, 5], seed=1), dtype)
     torch.manual_seed(0)
     cnn = SmallCNN(1, 3, channels=3).to(dtype).eval()
-    errors = np.concatenate([errors, _relative_errors(cnn, nn.CrossEntropyLoss(), random_batches((1, 6, 6), [6], seed=2),
-                                                      dtype)])
+    cnn_data = random_batches((1, 6, 6), [6], seed=2)
+    errors = np.concatenate([errors, _relative_errors(cnn, nn.CrossEntropyLoss(), cnn_data, dtype)])
     assert errors.max() < bound
     assert errors.max() > 0  # an approximation, not the exact product under another name
 

@@ -51,7 +51,8 @@ def _dense_token_mean(model, batches, class_weight=None, nll=False):
     shapes = [p.shape for p in model.parameters()]
 
     def full(flat):
-        params = dict(zip(names, (q.reshape(s) for q, s in zip(torch.split(flat, [s.numel() for s in shapes]), shapes))))
+        parts = torch.split(flat, [s.numel() for s in shapes])
+        params = dict(zip(names, (q.reshape(s) for q, s in zip(parts, shapes))))
         num, den = 0, 0
         for ids, y in batches:
             logits = functional_call(model, params, (ids,)).reshape(-1, V)
