@@ -42,9 +42,10 @@ def hessian(
         of the data; products are summed over processes.
     **options
         Passed to the backend (for PyTorch: ``params``, ``hvp``, ``reduction``,
-        ``check_determinism``, ``progress``, ``graph_cache``,
+        ``check_determinism``, ``progress``, ``graph_cache``, ``weight_fn``,
         ``graph_cache_bytes``; for JAX: ``model_fn``, ``hvp``,
-        ``reduction``, ``batch_size_fn``). With JAX and ``model_fn``, ``loss`` is
+        ``reduction``, ``weight_fn``). ``weight_fn(batch)``, the same in both, is the number of loss terms a
+        batch's mean is over (tokens, for a language model). With JAX and ``model_fn``, ``loss`` is
         ``loss_fn(outputs, targets)`` and batches are ``(inputs, targets)``, as
         with PyTorch; the GGN and residual curvatures need that form.
     """

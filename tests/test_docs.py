@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ("index.md", "guide.md", "cli.md", "numerics.md")
+PAGES = ("index.md", "guide.md", "cli.md", "numerics.md", "transformers.md")
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 SKIP = "# not run:"
 

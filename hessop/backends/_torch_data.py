@@ -1,63 +1,86 @@
-"""Data for the PyTorch backend: ``(x, y)`` batches, sample counts and determinism checks.
+"""Data for the PyTorch backend: batches of any structure, their weights and determinism checks.
 
-The user's data may be one ``(x, y)`` batch, a list of batches, or any
-re-iterable of batches such as a ``DataLoader``. Every Hessian-vector product
-passes over all of it, so a one-shot iterator (a generator) is refused, and a
-loader that changes between passes (shuffling, random augmentation) makes "the
-Hessian" a different matrix at each product; :func:`check_loader` catches that
-on the first batch.
+A batch is one of
+
+* ``(x, y)``: the model is called as ``model(x)``, ``model(*x)`` for a tuple or
+  list ``x``, ``model(**x)`` for a dict ``x``; the loss as ``loss(output, y)``;
+* a dict (e.g. a tokenizer's output with ``labels``): the model is called as
+  ``model(**batch)``; the loss as ``loss(output, batch)``, or, with ``loss=None``,
+  the loss is the one the model returns (``output.loss`` or ``output["loss"]``).
+
+The data is one batch (a dict, or a pair whose second element is a tensor), a
+list of batches, or any re-iterable of batches such as a ``DataLoader``. A
+one-shot iterator (a generator) is read once when the operator is built and
+kept as a list, as in the JAX backend. Tensors at any depth of a batch (tuples,
+lists, dicts) are moved to the parameters' device and floating ones cast to the
+model's dtype; integer tensors (class indices, token ids, masks) keep theirs.
+
+A loader that changes between passes (shuffling, random augmentation) makes
+"the Hessian" a different matrix at each product; :func:`check_loader` catches
+that on the first batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-Batch = tuple[Any, torch.Tensor]
+Batch = tuple[Any, Any]
 
 
 class Batches:
     """The data as a re-iterable sequence of ``(x, y)`` batches on the parameters' device.
 
-    Floating-point inputs and targets are cast to the model's dtype, so float64
-    ground-truth models run on float32 data unchanged; integer targets (class
-    indices) are left alone. Empty batches are skipped.
+    A dict batch is held as ``(batch, None)``. ``count(x, y)`` gives a batch's
+    weight (its number of loss terms, :mod:`hessop.backends._torch_weights`);
+    batches of weight zero are skipped.
     """
 
-    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype):
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype, count: Callable[[Any, Any], float]):
         self.device = device
         self.dtype = dtype
-        if _is_batch(data):
-            self.source: Iterable = [tuple(data)]
+        self.count_of = count
+        if is_one_batch(data):
+            self.source: Iterable = [data]
         elif isinstance(data, (list, tuple)):
             self.source = list(data)
         elif not hasattr(data, "__iter__"):
             raise TypeError(
-                f"data must be one (x, y) batch, a list of (x, y) batches or a DataLoader, not {type(data).__name__}"
+                "data must be one batch ((x, y) or a dict), a list of batches or a DataLoader, "
+                f"not {type(data).__name__}"
             )
-        elif iter(data) is data:
-            raise TypeError(
-                "data is a one-shot iterator (e.g. a generator), but every Hessian-vector product passes over "
-                "all the data again; pass a list of (x, y) batches or a DataLoader instead"
-            )
+        elif iter(data) is data:  # a one-shot iterator: read once and kept, as the JAX backend does
+            self.source = list(data)
         else:
             self.source = data
         self.is_list = isinstance(self.source, list)
+        self._counts: dict[int, float] = {}
 
-    def __iter__(self) -> Iterator[tuple[int, Any, torch.Tensor]]:
-        """``(index, x, y)`` for every non-empty batch; ``index`` counts the user's batches."""
+    def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
+        """``(index, x, y)`` for every batch of non-zero weight; ``index`` counts the user's batches."""
+        for index, x, y, _ in self.weighted():
+            yield index, x, y
+
+    def weighted(self) -> Iterator[tuple[int, Any, Any, float]]:
+        """``(index, x, y, count)`` for every batch of non-zero weight."""
         for index, batch in enumerate(self.source):
             x, y = self.prepare(batch, index)
-            if batch_size(x, y) > 0:
-                yield index, x, y
+            count = self._counts.get(index) if self.is_list else None
+            if count is None:
+                count = self.count_of(x, y, index)
+                if self.is_list:  # a list does not change: count its batches once
+                    self._counts[index] = count
+            if count > 0:
+                yield index, x, y, count
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
 
     def first(self) -> Batch:
-        """The first non-empty batch; raises if there is none."""
+        """The first batch of non-zero weight; raises if there is none."""
         for _, x, y in self:
             return x, y
         raise ValueError("the data holds no samples: it has no batches, or only empty ones")
@@ -65,48 +88,73 @@ class Batches:
     def prepare(self, batch: Any, index: int) -> Batch:
         """One user batch moved to the device, floating tensors cast to the model's dtype."""
         x, y = _pair(batch, index)
-        return self._move(x), self._move(y)
+        return self.move(x), self.move(y)
 
-    def _move(self, t: Any) -> Any:
-        if isinstance(t, (tuple, list)):  # a model with several inputs
-            return type(t)(self._move(u) for u in t)
+    def move(self, t: Any) -> Any:
+        """``t`` with every tensor inside (tuples, lists, dicts, at any depth) on the device, floats cast."""
+        if isinstance(t, Mapping):  # a plain dict, whatever the mapping type (BatchEncoding, ...)
+            return {k: self.move(u) for k, u in t.items()}
+        if isinstance(t, (tuple, list)):
+            return type(t)(self.move(u) for u in t)
         if not isinstance(t, torch.Tensor):
             return t
         dtype = self.dtype if t.is_floating_point() else None
         return t.to(device=self.device, dtype=dtype, non_blocking=True)
 
-    def count(self) -> int:
-        """The number of samples, without loading data when the loader allows it."""
-        if self.is_list:
-            return sum(batch_size(*_pair(b, i)) for i, b in enumerate(self.source))
+    def count(self, samples_only: bool) -> float:
+        """The total weight; counted from the loader's sampler, without loading data, when weights are samples."""
         sampler = getattr(self.source, "batch_sampler", None)
         iterable = isinstance(getattr(self.source, "dataset", None), torch.utils.data.IterableDataset)
-        if sampler is not None and not iterable:
+        if samples_only and not self.is_list and sampler is not None and not iterable:
             try:
-                return sum(len(indices) for indices in sampler)
+                return float(sum(len(indices) for indices in sampler))
             except TypeError:
                 pass
-        return sum(batch_size(x, y) for _, x, y in self)
+        return float(sum(count for *_, count in self.weighted()))
 
 
 def _pair(batch: Any, index: int) -> Batch:
+    if isinstance(batch, Mapping):
+        return batch, None
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise TypeError(
-            f"batch {index} is a {type(batch).__name__}; each batch must be an (x, y) pair of input and target"
+            f"batch {index} is a {type(batch).__name__}; each batch must be an (x, y) pair of input and target, "
+            "or a dict of the model's keyword arguments"
         )
     return batch[0], batch[1]
 
 
-def _is_batch(data: Any) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+def is_one_batch(data: Any) -> bool:
+    """One batch, not a list of them: a dict, or a pair whose target (second element) is a tensor."""
+    if isinstance(data, Mapping):
+        return True
+    return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) and (
+        isinstance(data, tuple) or isinstance(data[0], torch.Tensor)
+    )
 
 
-def batch_size(x: Any, y: Any) -> int:
-    """The number of samples in a batch: the leading dimension of the target (or input)."""
-    for t in (y, x):
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
-            return int(t.shape[0])
-    raise TypeError("cannot tell the batch size: neither the input nor the target is a tensor with a batch dimension")
+def arguments(x: Any) -> tuple[tuple, dict]:
+    """The model's positional and keyword arguments for input ``x`` (a tensor, a tuple or list, a dict)."""
+    if isinstance(x, Mapping):
+        return (), dict(x)
+    return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), {}
+
+
+def target_of(x: Any, y: Any) -> Any:
+    """What the loss gets as its target: ``y``, or the whole batch for a dict batch."""
+    return x if y is None and isinstance(x, Mapping) else y
+
+
+def first_tensor(t: Any) -> torch.Tensor | None:
+    """The first tensor with a batch dimension inside ``t`` (depth first), or None."""
+    if isinstance(t, torch.Tensor):
+        return t if t.ndim > 0 else None
+    items = t.values() if isinstance(t, Mapping) else t if isinstance(t, (tuple, list)) else ()
+    for u in items:
+        found = first_tensor(u)
+        if found is not None:
+            return found
+    return None
 
 
 # -- determinism ------------------------------------------------------------------------------
@@ -176,6 +224,8 @@ def _same(a: Any, b: Any) -> bool:
         return a.shape == b.shape and bool(torch.equal(a, b))
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(u, w) for u, w in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a is b or bool(a == b)
 
 

@@ -13,12 +13,15 @@ Data and weighting
 ------------------
 ``data`` is a ``list`` of batches, one batch (a ``tuple``, ``dict`` or array), or
 any other iterable of batches (re-iterated on every product when it can be, such as
-a ``DataLoader``; a one-shot iterator or generator is read once and kept). A
-batch's sample count is the leading dimension of its first leaf, or
-``batch_size_fn(batch)``. With ``reduction="mean"`` (the default) ``loss_fn``
-averages over its batch and batches are weighted by their sample counts, so the
-operator is the Hessian of the mean loss over all samples; with
-``reduction="sum"`` batch losses add up.
+a ``DataLoader``; a one-shot iterator or generator is read once and kept, as in the
+PyTorch backend). A batch's weight is the number of loss terms its mean is over:
+``weight_fn(batch)`` (the same argument as in the PyTorch backend: e.g. the
+non-padding tokens of a language-model batch), by default the leading dimension
+of its first leaf. With ``reduction="mean"`` (the default) ``loss_fn`` averages
+over its batch and batches are weighted by those counts, so the operator is the
+Hessian of the mean loss over all the loss terms of all the data; with
+``reduction="sum"`` batch losses add up. ``batch_size_fn``, the former name of
+``weight_fn``, still works and warns.
 
 Parameters and dtypes
 ---------------------
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import array_api_compat
@@ -74,9 +78,9 @@ class JaxBackend(Backend):
         ``model_fn(params, inputs) -> outputs``; batches are then ``(inputs, targets)`` pairs.
     reduction : {"mean", "sum"}
         How ``loss_fn`` reduces over the samples of its batch.
-    batch_size_fn : callable, optional
-        ``batch_size_fn(batch) -> int``, the sample count of a batch (default: the
-        leading dimension of its first leaf).
+    weight_fn : callable, optional
+        ``weight_fn(batch) -> number``, the number of loss terms a batch's mean is
+        over (default: the leading dimension of its first leaf). Formerly ``batch_size_fn``.
     hvp : {"auto", "jvp", "linearize"}
         Recompute the gradient's linearisation on every product, cache it per batch,
         or cache it only when the data is one batch (the default).
@@ -91,9 +95,16 @@ class JaxBackend(Backend):
         curvature: str = "hessian",
         model_fn: Callable | None = None,
         reduction: str = "mean",
-        batch_size_fn: Callable[[Any], int] | None = None,
+        weight_fn: Callable[[Any], Any] | None = None,
         hvp: str = "auto",
+        batch_size_fn: Callable[[Any], int] | None = None,
     ):
+        if batch_size_fn is not None:
+            if weight_fn is not None:
+                raise ValueError("pass weight_fn only: batch_size_fn is its former name")
+            warnings.warn("batch_size_fn is renamed weight_fn (the same in the PyTorch backend); pass weight_fn=",
+                          DeprecationWarning, stacklevel=2)
+            weight_fn = batch_size_fn
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, not {type(loss_fn).__name__}")
         if curvature not in CURVATURES:
@@ -111,7 +122,7 @@ class JaxBackend(Backend):
             raise ValueError("hvp='linearize' caches the Hessian only; use hvp='jvp' for the GGN and residual")
         self.curvature = curvature
         self.normalize = reduction == "mean"
-        self._loss_fn, self._model_fn, self._batch_size_fn = loss_fn, model_fn, batch_size_fn
+        self._loss_fn, self._model_fn, self._weight_fn = loss_fn, model_fn, weight_fn
 
         paths_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(params)
         if not paths_leaves:
@@ -120,7 +131,7 @@ class JaxBackend(Backend):
         self._all_leaves = [_as_float_leaf(name, leaf) for name, (_, leaf) in zip(self._all_names, paths_leaves)]
         self._device = next(iter(self._all_leaves[0].devices()))
 
-        self._data = _Data(data, self._device, batch_size_fn, model_fn is not None)
+        self._data = _Data(data, self._device, weight_fn, model_fn is not None)
         if hvp == "linearize" and not self._data.cached:
             raise ValueError("hvp='linearize' caches one linearisation per batch; pass the data as a list of batches")
         if hvp == "auto":
@@ -283,8 +294,8 @@ class JaxBackend(Backend):
 class _Data:
     """The batches: kept as a list of device arrays when possible, else re-iterated each pass."""
 
-    def __init__(self, data: Any, device, batch_size_fn, pairs: bool):
-        self._device, self._batch_size_fn, self._pairs = device, batch_size_fn, pairs
+    def __init__(self, data: Any, device, weight_fn, pairs: bool):
+        self._device, self._weight_fn, self._pairs = device, weight_fn, pairs
         if isinstance(data, list):
             batches: Iterable | None = data
         elif isinstance(data, (tuple, dict)) or hasattr(data, "shape"):
@@ -343,14 +354,14 @@ class _Data:
                 "every batch must have the same (nested) layout"
             )
 
-    def count(self, batch) -> int:
-        if self._batch_size_fn is not None:
-            return int(self._batch_size_fn(batch))
+    def count(self, batch) -> float:
+        if self._weight_fn is not None:
+            return float(self._weight_fn(batch))
         leaves = jax.tree_util.tree_leaves(batch)
         if not leaves or not getattr(leaves[0], "ndim", 0):
             raise ValueError(
                 "cannot count the samples of a batch whose first leaf is not an array with a leading batch "
-                "dimension; pass batch_size_fn=lambda batch: ..."
+                "dimension; pass weight_fn=lambda batch: ..."
             )
         return int(leaves[0].shape[0])
 

@@ -17,11 +17,24 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
     ``is_grads_batched``.
 ``"forward-over-reverse"``
     ``jvp`` of ``grad``; a block through ``vmap``.
+``"finite-difference"``
+    a central difference of two gradient passes (an approximation, for models
+    whose second derivative torch cannot take: fused kernels, checkpointing).
 ``"auto"`` (default)
     at the first product of each shape (one vector, or a block of k), runs every
-    strategy twice on the first batch, times the second run and keeps the
+    exact strategy twice on the first batch, times the second run and keeps the
     fastest for the rest of the operator's life. A strategy that fails on the
-    model (e.g. an op without a ``vmap`` rule) is skipped.
+    model (e.g. an op without a ``vmap`` rule) is skipped; when all fail,
+    ``"finite-difference"`` is used, with a warning that says why.
+
+Products run with attention kernels that have second derivatives
+(:mod:`hessop.backends._torch_attention`), so models using
+``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` or
+``nn.TransformerEncoder`` work unchanged. The first product multiplies the
+first batch twice and refuses a product that is not repeatable
+(:mod:`hessop.backends._torch_checks`). Batches of any structure and the weight
+of each batch (tokens for language models): :mod:`hessop.backends._torch_data`,
+:mod:`hessop.backends._torch_losses`.
 
 With the double-backward strategies and data given as a list of batches, each
 batch's first-order graph (forward pass and gradient with ``create_graph=True``)
@@ -37,7 +50,6 @@ each batch's product runs in the model's dtype on the vector cast to it.
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -45,13 +57,24 @@ from torch import nn
 from torch.func import functional_call
 
 from .._array import namespace
-from ._torch_data import Batches, batch_size, check_loader, check_repeatable_forward, check_train_mode
+from ._torch_attention import exact_attention
+from ._torch_checks import (
+    check_finite_batch,
+    check_finite_model,
+    check_first_batch,
+    check_repeatable_product,
+    raise_nonfinite,
+)
+from ._torch_data import Batches, arguments, check_loader, check_train_mode, target_of
 from ._torch_graphs import GraphCache, budget_of
-from ._torch_hvp import ALIASES, STRATEGIES, FirstOrderGraph, Tensors, ggn
+from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
+from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
+from ._torch_strategy import fastest
 from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
 
-HVP_CHOICES = ("auto", *STRATEGIES, *ALIASES)
+HVP_CHOICES = ("auto", *STRATEGIES, *INEXACT, *ALIASES)
+_ALL = {**STRATEGIES, **INEXACT}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -62,19 +85,26 @@ class TorchBackend(Backend):
     ----------
     model : torch.nn.Module
         The network; its parameters' device is where vectors live.
-    loss : callable
-        ``loss(output, target)`` returning a scalar, e.g. ``nn.CrossEntropyLoss()``.
-    data : DataLoader, list of (x, y), or one (x, y)
-        All the data; every product passes over it once.
+    loss : callable or None
+        ``loss(output, target)`` returning a scalar, e.g. ``nn.CrossEntropyLoss()``
+        (an output with ``logits``, as Hugging Face models return, passes its
+        logits); ``None``: the loss the model returns (``output.loss``).
+    data : DataLoader, list of batches, or one batch
+        All the data; every product passes over it once. A batch is ``(x, y)``
+        or a dict of the model's keyword arguments (:mod:`._torch_data`).
     curvature : {"hessian", "ggn", "residual"}
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
-    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse"}
+    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse", "finite-difference"}
         How Hessian-vector products are computed (module docstring).
     reduction : {"mean", "sum"}, optional
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
+    weight_fn : callable, optional
+        ``weight_fn(batch)``: the number of loss terms a batch's mean is over (default:
+        non-ignored targets for cross-entropy and NLL, else samples; :mod:`._torch_losses`).
     check_determinism : bool
-        Refuse models and loaders that make the Hessian a random matrix.
+        Refuse train-mode dropout and BatchNorm, random forward passes and shuffling loaders when the
+        operator is built. Whatever it says, the first product refuses a product that is not repeatable.
     progress : bool
         Show a progress bar over the batches of each product.
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
@@ -96,31 +126,39 @@ class TorchBackend(Backend):
         progress: bool = False,
         graph_cache: bool | str = "auto",
         graph_cache_bytes: int | None = None,
+        weight_fn: Callable[[Any], Any] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        if not callable(loss):
-            raise TypeError(f"loss must be callable as loss(output, target), not {type(loss).__name__}")
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable as loss(output, target) or None, not {type(loss).__name__}")
+        if loss is None and curvature != "hessian":
+            raise ValueError(f"the {curvature} needs the loss of the model's output: pass loss(output, target)")
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
         if hvp not in HVP_CHOICES:
             raise ValueError(f"unknown hvp strategy {hvp!r}; choose one of {HVP_CHOICES}")
         self.graph_budget = budget_of(graph_cache, graph_cache_bytes)
         self.model = model
-        self.loss_fn = loss
+        self.loss_fn = None if loss is None else adapt_loss(loss)
         self.curvature = curvature
         self.hvp = ALIASES.get(hvp, hvp)
         self.progress = progress
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
         self._set_params(select_params(model, params))
-        self.batches = Batches(data, self.device, next(iter(model.parameters())).dtype)
+        counter = Counter(loss, weight_fn)
+        self.batches = Batches(data, self.device, self._data_dtype, counter)
+        counter.check_known(self.batches.is_list and len(self.batches) == 1)
         if check_determinism:
             check_train_mode(model)
+        check_finite_model(model)
+        check_finite_batch(self.batches)
         x, y = self.batches.first()
         self._check_first_batch(x, y, check_determinism)
-        self.local_count = float(self.batches.count())
+        self.local_count = self.batches.count(counter.samples_only)
         self.chosen: dict[str, str] = {}
+        self._repeatable = False  # set by the first product's check
 
     # -- parameters ------------------------------------------------------------------------
     def _set_params(self, names: list[str]) -> None:
@@ -137,11 +175,14 @@ class TorchBackend(Backend):
                 "move the model to one device (model.to(device))"
             )
         self.device = tensors[0].device
-        dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
-        if not dtype.is_floating_point:
-            raise TypeError(f"parameters of dtype {dtype} cannot be differentiated; use a floating-point model")
+        floating = [t.dtype for t in tensors if t.dtype.is_floating_point]
+        if len(floating) < len(tensors):
+            bad = next(t.dtype for t in tensors if not t.dtype.is_floating_point)
+            raise TypeError(f"parameters of dtype {bad} cannot be differentiated; use a floating-point model")
+        dtype = floating[0]
+        for d in floating[1:]:
+            dtype = torch.promote_types(dtype, d)
+        self._data_dtype = dtype  # floating data is cast to the differentiated parameters' dtype
         self.dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
         self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
         self._param_dtypes = [t.dtype for t in tensors]
@@ -189,13 +230,15 @@ class TorchBackend(Backend):
         state = self._fixed() if state is None else state
         names = self.param_names
 
-        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        args, kwargs = arguments(x)
+        y = target_of(x, y)
+        output = logits_of if self.loss_fn is not None else (lambda out: out)
 
         def model_fn(p: Tensors) -> torch.Tensor:
-            return functional_call(self.model, {**state, **dict(zip(names, p))}, args)
+            return output(functional_call(self.model, {**state, **dict(zip(names, p))}, args, kwargs))
 
         def loss_of_output(out: torch.Tensor, target: Any = y) -> torch.Tensor:
-            return self.loss_fn(out, target)
+            return loss_of_model(out) if self.loss_fn is None else self.loss_fn(out, target)
 
         def f(p: Tensors, target: Any = y) -> torch.Tensor:
             return loss_of_output(model_fn(p), target)
@@ -204,28 +247,15 @@ class TorchBackend(Backend):
 
     def _check_first_batch(self, x: Any, y: Any, check_determinism: bool) -> None:
         model_fn, loss_of_output, _ = self._closures(x, y)
-        with torch.no_grad():
-            out = model_fn(tuple(self._current()))
-            value = loss_of_output(out)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(
-                    f"the loss must return a scalar but returned {shape}; use a loss with reduction='mean' or 'sum'"
-                )
-            if check_determinism:
-                again = model_fn(tuple(self._current()))
-                if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
-                    check_repeatable_forward(out, again)
-                else:
-                    check_repeatable_forward(value.reshape(()), loss_of_output(again).reshape(()))
+        check_first_batch(model_fn, loss_of_output, tuple(self._current()), check_determinism)
         if check_determinism:
             check_loader(self.batches, (x, y))
 
-    def _weight(self, x: Any, y: Any) -> int:
-        return batch_size(x, y) if self.normalize else 1
+    def _weight(self, count: float) -> float:
+        return count if self.normalize else 1.0
 
     def _iter(self, what: str):
-        it = iter(self.batches)
+        it = self.batches.weighted()
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -235,16 +265,23 @@ class TorchBackend(Backend):
 
     # -- products ------------------------------------------------------------------------------
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
+        with exact_attention():  # attention kernels with second derivatives, for the products only
+            return self._hvp_sum(V)
+
+    def _hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         batched = V.ndim == 2
         vs = self._split(V)
         acc = torch.zeros(V.shape, dtype=V.dtype, device=V.device)  # contiguous, whatever V's strides
         views = self._views(acc)  # parameter-shaped views: each batch adds in place, no concatenation
-        count = 0
-        for index, x, y in self._iter("Hessian-vector product"):
-            w = self._weight(x, y)
-            count += batch_size(x, y)
-            for view, part in zip(views, self._product(index, x, y, vs, batched)):
-                view.add_(part, alpha=w)
+        count = 0.0
+        for index, x, y, c in self._iter("Hessian-vector product"):
+            count += c
+            parts = self._product(index, x, y, vs, batched)
+            if not self._repeatable:  # the first product: the same vector again on a fresh pass must agree
+                check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
+                self._repeatable = True
+            for view, part in zip(views, parts):
+                view.add_(part, alpha=self._weight(c))
         self._check_count(count)
         # NaN and inf propagate into the sum: one cheap reduction, the full check only when it trips
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
@@ -257,15 +294,15 @@ class TorchBackend(Backend):
         for index, x, y in self.batches:
             parts = self._product(index, x, y, vs, batched)
             flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
-        _raise_nonfinite(flags, f"{self.curvature}-vector product")
+        raise_nonfinite(flags, f"{self.curvature}-vector product")
         raise FloatingPointError(
             f"the {self.curvature}-vector product overflowed while adding up the batches; use a float64 model"
         )
 
-    def _product(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+    def _product(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
         if self.curvature == "ggn":
             return self._ggn(x, y, vs, batched)
-        hv = self._hessian(index, x, y, vs, batched)
+        hv = self._hessian(index, x, y, vs, batched, fresh)
         if self.curvature == "residual":
             gv = self._ggn(x, y, vs, batched)
             return tuple(a - b for a, b in zip(hv, gv))
@@ -273,45 +310,28 @@ class TorchBackend(Backend):
 
     def _ggn(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         model_fn, loss_of_output, _ = self._closures(x, y)
-        return ggn(model_fn, loss_of_output, self._current(), y, vs, batched)
+        return ggn(model_fn, loss_of_output, self._current(), target_of(x, y), vs, batched)
 
-    def _hessian(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
+    def _hessian(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
         key = f"block of {vs[0].shape[0]}" if batched else "vector"
         name = self.chosen.get(key) or self._choose(key, index, x, y, vs, batched)
-        return self._run(name, index, x, y, vs, batched)
+        return self._run(name, index, x, y, vs, batched, fresh)
 
-    def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
-        graph = self._graph(index, x, y) if name.startswith("double-backward") else None
+    def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
+        graph = self._graph(index, x, y) if name.startswith("double-backward") and not fresh else None
         if graph is not None:
             return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
         _, _, f = self._closures(x, y)
-        return STRATEGIES[name](f, self._current(), y, vs, batched)
+        return _ALL[name](f, self._current(), target_of(x, y), vs, batched)
 
     def _choose(self, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
-        """The strategy for products of this shape: the user's, or the fastest on the first batch.
-
-        Each candidate runs twice exactly as a real product would (with the first
-        batch's kept graph if it fits the budget) and the second run is timed.
-        """
+        """The strategy for products of this shape: the user's, or the fastest on the first batch."""
         if self.hvp != "auto":
             self.chosen[key] = self.hvp
             return self.hvp
         candidates = [n for n in STRATEGIES if batched or not n.endswith("vmap")]  # the same for one vector
-        times: dict[str, float] = {}
-        errors: dict[str, Exception] = {}
-        for name in candidates:
-            try:
-                self._run(name, index, x, y, vs, batched)
-                _synchronize(self.device)
-                start = time.perf_counter()
-                self._run(name, index, x, y, vs, batched)
-                _synchronize(self.device)
-                times[name] = time.perf_counter() - start
-            except RuntimeError as err:  # e.g. an operator without a vmap or forward-mode rule
-                errors[name] = err
-        if not times:
-            raise next(iter(errors.values()))
-        self.chosen[key] = min(times, key=times.__getitem__)
+        run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
+        self.chosen[key] = fastest(run, candidates, self.device)
         return self.chosen[key]
 
     def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
@@ -320,14 +340,14 @@ class TorchBackend(Backend):
             return None
         state = self._fixed()
         key = tuple((t.data_ptr(), t._version) for t in state.values())
-        build = lambda: FirstOrderGraph(self._closures(x, y, state)[2], self._current(), y)  # noqa: E731
+        build = lambda: FirstOrderGraph(self._closures(x, y, state)[2], self._current(), target_of(x, y))  # noqa: E731
         return self._graphs.get(index, key, build, state.values())
 
-    def _check_count(self, count: int) -> None:
+    def _check_count(self, count: float) -> None:
         if count != self.local_count:
             raise RuntimeError(
-                f"the data held {count} samples in this pass but {int(self.local_count)} when the operator was "
-                "built; the data must not change while the operator is in use (build a new operator)"
+                f"the data held {count:g} loss terms (samples or tokens) in this pass but {self.local_count:g} when "
+                "the operator was built; the data must not change while the operator is in use (build a new operator)"
             )
 
     # -- loss and gradient -----------------------------------------------------------------------
@@ -344,27 +364,27 @@ class TorchBackend(Backend):
         flags = []
         state = self._fixed()
         with torch.no_grad():
-            for index, x, y in self._iter("loss"):
+            for index, x, y, c in self._iter("loss"):
                 _, _, f = self._closures(x, y, state)
                 value = f(tuple(params)).to(torch.float64)
                 flags.append((index, ~torch.isfinite(value)))
-                total += value * self._weight(x, y)
-        _raise_nonfinite(flags, "loss")
+                total += value * self._weight(c)
+        raise_nonfinite(flags, "loss")
         return float(total)
 
     def grad_sum(self) -> torch.Tensor:
         acc = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         flags = []
         state = self._fixed()
-        for index, x, y in self._iter("gradient"):
+        for index, x, y, c in self._iter("gradient"):
             _, _, f = self._closures(x, y, state)
             params = tuple(p.requires_grad_() for p in self._current())
             with torch.enable_grad():
                 g = torch.autograd.grad(f(params), params, allow_unused=True)
             part = self._flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)], False)
             flags.append((index, ~torch.isfinite(part).all()))
-            acc.add_(part, alpha=self._weight(x, y))
-        _raise_nonfinite(flags, "gradient")
+            acc.add_(part, alpha=self._weight(c))
+        raise_nonfinite(flags, "gradient")
         return acc
 
     # -- subsets -----------------------------------------------------------------------------------
@@ -379,21 +399,3 @@ class TorchBackend(Backend):
         other.chosen = {}
         other._set_params([n for n in self.param_names if n in set(names)])
         return other
-
-
-def _raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
-    """Raise naming the first batch whose value was NaN or infinite (one host sync per pass)."""
-    if not flags:
-        return
-    bad = torch.stack([flag for _, flag in flags])
-    if bool(bad.any()):
-        index = flags[int(torch.nonzero(bad)[0, 0])][0]
-        raise FloatingPointError(
-            f"the {what} of batch {index} is NaN or infinite; check that batch's data and the model's "
-            "parameters (a diverged model, a log of zero, an overflow in low precision)"
-        )
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -1,0 +1,119 @@
+"""Checks of the PyTorch backend's inputs and products that name what is wrong and where.
+
+* :func:`check_finite_model` and :func:`check_finite_batch`: NaN or infinite
+  values in the model's weights or in the first batch, found when the operator is
+  built, before any arithmetic turns them into an unrelated error.
+* :func:`check_first_batch`: the loss of the first batch is a finite scalar,
+  and two forward passes over it agree.
+* :func:`check_repeatable_product`: the same vector multiplied twice on the same
+  batch must give the same product; a model that draws random numbers in its
+  forward pass (dropout in train mode) makes the operator a random matrix,
+  on which every solver would report meaningless results as converged.
+* :func:`raise_nonfinite`: the first batch whose loss, gradient or product is
+  NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ._torch_data import check_repeatable_forward
+
+
+def check_finite_model(model: nn.Module) -> None:
+    """Raise naming the first parameter or buffer of ``model`` that holds NaN or infinite values."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(
+                    f"the model's weights hold NaN or infinite values: {kind} {name!r} has "
+                    f"{_bad_count(t)} of its {t.numel()} entries NaN or infinite; load weights from before "
+                    "training diverged (or re-initialise them)"
+                )
+
+
+def check_finite_batch(batches: Any) -> None:
+    """Raise naming the tensor of the first batch (input or target) that holds NaN or infinite values."""
+    for index, batch in enumerate(batches.source):  # the first batch, before it is weighed
+        _check_finite_batch(*batches.prepare(batch, index), index)
+        return
+
+
+def _check_finite_batch(x: Any, y: Any, index: int) -> None:
+    for where, t in [*_tensors(x, "input"), *_tensors(y, "target")]:
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise FloatingPointError(
+                f"the data holds NaN or infinite values: the {where} of batch {index} has {_bad_count(t)} of its "
+                f"{t.numel()} entries NaN or infinite; clean or impute the data before building the operator"
+            )
+
+
+def _tensors(t: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(t, torch.Tensor):
+        yield path, t
+    elif isinstance(t, Mapping):
+        for key, u in t.items():
+            yield from _tensors(u, f"{path}[{key!r}]")
+    elif isinstance(t, (tuple, list)):
+        for i, u in enumerate(t):
+            yield from _tensors(u, f"{path}[{i}]")
+
+
+def _bad_count(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum())
+
+
+def check_first_batch(model_fn: Callable, loss_of_output: Callable, params: tuple, check_determinism: bool) -> None:
+    """The loss of the first batch is a finite scalar; with ``check_determinism``, two forward passes agree."""
+    with torch.no_grad():
+        out = model_fn(params)
+        value = loss_of_output(out)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"the loss must return a scalar but returned {shape}; use a loss with reduction='mean' or 'sum'"
+            )
+        if not bool(torch.isfinite(value)):  # the data and the weights were found finite before
+            raise FloatingPointError(
+                f"the loss of the first batch is {float(value)} although its data and the model's weights are "
+                "finite; look for a log of zero, a division by zero or an overflow in the model or the loss"
+            )
+        if check_determinism:
+            again = model_fn(params)
+            if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
+                check_repeatable_forward(out, again)
+            else:
+                check_repeatable_forward(value.reshape(()), loss_of_output(again).reshape(()))
+
+
+def check_repeatable_product(first: Sequence[torch.Tensor], again: Sequence[torch.Tensor], index: int) -> None:
+    """Two products of the same vector on batch ``index`` must agree to rounding (module docstring)."""
+    diff = math.sqrt(sum(float((a.double() - b.double()).square().sum()) for a, b in zip(first, again)))
+    norm = math.sqrt(sum(float(a.double().square().sum()) for a in first))
+    eps = max(float(torch.finfo(a.dtype).eps) for a in first)
+    if diff <= math.sqrt(eps) * norm or diff == 0:
+        return
+    raise RuntimeError(
+        f"the curvature-vector product is not repeatable: the same vector multiplied twice on batch {index} gave "
+        f"products {diff / max(norm, 1e-300):.2g} apart (relative), so the operator is a random matrix and no "
+        "eigenvalue, trace or density of it would mean anything. Likely causes: dropout in train mode or a "
+        "random layer in forward(); call model.eval() (check_determinism=False does not allow this)"
+    )
+
+
+def raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
+    """Raise naming the first batch whose value was NaN or infinite (one host sync per pass)."""
+    if not flags:
+        return
+    bad = torch.stack([flag for _, flag in flags])
+    if bool(bad.any()):
+        index = flags[int(torch.nonzero(bad)[0, 0])][0]
+        raise FloatingPointError(
+            f"the {what} of batch {index} is NaN or infinite; check that batch's data and the model's "
+            "parameters (a diverged model, a log of zero, an overflow in low precision)"
+        )

@@ -1,0 +1,142 @@
+"""How the PyTorch backend reads a loss: the model's output, token layouts, and each batch's weight.
+
+For a mean-reduced loss the operator is ``Σ_b w_b H_b / Σ_b w_b`` over all the
+batches of all the processes, where ``w_b`` is the number of loss terms batch
+``b``'s mean is over, so that the result is the Hessian of the mean over all
+the loss terms of all the data, whatever the batch lengths:
+
+* ``weight_fn(batch)`` when given (``batch`` as the user gave it, on the device:
+  an ``(x, y)`` pair or a dict);
+* ``nn.CrossEntropyLoss`` and ``nn.NLLLoss``: the number of targets that are not
+  ``ignore_index`` (tokens, for a language model), or, with class weights, the
+  sum of the weights of those targets: torch's mean divides by exactly that;
+* a loss the model computes itself (``loss=None``): ``weight_fn`` is required
+  when there is more than one batch, since only the model knows its count
+  (a causal language model counts the shifted labels that are not ignored);
+* any other loss: the number of samples, the leading dimension of the target,
+  which must equal the input's (a target that would broadcast is refused).
+
+A cross-entropy or NLL loss also takes ``(B, T, V)`` logits with ``(B, T)``
+targets (the language-model layout): both are flattened to ``(B·T, V)`` and
+``(B·T,)``. Torch's own layout ``(B, V, T)`` is used as is; when ``V == T`` the
+two cannot be told apart and torch's layout wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ._torch_data import first_tensor
+
+TOKEN_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+
+
+def logits_of(output: Any) -> Any:
+    """The tensor a loss reads from a model's output: itself, or its ``logits`` (HF-style outputs)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    return output if logits is None else logits
+
+
+def loss_of_model(output: Any) -> torch.Tensor:
+    """The loss a model returned with its output (``output.loss`` or ``output["loss"]``)."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(
+            f"loss=None needs a model whose output carries its loss (output.loss, as Hugging Face models return "
+            f"when the batch holds labels), but a {type(output).__name__} without one was returned; pass the labels "
+            "in the batch, or give a loss(output, target)"
+        )
+    return loss
+
+
+def adapt_loss(loss: Callable[[Any, Any], torch.Tensor]) -> Callable[[Any, Any], torch.Tensor]:
+    """``loss(output, target)`` reading logits from structured outputs, token layouts flattened for CE/NLL."""
+    token = isinstance(loss, TOKEN_LOSSES)
+
+    def call(output: Any, target: Any) -> torch.Tensor:
+        out = logits_of(output)
+        if token and _token_layout(out, target):
+            out, target = out.reshape(-1, out.shape[-1]), target.reshape(-1)
+        return loss(out, target)
+
+    return call
+
+
+def _token_layout(out: Any, target: Any) -> bool:
+    """``(B, T, V)`` output with ``(B, T)`` integer target, not torch's own ``(B, V, T)`` layout."""
+    if not (isinstance(out, torch.Tensor) and isinstance(target, torch.Tensor)) or target.is_floating_point():
+        return False
+    if out.ndim != target.ndim + 1 or target.ndim < 2 or out.shape[:-1] != target.shape:
+        return False
+    return out.shape[2:] != target.shape[1:]
+
+
+class Counter:
+    """``counter(x, y, index)``: the number of loss terms of one batch (module docstring)."""
+
+    def __init__(self, loss: Any, weight_fn: Callable[[Any], Any] | None):
+        if weight_fn is not None and not callable(weight_fn):
+            raise TypeError(f"weight_fn must be callable as weight_fn(batch), not {type(weight_fn).__name__}")
+        self.loss = loss
+        self.weight_fn = weight_fn
+        self.samples_only = weight_fn is None and not isinstance(loss, TOKEN_LOSSES) and loss is not None
+
+    def check_known(self, one_batch: bool) -> None:
+        """A loss the model computes needs ``weight_fn`` unless the data is one batch."""
+        if self.loss is None and self.weight_fn is None and not one_batch:
+            raise ValueError(
+                "loss=None takes the loss the model returns, whose number of terms (tokens) only the model knows: "
+                "state each batch's weight with weight_fn=lambda batch: ..., e.g. for a causal language model "
+                "weight_fn=lambda b: (b['labels'][:, 1:] != -100).sum()"
+            )
+
+    def __call__(self, x: Any, y: Any, index: int) -> float:
+        if self.weight_fn is not None:
+            return _number(self.weight_fn(x if y is None and isinstance(x, Mapping) else (x, y)), index)
+        if self.loss is None:
+            return 1.0  # one batch only (checked by the backend): its weight cancels
+        _check_leading(x, y, index)
+        if isinstance(self.loss, TOKEN_LOSSES) and isinstance(y, torch.Tensor) and not y.is_floating_point():
+            kept = y != self.loss.ignore_index
+            if self.loss.weight is not None:
+                return float(self.loss.weight[y[kept]].sum())
+            return float(kept.sum())
+        return float(samples(x, y))
+
+
+def samples(x: Any, y: Any) -> int:
+    """The number of samples in a batch: the leading dimension of the target (or input)."""
+    for t in (y, x):
+        t = first_tensor(t)
+        if t is not None:
+            return int(t.shape[0])
+    raise TypeError(
+        "cannot tell the batch size: neither the input nor the target is a tensor with a batch dimension; "
+        "state each batch's weight with weight_fn=lambda batch: ..."
+    )
+
+
+def _check_leading(x: Any, y: Any, index: int) -> None:
+    tx, ty = first_tensor(x), first_tensor(y) if isinstance(y, torch.Tensor) else None
+    if tx is not None and ty is not None and tx.shape[0] != ty.shape[0]:
+        raise ValueError(
+            f"batch {index}: the input has {tx.shape[0]} samples (leading dimension) but the target has "
+            f"{ty.shape[0]} (shape {tuple(ty.shape)}), so the loss would broadcast one against the other and the "
+            "batch would be weighted by the wrong count; give one target row per input, or state each batch's "
+            "weight with weight_fn=lambda batch: ..."
+        )
+
+
+def _number(value: Any, index: int) -> float:
+    w = float(value.detach().sum()) if isinstance(value, torch.Tensor) else float(value)
+    if not w >= 0 or w == float("inf"):
+        raise ValueError(f"weight_fn returned {w} for batch {index}; a batch's weight is a count of loss terms >= 0")
+    return w
