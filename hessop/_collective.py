@@ -67,7 +67,7 @@ def _max(comm: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(comm.allreduce(table), dtype=np.float64).max(axis=0).reshape(x.shape)
 
 
-def together(comm: Any, step: Callable[[], T], what: str = "") -> T:
+def together(comm: Any, step: Callable[[], T], what: str = "", known: tuple[type, ...] = ()) -> T:
     """``step()`` on every rank; if it raises on any rank, raise on every rank.
 
     Costs one 1-float all-reduce when every rank succeeds; on failure one more
@@ -80,6 +80,9 @@ def together(comm: Any, step: Callable[[], T], what: str = "") -> T:
         The rank-local work (e.g. building this rank's backend over its shard).
     what : str
         Named in the other ranks' error, e.g. ``"while building the Hessian"``.
+    known : tuple of exception types
+        Types the other ranks may raise by name besides the built-in ones
+        (their constructor must take one message); others become ``RuntimeError``.
     """
     comm = _comm(comm)
     if comm.size == 1:
@@ -88,7 +91,7 @@ def together(comm: Any, step: Callable[[], T], what: str = "") -> T:
         result, err = step(), None
     except Exception as exc:  # noqa: BLE001 - re-raised on this rank below
         result, err = None, exc
-    _raise_everywhere(comm, err, what)
+    _raise_everywhere(comm, err, what, known)
     return result  # type: ignore[return-value]
 
 
@@ -125,7 +128,7 @@ def _finite(x: Any) -> bool:
     return bool(xp.all(xp.isfinite(xp.sum(x))))
 
 
-def _raise_everywhere(comm: Any, err: BaseException | None, what: str) -> None:
+def _raise_everywhere(comm: Any, err: BaseException | None, what: str, known: tuple[type, ...] = ()) -> None:
     """Collective: return if no rank holds an error, else raise on every rank (the first failing rank's)."""
     flag = np.array([float(comm.size - comm.rank) if err is not None else 0.0])
     top = int(_max(comm, flag)[0])
@@ -136,7 +139,7 @@ def _raise_everywhere(comm: Any, err: BaseException | None, what: str) -> None:
     name, message = comm.broadcast(sent, root=first)
     if err is not None:
         raise mark(err)
-    cls = getattr(builtins, name, None)
+    cls = next((k for k in known if k.__name__ == name), None) or getattr(builtins, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         cls = RuntimeError
     where = f" {what}" if what else ""
@@ -174,7 +177,9 @@ def check_arguments(solver: str, A: Any = None, comm: Any = None, **arguments: A
 
     Checked over the operator's communicator (``A.comm``, data-parallel) and
     over ``comm`` (probe-parallel), whichever has more than one process; one
-    all-reduce of two floats per argument each. Call it first thing in a
+    all-reduce of two floats per argument each. A communicator without
+    ``allreduce_max`` (sums only) is not checked: the check would cost it a
+    table of all ranks. Call it first thing in a
     solver: ranks that stop after different numbers of products would leave
     one of them waiting forever.
 
@@ -198,7 +203,7 @@ def check_arguments(solver: str, A: Any = None, comm: Any = None, **arguments: A
             c = _comm(c)
         except TypeError:
             continue
-        if c.size > 1 and all(c is not d for d in comms):
+        if c.size > 1 and hasattr(c, "allreduce_max") and all(c is not d for d in comms):
             comms.append(c)
     if not comms:
         return

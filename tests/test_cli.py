@@ -195,7 +195,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (base + ["--model", ok_model, "--data", ok_data, "--checkpoint", str(garbage)], "cannot read"),
         (base + ["--model", ok_model, "--data", ok_data, "--checkpoint", str(wrong_shape)], "does not fit the model"),
         (base + ["--model", ok_model, "--data", ok_data, "--eig", "0"], "at least one eigenvalue"),
-        (base + ["--model", ok_model, "--data", ok_data, "--resume"], "no saved run"),
+        (["analyze", "--quiet", "--out", str(tmp / "never"), "--model", ok_model, "--data", ok_data, "--resume"],
+         "no saved run"),
         (base + ["--model", ok_model, "--data", ok_data, "--threads", "0"], "positive number of threads"),
         (["analyze", "--model", ok_model, "--data", ok_data, "--out", str(garbage / "sub")], "cannot create the report folder"),
     ]
