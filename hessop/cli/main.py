@@ -166,8 +166,10 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
     if not _several(args):
         print(f"hessop {args.command}: {text}", file=sys.stderr)
-    elif args.comm_obj.rank == 0 or not is_collective(args.failure):
+    elif not is_collective(args.failure):
         print(f"hessop {args.command}: rank {args.comm_obj.rank}: {text}", file=sys.stderr)
+    elif args.comm_obj.rank == 0:
+        print(f"hessop {args.command}: {text}", file=sys.stderr)
 
 
 def _end(args: argparse.Namespace, code: int) -> int:
