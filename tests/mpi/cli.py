@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import sys
+import time
 from pathlib import Path
 
 from hessop.cli import steps as cli_steps
@@ -25,9 +26,10 @@ def analyze(case, data, *extra, capture=True):
     out, err = io.StringIO(), io.StringIO() if capture else sys.stderr
     argv = ["analyze", "--model", f"{FACTORIES}:model", "--data", f"{FACTORIES}:{data}", "--dtype", "float64",
             "--budget", "small", "--threads", "1", "--eig", "3", "--out", str(outdir / case), "--quiet", "--json", *extra]
+    start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    record = {"code": code, "stderr": err.getvalue(), "report": json.loads(out.getvalue()) if out.getvalue() else None}
+    record = {"seconds": round(time.perf_counter() - start, 3), "code": code, "stderr": err.getvalue(), "report": json.loads(out.getvalue()) if out.getvalue() else None}
     (outdir / f"{case}.rank{comm.rank}.json").write_text(json.dumps(record))
 
 
@@ -42,4 +44,5 @@ if comm.rank == 1:  # the last case: an analysis that fails on this process alon
         raise RuntimeError("rank 1's eigenvalue step broke")
 
     cli_steps.STEPS["eigenvalues"] = broken
+(outdir / "alone.start").write_text(repr(time.time()))
 analyze("alone", "list_own", capture=False)

@@ -10,6 +10,7 @@
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -54,20 +55,25 @@ if mode == "uncaught":
         if r == 1:
             raise ValueError(f"callback on rank {r} refuses this Ritz value")
 
+    with open(os.path.join(outdir, "uncaught.start"), "w") as f:
+        f.write(repr(time.time()))
     eigsh(H, k=2, seed=0, callback=callback)
     raise SystemExit("not reached: the job should have ended")
 
 
 def case(name, fn):
+    start = time.perf_counter()
     try:
         fn()
         got = None
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         got = {"type": type(exc).__name__, "message": str(exc)}
     record[name] = got
+    seconds[name] = round(time.perf_counter() - start, 3)  # from the call to the error on this rank
 
 
 record: dict = {"rank": r}
+seconds: dict = {}
 H = hessian(model(), loss, mine, comm=comm)
 loader = DataLoader(TensorDataset(*[torch.cat(t) for t in zip(*batches())]), batch_size=5, shuffle=(r == 1))
 cases = {
@@ -89,6 +95,7 @@ cases = {
 }
 for name, fn in cases.items():
     case(name, fn)
+record["seconds"] = seconds
 record["after"] = eigsh(H, k=2, seed=0).eigenvalues.tolist()  # the job goes on after the collective errors
 with open(os.path.join(outdir, f"rank{r}.json"), "w") as f:
     json.dump(record, f)
