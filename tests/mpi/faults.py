@@ -82,6 +82,7 @@ cases = {
     "empty_shard": lambda: hessian(model(), loss, shard(batches()[:1], comm), comm=comm),
     "shuffled_on_one_rank": lambda: hessian(model(), loss, loader if r == 1 else mine, comm=comm),
     "dtype": lambda: hessian(model(torch.float32 if r == 1 else torch.float64), loss, mine, comm=comm),
+    "nan_in_first_batch": lambda: hessian(model(), loss, shard(batches(nan_in=1), comm), comm=comm),
     "nan_in_one_shard": lambda: eigsh(hessian(model(), loss, shard(batches(nan_in=3), comm), comm=comm), k=2),
     # item 3: solver arguments that differ between ranks
     "eigsh_k": lambda: eigsh(H, k=2 + r, seed=0),
