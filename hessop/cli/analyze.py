@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .._collective import together
@@ -17,6 +18,8 @@ def analyze(args: Any) -> int:
     steps, budget = chosen_steps(args)
     comm = communicator(args.comm)
     device = torch_device(args.device)
+    if args.checkpoint and not Path(args.checkpoint).is_file():  # before any factory runs
+        raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}; give the path of a file saved with torch.save")
     prepare(args, comm)
 
     def load() -> tuple[Any, Any, Any]:  # on every process; a bad input on any of them fails all together
