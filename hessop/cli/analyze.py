@@ -15,11 +15,11 @@ from .session import Session, chosen_steps, communicator, prepare, run, torch_de
 
 def analyze(args: Any) -> int:
     """Run ``hessop analyze`` with parsed options; returns the exit code."""
-    steps, budget = chosen_steps(args)
-    comm = communicator(args.comm)
+    steps, budget = chosen_steps(args)  # the options alone, alike on every process: before any collective
     device = torch_device(args.device)
-    if args.checkpoint and not Path(args.checkpoint).is_file():  # before any factory runs
+    if args.checkpoint and not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}; give the path of a file saved with torch.save")
+    comm = communicator(args.comm)
     prepare(args, comm)
 
     def load() -> tuple[Any, Any, Any]:  # on every process; a bad input on any of them fails all together
