@@ -86,6 +86,10 @@ class MPIComm:
         self._cuda_aware = cuda_aware
         self.num_allreduce = 0
         """Array all-reduces done so far (one per Hessian product)."""
+        if self.size > 1:  # from now on an uncaught exception on one process ends the job
+            from .distributed import install_default_abort
+
+            install_default_abort(self)
 
     @property
     def cuda_aware(self) -> bool:

@@ -21,6 +21,7 @@ same all-reduced products, so every rank holds the same result.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -30,6 +31,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ._array import Array, to_numpy
+from ._collective import is_collective, mark
 
 
 class RankDisagreementError(RuntimeError):
@@ -171,10 +173,10 @@ def check_agree(comm: Any, value: Any, what: str = "value", *, rtol: float = 0.0
         bad = comm.allreduce_scalar(float(mine)) > 0
         detail = "some rank's fingerprint differs from rank 0's"
     if bad:
-        raise RankDisagreementError(
+        raise mark(RankDisagreementError(
             f"the {comm.size} ranks disagree on the {what} ({detail}); "
             + (hint or "every rank must compute it from the same inputs and seeds")
-        )
+        ))
 
 
 # -- data sharding -----------------------------------------------------------------------------
@@ -288,7 +290,12 @@ class abort_on_error(contextlib.ContextDecorator):
     machine an immediate abort can swallow the traceback the user needs.
 
     ``abort_on_error(comm).install()`` does the same for the rest of the script
-    through :data:`sys.excepthook`.
+    through :data:`sys.excepthook`. hessop installs that hook itself when an
+    MPI communicator of more than one process is first created (see
+    :func:`abort_on_uncaught`), so an uncaught exception ends the job even
+    without this context manager. An exception raised on every rank alike (a
+    collective check such as :class:`RankDisagreementError`) is printed by rank
+    0 alone.
 
     Parameters
     ----------
@@ -341,12 +348,58 @@ class abort_on_error(contextlib.ContextDecorator):
             code = exc.code if isinstance(exc.code, int) else self.code
         elif not isinstance(exc, (Exception, KeyboardInterrupt)):
             return
+        elif isinstance(exc, KeyboardInterrupt):
+            code = 130
         comm = self.comm
         if comm.size <= 1:
             return
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        prefix = f"rank {comm.rank}: "
-        sys.stderr.write("".join(prefix + line + "\n" for line in text.rstrip("\n").split("\n")))
-        sys.stderr.flush()
+        if comm.rank == 0 or not is_collective(exc):
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            prefix = f"rank {comm.rank}: "
+            sys.stderr.write("".join(prefix + line + "\n" for line in text.rstrip("\n").split("\n")))
+            sys.stderr.flush()
         time.sleep(self.grace)
         comm.abort(code)
+
+
+ABORT_ENV = "HESSOP_ABORT_ON_ERROR"
+"""Set to ``0`` to keep hessop from installing its job-ending :data:`sys.excepthook` under MPI."""
+
+_uncaught = {"enabled": None, "installed": False}
+
+
+def abort_on_uncaught(enabled: bool = True) -> None:
+    """Whether an uncaught exception on one MPI process ends the whole job (default: it does).
+
+    When an MPI communicator of more than one process is first created
+    (:func:`world`, ``hessian(..., comm=MPI.COMM_WORLD)``), hessop installs
+    :meth:`abort_on_error.install`'s :data:`sys.excepthook`: an exception that
+    escapes the script on one rank prints ``rank r: <traceback>``, waits the
+    grace second and calls ``MPI_Abort``, so the other ranks do not wait in
+    their next all-reduce forever. ``abort_on_uncaught(False)`` (or the
+    environment variable ``HESSOP_ABORT_ON_ERROR=0``) turns that off, for a
+    program that handles failures across ranks itself.
+    """
+    _uncaught["enabled"] = bool(enabled)
+
+
+def _abort_enabled() -> bool:
+    if _uncaught["enabled"] is not None:
+        return _uncaught["enabled"]
+    return os.environ.get(ABORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def install_default_abort(comm: Any) -> None:
+    """Install the job-ending excepthook once per process (called by the MPI communicator)."""
+    if _uncaught["installed"] or not _abort_enabled():
+        return
+    _uncaught["installed"] = True
+    handler = abort_on_error(comm)
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if _abort_enabled():
+            handler._handle(exc_type, exc, tb)
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from .backends.base import CURVATURES
+from ._collective import check_arguments, together
 from .operator import HessianOperator
 
 BACKENDS = ("torch", "jax")
@@ -52,16 +53,20 @@ def hessian(
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
     name = backend or _detect(model, loss)
-    if name == "torch":
-        from .backends.torch import TorchBackend
 
-        impl = TorchBackend(model, loss, data, curvature=curvature, **options)
-    elif name == "jax":
-        from .backends.jax import JaxBackend
+    def build() -> Any:  # on this rank's shard; a failure on any rank raises on every rank (together)
+        if name == "torch":
+            from .backends.torch import TorchBackend
 
-        impl = JaxBackend(model, loss, data, curvature=curvature, **options)
-    else:
+            return TorchBackend(model, loss, data, curvature=curvature, **options)
+        if name == "jax":
+            from .backends.jax import JaxBackend
+
+            return JaxBackend(model, loss, data, curvature=curvature, **options)
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+
+    impl = together(comm, build, "while building the Hessian")
+    check_arguments("hessian", comm=comm, n=impl.n, dtype=str(impl.dtype), curvature=curvature, backend=name)
     return HessianOperator(impl, comm)
 
 

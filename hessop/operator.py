@@ -20,7 +20,12 @@ from scipy.sparse.linalg import LinearOperator
 
 from ._array import Array, device_of, from_numpy, numpy_dtype, to_numpy
 from .backends.base import Backend
+from ._collective import summed
 from .distributed import as_comm
+
+def _nan() -> float:
+    return float("nan")
+
 
 DENSE_LIMIT = 8192
 """Largest dimension :meth:`HessianOperator.to_dense` builds without ``max_size``."""
@@ -83,7 +88,7 @@ class HessianOperator(LinearOperator):
     def apply(self, V: Array) -> Array:
         """``H @ V`` for a native vector ``(n,)`` or block ``(n, k)`` on this operator's device."""
         self._check_native(V)
-        out = self.comm.allreduce(self.backend.hvp_sum(V))
+        out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"), "in a product")
         self.num_matvecs += 1 if V.ndim == 1 else int(V.shape[1])
         return out * self._scale if self._scale != 1.0 else out
 
@@ -169,11 +174,11 @@ class HessianOperator(LinearOperator):
     # -- conveniences ----------------------------------------------------------------------
     def loss(self) -> float:
         """The loss over all the data (mean or sum, as the loss reduces)."""
-        return self.comm.allreduce_scalar(self.backend.loss_sum()) * self._scale
+        return summed(self.comm, self.comm.allreduce_scalar, self.backend.loss_sum, _nan, "in the loss") * self._scale
 
     def gradient(self) -> Array:
         """The gradient of the loss over all the data, a native vector."""
-        g = self.comm.allreduce(self.backend.grad_sum())
+        g = summed(self.comm, self.comm.allreduce, self.backend.grad_sum, lambda: self.parameters() * float("nan"), "in the gradient")
         return g * self._scale if self._scale != 1.0 else g
 
     def parameters(self) -> Array:
@@ -182,7 +187,7 @@ class HessianOperator(LinearOperator):
 
     def loss_at(self, flat: Array) -> float:
         """The loss over all the data with the parameters replaced by ``flat`` (a native vector)."""
-        return self.comm.allreduce_scalar(self.backend.loss_at(flat)) * self._scale
+        return summed(self.comm, self.comm.allreduce_scalar, lambda: self.backend.loss_at(flat), _nan, "in the loss") * self._scale
 
     def to_dense(self, max_size: int = DENSE_LIMIT) -> np.ndarray:
         """The operator as a dense host matrix, built column block by column block.

@@ -54,6 +54,10 @@ def broken_model():
     raise ValueError("weights file not found")
 
 
+def interrupting_model():
+    raise KeyboardInterrupt
+
+
 def mismatched_data():
     return random_batches((7,), (10,), num_classes=3, seed=1)
 
@@ -179,6 +183,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     garbage.write_bytes(b"this is not a checkpoint")
     wrong_shape = tmp / "wrong.pt"
     torch.save(MLP(4, 3, hidden=(9,)).state_dict(), wrong_shape)
+    bad_file = tmp / "bad_factories.py"
+    bad_file.write_text("def build(:\n    return 1\n")
     base = ["analyze", "--quiet", "--out", str(tmp / "o")]
     return [
         (base + ["--model", "no_colon", "--data", ok_data], "is not of the form"),
@@ -195,9 +201,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (base + ["--model", ok_model, "--data", ok_data, "--checkpoint", str(garbage)], "cannot read"),
         (base + ["--model", ok_model, "--data", ok_data, "--checkpoint", str(wrong_shape)], "does not fit the model"),
         (base + ["--model", ok_model, "--data", ok_data, "--eig", "0"], "at least one eigenvalue"),
-        (base + ["--model", ok_model, "--data", ok_data, "--resume"], "no saved run"),
+        (["analyze", "--quiet", "--out", str(tmp / "never"), "--model", ok_model, "--data", ok_data, "--resume"],
+         "no saved run"),
         (base + ["--model", ok_model, "--data", ok_data, "--threads", "0"], "positive number of threads"),
         (["analyze", "--model", ok_model, "--data", ok_data, "--out", str(garbage / "sub")], "cannot create the report folder"),
+        # issue 12, item 10: checked before any work, with exit 2
+        (base + ["--model", f"{bad_file}:build", "--data", ok_data], "cannot load"),
+        (base + ["--model", ok_model, "--data", ok_data, "--seed", "-1"], "--seed -1: give a non-negative integer"),
+        (base + ["--model", ok_model, "--data", ok_data, "--seed", str(2**64)], "--seed 18446744073709551616"),
     ]
 
 
@@ -318,23 +329,178 @@ def test_sigint_to_a_running_process_exits_130_with_a_partial_report(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "partial"
 
 
+# -- a run's folder belongs to one run (issue 12, items 7-10) -----------------------------------
+
+
+def _lock_of(pid: int, host: str | None = None) -> str:
+    import socket
+
+    from hessop.cli.lock import _start_time
+
+    return json.dumps({"host": host or socket.gethostname(), "pid": pid, "started": _start_time(pid),
+                       "since": "2026-01-01 00:00:00", "command": "hessop demo"})
+
+
+def test_a_folder_held_by_a_live_run_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    lock = out / ".hessop.lock"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock.write_text(_lock_of(live.pid))
+        assert main(_analyze(out, "--eig", "2")) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--out {str(out)!r} is in use by another hessop run (pid {live.pid} on" in err
+        assert len(err.splitlines()) == 1 and not (out / "state.json").exists()  # the live run's folder untouched
+    finally:
+        live.kill()
+        live.wait()
+    assert main(_analyze(out, "--eig", "2")) == 0  # its holder died: the lock is stale and taken over
+    assert not lock.exists()  # released when the run ends
+    lock.write_text(_lock_of(os.getpid(), host="another-node"))  # cannot be checked from here: refused
+    assert main(_analyze(out, "--eig", "2")) == 2
+    assert f"delete {str(lock)!r}" in capsys.readouterr().err
+
+
+def test_a_run_holds_its_folders_lock_while_it_runs(tmp_path, monkeypatch):
+    seen = []
+    real = cli_steps.STEPS["trace"]
+
+    def spy(*args):
+        seen.append(json.loads((tmp_path / ".hessop.lock").read_text())["pid"])
+        return real(*args)
+
+    monkeypatch.setitem(cli_steps.STEPS, "trace", spy)
+    assert main(_analyze(tmp_path, "--trace")) == 0
+    assert seen == [os.getpid()] and not (tmp_path / ".hessop.lock").exists()
+
+
+def test_resume_on_damaged_state_exits_2_with_one_sentence_naming_the_file(tmp_path, monkeypatch, capsys):
+    base = tmp_path / "base"
+    monkeypatch.setenv("HESSOP_INTERRUPT_AFTER", "1")  # the eigenvalues are saved, the landscapes are not
+    assert main(_analyze(base, "--landscape")) == 130
+    monkeypatch.delenv("HESSOP_INTERRUPT_AFTER")
+    capsys.readouterr()
+
+    def no_result(path):
+        doc = json.loads(path.read_text())
+        del doc["steps"]["eigenvalues"]["result"]
+        path.write_text(json.dumps(doc))
+
+    damages = [
+        ("state.json", lambda p: p.write_bytes(np.random.default_rng(0).bytes(300))),
+        ("state.json", lambda p: p.write_text("[1, 2, 3]")),
+        ("state.json", no_result),
+        ("arrays/eigenvectors.npy", lambda p: p.write_bytes(p.read_bytes()[:150])),
+        ("arrays/eigenvectors.npy", lambda p: np.save(p, np.zeros((5, 2)))),
+        ("arrays/model.pt", lambda p: p.write_bytes(b"garbage")),
+    ]
+    for i, (name, damage) in enumerate(damages):
+        out = tmp_path / f"damaged{i}"
+        shutil.copytree(base, out)
+        damage(out / name)
+        assert main(_analyze(out, "--landscape", "--resume")) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{out / name} is damaged" in err and "run again without --resume" in err, err
+
+
+def test_ctrl_c_during_training_keeps_its_promise_of_resume(tmp_path, monkeypatch, capsys):
+    from hessop.cli import digits
+
+    real = digits.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(digits, "train", interrupted)
+    argv = ["demo", "--budget", "small", "--eig", "2", "--out", str(tmp_path), "--quiet", "--json"]
+    assert main(argv) == 130
+    assert "rerun the same command with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(digits, "train", real)
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "complete"
+
+
+def test_ctrl_c_before_the_run_starts_does_not_promise_resume(tmp_path, capsys):
+    argv = ["analyze", "--model", _spec("interrupting_model"), "--data", _spec("tiny_data"), "--out", str(tmp_path)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "nothing was saved" in err and "--resume" not in err
+
+
+def _unwritable_folder(tmp_path: Path) -> Path | None:
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):  # root writes anywhere but in a read-only file system
+        try:
+            (candidate / ".probe").touch()
+            (candidate / ".probe").unlink()
+        except OSError:
+            return candidate
+    return None
+
+
+def test_an_unwritable_out_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    out = _unwritable_folder(tmp_path)
+    if out is None:
+        pytest.skip("no unwritable folder here")
+    from hessop.cli import digits
+
+    trained = []
+    monkeypatch.setattr(digits, "train", lambda *a, **k: trained.append(1))
+    assert main(["demo", "--budget", "small", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--out {str(out)!r}: cannot write in the report folder" in err and len(err.splitlines()) == 1
+    assert trained == []
+
+
 def test_python_dash_m_shows_help():
     proc = subprocess.run([sys.executable, "-m", "hessop", "--help"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
     assert proc.returncode == 0 and "demo" in proc.stdout and "130 interrupted" in proc.stdout
 
 
+# -- several processes: one job, one outcome (issue 12, items 5 and 6) ----------------------------
+
+
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec on PATH")
-def test_analyze_under_mpiexec_matches_one_process(tmp_path, capsys):
+def test_analyze_under_mpiexec_uses_each_factorys_shard_and_fails_on_every_process_together(tmp_path):
+    """One job runs ``main`` for every data form, then bad data on rank 1, then a failure of rank 1 alone."""
     pytest.importorskip("mpi4py")
-    assert main(_analyze(tmp_path / "serial", "--eig", "3", "--trace", "--json")) == 0
-    serial = json.loads(capsys.readouterr().out)["steps"]
-    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "hessop", *_analyze(tmp_path / "mpi", "--eig", "3", "--trace")]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads((tmp_path / "mpi" / "report.json").read_text())
-    assert doc["info"]["processes"] == 2  # each rank holds a shard of the batches; rank 0 wrote the report
-    np.testing.assert_allclose(doc["steps"]["eigenvalues"]["eigenvalues"], serial["eigenvalues"]["eigenvalues"], rtol=1e-10)
-    assert doc["steps"]["trace"]["trace"] == pytest.approx(serial["trace"]["trace"], rel=1e-10)
+    import importlib.util
+    import time
+
+    script = HERE.parent / "mpi" / "cli.py"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(script), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=240)  # a hang: TimeoutExpired
+    seconds = time.perf_counter() - start
+    # the last case failed on rank 1 alone: it said so and ended the job with its exit code
+    assert proc.returncode == 1, (seconds, proc.stdout, proc.stderr)
+    assert "hessop: rank 1: RuntimeError: rank 1's eigenvalue step broke" in proc.stderr
+
+    def record(case, rank):
+        return json.loads((tmp_path / f"{case}.rank{rank}.json").read_text())
+
+    spec = importlib.util.spec_from_file_location("cli_factories", HERE.parent / "mpi" / "cli_factories.py")
+    factories = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factories)
+    exact = _dense_eigenvalues(*factories.model(), factories.list_whole())[:3]
+    for form in ("list_whole", "list_own", "loader_whole", "loader_own", "batch_whole", "batch_own"):
+        rank0, rank1 = record(form, 0), record(form, 1)
+        assert rank0["code"] == rank1["code"] == 0, (form, rank0["stderr"], rank1["stderr"])
+        assert rank0["report"]["info"]["processes"] == 2 and rank1["report"] is None  # rank 0 alone reports
+        np.testing.assert_allclose(rank0["report"]["steps"]["eigenvalues"]["eigenvalues"], exact, rtol=1e-10,
+                                   err_msg=form)
+    empty0, empty1 = record("empty", 0), record("empty", 1)  # the data factory returned [] on rank 1
+    assert empty0["code"] == empty1["code"] == 2 and empty1["stderr"] == ""
+    assert empty0["stderr"].strip() == ("hessop analyze: error: rank 1 failed: --data: the factory returned an "
+                                        "empty list; return at least one (inputs, targets) batch")
+    nan0, nan1 = record("nan", 0), record("nan", 1)  # NaN in rank 1's shard
+    assert nan0["code"] == nan1["code"] == 1 and nan1["stderr"] == ""
+    assert "FloatingPointError: rank 1 failed in the loss: the loss of batch 1 is NaN" in nan0["stderr"]
+    assert nan0["report"]["status"] == "failed"

@@ -247,12 +247,124 @@ def test_collectives_on_every_array_kind(tmp_path):
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.parametrize("mode", ["context", "hook"])
+@pytest.mark.parametrize("mode", ["context", "hook", "default"])
 def test_a_failing_rank_ends_the_job_with_its_message(mode):
+    """``default``: without abort_on_error, hessop's own hook ends the job (issue 12, item 1)."""
     proc = mpiexec(3, "abort.py", mode, timeout=60)  # a hang would raise TimeoutExpired
     assert proc.returncode != 0
     assert "rank 2: ValueError: batch 17 on rank 2 holds NaN" in proc.stderr
     assert "rank 2: Traceback" in proc.stderr
+
+
+def mpiexec_timed(n: int, script: str, *args: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpiexec`` that fails the test if the job hangs (TimeoutExpired), with the seconds it took."""
+    import time
+
+    start = time.perf_counter()
+    proc = mpiexec(n, script, *args, timeout=timeout)
+    return proc, time.perf_counter() - start
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_one_ranks_bad_data_or_arguments_fail_on_every_rank(tmp_path):
+    """Issue 12, items 2-4: each case raises on *both* ranks (the script catches it and runs the next)."""
+    proc, seconds = mpiexec_timed(2, "faults.py", str(tmp_path))
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    expected = {
+        "empty_list": ("ValueError", "rank 1 failed while building the Hessian: the data holds no samples"),
+        "empty_shard": ("ValueError", "rank 1 failed while building the Hessian: the data holds no samples"),
+        "shuffled_on_one_rank": ("RuntimeError", "rank 1 failed while building the Hessian: the data loader yields"),
+        "dtype": ("RankDisagreementError", "called hessian with different arguments (dtype;"),
+        "nan_in_first_batch": ("FloatingPointError", "rank 1 failed while building the Hessian: the model's output "
+                                                     "on the first batch holds NaN"),
+        "nan_in_one_shard": ("FloatingPointError", "rank 1 failed in a product: the hessian-vector product of batch 1"),
+        "eigsh_k": ("RankDisagreementError", "called eigsh with different arguments (k;"),
+        "eigsh_which": ("RankDisagreementError", "called eigsh with different arguments (which;"),
+        "eigsh_tol": ("RankDisagreementError", "called eigsh with different arguments (tol;"),
+        "eigsh_budget": ("RankDisagreementError", "called eigsh with different arguments (max_matvecs;"),
+        "trace_budget": ("RankDisagreementError", "called trace with different arguments (num_matvecs;"),
+        "density_seed": ("RankDisagreementError", "called density with different arguments (seed;"),
+        "eigsh_seed_no_symmetry_check": ("RankDisagreementError", "called eigsh with different arguments (seed;"),
+    }
+    for name, (kind, message) in expected.items():
+        for rec in (rank0, rank1):
+            got = rec[name]
+            assert got is not None and got["type"] == kind, (rec["rank"], name, got)
+            assert "check_symmetric=False" not in got["message"]
+        assert message in rank0[name]["message"], (name, rank0[name])
+    assert "rank 1 passed seed=1" in rank1["eigsh_seed_no_symmetry_check"]["message"]
+    assert "rank 0 passed k=2" in rank0["eigsh_k"]["message"]
+    assert rank0["after"] == rank1["after"]  # the job goes on, every rank alike
+
+
+def test_the_default_abort_hook_ends_the_job_and_can_be_turned_off(monkeypatch, capsys):
+    """The hook that MPIComm installs: abort after the message; not when opted out; collective: rank 0 prints."""
+    from hessop import distributed
+    from hessop._collective import mark
+
+    events = []
+
+    class TwoRanks(SerialComm):
+        size = 2
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def abort(self, code=1):
+            events.append(("abort", self.rank, code))
+
+    monkeypatch.setattr("hessop.distributed.time.sleep", lambda s: None)
+    monkeypatch.setattr(sys, "excepthook", lambda *a: events.append(("previous",)))
+    monkeypatch.setitem(distributed._uncaught, "installed", False)
+    monkeypatch.setitem(distributed._uncaught, "enabled", None)
+    monkeypatch.delenv(distributed.ABORT_ENV, raising=False)
+    distributed.install_default_abort(TwoRanks(1))
+    err = ValueError("boom")
+    sys.excepthook(ValueError, err, None)
+    assert events == [("abort", 1, 1), ("previous",)] and "rank 1: ValueError: boom" in capsys.readouterr().err
+    events.clear()
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert events[0] == ("abort", 1, 130) and "rank 1: KeyboardInterrupt" in capsys.readouterr().err
+    events.clear()
+    sys.excepthook(ValueError, mark(ValueError("on every rank")), None)  # collective: rank 0 prints it
+    assert events[0] == ("abort", 1, 1) and capsys.readouterr().err == ""
+    events.clear()
+    distributed.abort_on_uncaught(False)
+    sys.excepthook(ValueError, err, None)
+    assert events == [("previous",)]
+
+
+def test_the_abort_hook_is_not_installed_when_opted_out_by_environment(monkeypatch):
+    from hessop import distributed
+
+    monkeypatch.setitem(distributed._uncaught, "installed", False)
+    monkeypatch.setitem(distributed._uncaught, "enabled", None)
+    monkeypatch.setenv(distributed.ABORT_ENV, "0")
+    before = sys.excepthook
+    distributed.install_default_abort(SerialComm())
+    assert sys.excepthook is before and not distributed._uncaught["installed"]
+
+
+def test_nan_in_the_first_batch_is_named_when_the_operator_is_built():
+    torch = pytest.importorskip("torch")
+    from hessop.factory import hessian
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x[1, 2] = float("nan")
+    model = torch.nn.Linear(3, 2).double()
+    with pytest.raises(FloatingPointError, match="output on the first batch holds NaN"):
+        hessian(model, torch.nn.CrossEntropyLoss(), [(x, torch.tensor([0, 1, 0, 1]))])
+
+
+def test_the_symmetry_error_never_advises_switching_the_check_off():
+    from hessop.solvers.eigsh import eigsh
+
+    A = np.triu(np.random.default_rng(0).standard_normal((8, 8)))
+    with pytest.raises(ValueError, match="not symmetric") as info:
+        eigsh(A, k=2)
+    assert "check_symmetric=False" not in str(info.value)
 
 
 # -- a small torch model's Hessian across processes ------------------------------------------------

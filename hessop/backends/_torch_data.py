@@ -188,6 +188,9 @@ def check_train_mode(model: nn.Module) -> None:
 
 def check_repeatable_forward(out1: torch.Tensor, out2: torch.Tensor) -> None:
     """Two forward passes over the first batch (their outputs, or their losses) must agree up to rounding."""
+    if out1.is_floating_point() and bool(torch.isnan(out1).any()):
+        raise FloatingPointError("the model's output on the first batch holds NaN; check that batch's data and the "
+                                 "model's parameters")
     if out1.shape == out2.shape and torch.allclose(out1, out2, rtol=_tol(out1), atol=_tol(out1) * _scale(out1)):
         return
     raise RuntimeError(

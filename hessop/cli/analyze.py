@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from .._collective import together
 from .errors import UsageError
-from .loading import as_model_and_loss, call_factory, check_data, load_checkpoint, load_object, shard
+from .loading import (as_model_and_loss, call_factory, check_data, declares_shard, load_checkpoint, load_object,
+                      shard)
 from .run_state import RunState
-from .session import Session, chosen_steps, communicator, run, torch_device, torch_dtype
+from .session import Session, chosen_steps, communicator, prepare, run, torch_device, torch_dtype
 
 
 def analyze(args: Any) -> int:
     """Run ``hessop analyze`` with parsed options; returns the exit code."""
-    model_factory = load_object(args.model, "--model")
-    data_factory = load_object(args.data, "--data")
-    steps, budget = chosen_steps(args)
-    comm = communicator(args.comm)
+    steps, budget = chosen_steps(args)  # the options alone, alike on every process: before any collective
     device = torch_device(args.device)
-    model, loss_fn = as_model_and_loss(_call(model_factory, "--model", comm), "--model")
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, device)
-    data = shard(check_data(_call(data_factory, "--data", comm), "--data"), comm.rank, comm.size)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}; give the path of a file saved with torch.save")
+    comm = communicator(args.comm)
+    prepare(args, comm)
+
+    def load() -> tuple[Any, Any, Any]:  # on every process; a bad input on any of them fails all together
+        model_factory = load_object(args.model, "--model")
+        data_factory = load_object(args.data, "--data")
+        model, loss_fn = as_model_and_loss(_call(model_factory, "--model", comm), "--model")
+        if args.checkpoint:
+            load_checkpoint(model, args.checkpoint, device)
+        data = check_data(_call(data_factory, "--data", comm), "--data")
+        if not declares_shard(data_factory):  # a factory that takes rank/size returned this process's own shard
+            data = shard(data, comm.rank, comm.size)
+        return model, loss_fn, data
+
+    model, loss_fn, data = together(comm, load, known=(UsageError,))
     dtype = torch_dtype(args.dtype)
     model = model.to(device=device, dtype=dtype).eval() if dtype is not None else model.to(device).eval()
     config = {

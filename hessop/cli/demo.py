@@ -7,7 +7,7 @@ from typing import Any
 from .loading import shard
 from .run_state import RunState
 from .runner import Runner
-from .session import Session, chosen_steps, communicator, run, torch_dtype
+from .session import Session, chosen_steps, communicator, prepare, run, torch_dtype
 
 DEMO = {
     "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},
@@ -24,6 +24,7 @@ def demo(args: Any) -> int:
     steps, budget = chosen_steps(args)
     problem = DEMO[args.budget]
     comm = communicator(args.comm)
+    prepare(args, comm)  # the report folder is writable and ours before training starts
     config = {
         "command": "demo",
         "dataset": "sklearn digits",

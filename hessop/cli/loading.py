@@ -40,6 +40,8 @@ def load_object(spec: str, flag: str) -> Callable:
             raise UsageError(
                 f"{flag}: cannot import module {module_name!r} ({exc}); check the spelling and that it is on PYTHONPATH"
             ) from exc
+        except Exception as exc:
+            raise UsageError(f"{flag}: cannot import module {module_name!r}: {_what(exc)}; fix the module") from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -59,8 +61,19 @@ def _load_file(path: Path, flag: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UsageError(f"{flag}: cannot load {str(path)!r}: {_what(exc)}; fix the file") from exc
     return module
+
+
+def _what(exc: BaseException) -> str:
+    """A one-line account of an error raised while loading a user's file (a SyntaxError names the line)."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.msg} at line {exc.lineno}"
+    return f"it raised {type(exc).__name__}: {exc}"
 
 
 def call_factory(factory: Callable, **context: Any) -> Any:
@@ -122,6 +135,15 @@ def _is_batch(b: Any) -> bool:
     import torch
 
     return isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], torch.Tensor)
+
+
+def declares_shard(factory: Callable) -> bool:
+    """Whether a data factory takes ``rank`` or ``size``: then it returns this process's own shard."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "rank" in params or "size" in params
 
 
 def shard(data: Any, rank: int, size: int) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import time
 from typing import Sequence
 
 from .errors import EXIT_ANALYSIS_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
@@ -94,39 +95,93 @@ def _version() -> str:
     return __version__
 
 
+GRACE = 1.0
+"""Seconds a failing process under MPI leaves the launcher to forward its message before ending the job."""
+
+SEED_LIMIT = 2**63
+"""``--seed`` must lie in ``[0, SEED_LIMIT)`` (numpy and torch seeds are non-negative)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``hessop`` command line; returns the exit code (see the module docstring)."""
+    """Run the ``hessop`` command line; returns the exit code (see the module docstring).
+
+    Under MPI a process that fails alone (its error was not raised on every
+    process, so the others may be waiting in a collective) prints its message
+    and ends the whole job with its exit code (``MPI_Abort``); an error raised
+    on every process alike ends each of them with the same code, rank 0 printing.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)  # exits with code 2 and a usage line on bad options
     args.argv = argv
+    args.lock, args.comm_obj, args.state_saved, args.failure = None, None, False, None
     try:
-        from .session import require
-
-        require("torch", "torch", f"hessop {args.command}")
-        if args.command == "demo":
-            require("sklearn", "data", "hessop demo (its digits come with scikit-learn)")
-            from .demo import demo
-
-            return demo(args)
-        from .analyze import analyze
-
-        return analyze(args)
+        code = _dispatch(args)
     except UsageError as exc:
         if args.debug:
             raise
-        print(f"hessop {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"hessop {args.command}: interrupted; steps that finished are saved in {args.out!r}, "
-              "rerun the same command with --resume to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code, args.failure = EXIT_USAGE, exc
+        _say(args, f"error: {exc}")
+    except KeyboardInterrupt as exc:
+        code, args.failure = EXIT_INTERRUPTED, exc
+        if args.state_saved:
+            _say(args, f"interrupted; steps that finished are saved in {args.out!r}, "
+                       "rerun the same command with --resume to continue")
+        else:
+            _say(args, "interrupted before the run started, nothing was saved; rerun the same command")
     except Exception as exc:
         if args.debug:
             raise
-        print(f"hessop {args.command}: error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_ANALYSIS_ERROR
+        code, args.failure = EXIT_ANALYSIS_ERROR, exc
+        _say(args, f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+    finally:
+        if args.lock is not None:
+            args.lock.release()
+    return _end(args, code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .session import require
+
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise UsageError(f"--seed {args.seed}: give a non-negative integer below 2**63, e.g. --seed 0")
+    require("torch", "torch", f"hessop {args.command}")
+    if args.command == "demo":
+        require("sklearn", "data", "hessop demo (its digits come with scikit-learn)")
+        from .demo import demo
+
+        return demo(args)
+    from .analyze import analyze
+
+    return analyze(args)
+
+
+def _several(args: argparse.Namespace) -> bool:
+    return args.comm_obj is not None and args.comm_obj.size > 1
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """Print an error once: rank 0 for an error every process raised alike, else the process that failed."""
+    from .._collective import is_collective
+
+    if not _several(args):
+        print(f"hessop {args.command}: {text}", file=sys.stderr)
+    elif not is_collective(args.failure):
+        print(f"hessop {args.command}: rank {args.comm_obj.rank}: {text}", file=sys.stderr)
+    elif args.comm_obj.rank == 0:
+        print(f"hessop {args.command}: {text}", file=sys.stderr)
+
+
+def _end(args: argparse.Namespace, code: int) -> int:
+    """``code``; under MPI, a failure of this process alone ends the whole job (the others may be waiting)."""
+    from .._collective import is_collective
+
+    if code != 0 and _several(args) and not is_collective(args.failure):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(GRACE)
+        args.comm_obj.abort(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

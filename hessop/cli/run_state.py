@@ -60,10 +60,7 @@ class RunState:
             return cls(out, config, writer)
         if not path.is_file():
             raise UsageError(f"--resume: no saved run in {str(out)!r} (no {STATE_FILE}); run without --resume first")
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"--resume: {path} is unreadable ({exc}); delete the folder and run again") from exc
+        saved = _read_state(path)
         if saved.get("config") != json.loads(json.dumps(config)):
             diff = _differences(saved.get("config", {}), config)
             raise UsageError(
@@ -124,12 +121,39 @@ class RunState:
             self.array_path("").mkdir(parents=True, exist_ok=True)
             np.save(self.array_path(name + ".npy"), value)
 
-    def load_array(self, name: str) -> np.ndarray:
-        """An array saved by :meth:`save_array`."""
+    def load_array(self, name: str, rows: int | None = None) -> np.ndarray:
+        """An array saved by :meth:`save_array`; ``rows``: the first dimension it must have."""
         path = self.array_path(name + ".npy")
         if not path.is_file():
             raise UsageError(f"--resume: {path} is missing; delete {str(self.out)!r} and run again")
-        return np.load(path)
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise damaged(path, f"not a readable .npy array: {exc}") from exc
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or (rows is not None and (
+                value.ndim != 2 or value.shape[0] != rows)):
+            raise damaged(path, f"an array of shape {getattr(value, 'shape', '?')} where ({rows}, k) floats were saved")
+        return value
+
+
+def damaged(path: Path, what: str) -> UsageError:
+    """The error for a saved file that cannot be used: names it and says what to do."""
+    return UsageError(f"--resume: {path} is damaged ({what}); delete the folder {str(path.parent if path.name == STATE_FILE else path.parent.parent)!r} "
+                      "and run again without --resume")
+
+
+def _read_state(path: Path) -> dict:
+    """``state.json`` checked for the shape this module writes; a damaged file raises :func:`damaged`."""
+    try:
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise damaged(path, f"not JSON text: {type(exc).__name__}") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not isinstance(saved.get("steps", {}), dict):
+        raise damaged(path, "not the JSON object with 'config' and 'steps' that hessop writes")
+    for name, step in saved.get("steps", {}).items():
+        if not isinstance(step, dict) or (step.get("status") == "done" and not isinstance(step.get("result"), dict)):
+            raise damaged(path, f"step {name!r} is marked done but holds no result")
+    return saved
 
 
 def _differences(saved: dict, now: dict) -> str:

@@ -69,27 +69,28 @@ def execute(
     progress: bool,
     write_report: Callable[[RunState, str, str | None], Path | None],
     debug: bool = False,
-) -> tuple[int, str, str | None]:
+) -> tuple[int, str, str | None, BaseException | None]:
     """Run ``body`` and write the report whatever happens.
 
     Returns
     -------
-    (exit_code, status, error)
-        ``status`` is ``"complete"``, ``"partial"`` (interrupted) or ``"failed"``.
+    (exit_code, status, error, exception)
+        ``status`` is ``"complete"``, ``"partial"`` (interrupted) or ``"failed"``;
+        ``exception`` is what stopped the run (``None`` when complete).
     """
-    status, error, code = "complete", None, EXIT_OK
+    status, error, code, failure = "complete", None, EXIT_OK, None
     try:
         with Runner(state, total, progress) as runner:
             body(runner)
-    except KeyboardInterrupt:
-        status, code = "partial", EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        status, code, failure = "partial", EXIT_INTERRUPTED, exc
         error = "interrupted; rerun the same command with --resume to continue"
     except UsageError:
         raise
     except Exception as exc:  # an analysis failed: keep what finished and say what broke
         if debug:
             traceback.print_exc()
-        status, code = "failed", EXIT_ANALYSIS_ERROR
+        status, code, failure = "failed", EXIT_ANALYSIS_ERROR, exc
         error = f"{type(exc).__name__}: {exc}"
     write_report(state, status, error)
-    return code, status, error
+    return code, status, error, failure

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .._collective import is_collective, together
 from ..distributed import SerialComm, as_comm
 from .errors import UsageError
+from .lock import RunLock
 from .report import write_report
-from .run_state import RunState
+from .run_state import RunState, damaged
 from .runner import Runner, execute
 from .steps import BUDGETS, ORDER, STEPS, Budget, step_seed
 
@@ -119,7 +121,10 @@ class Session:
         if state.steps:
             if not path.is_file():
                 raise UsageError(f"--resume: {path} is missing; delete {str(self.out)!r} and run again")
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as exc:  # torch raises many kinds for a damaged file or a state dict that does not fit
+                raise damaged(path, f"not the weights this run saved: {type(exc).__name__}") from exc
         elif self.writer:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
@@ -135,22 +140,39 @@ def require(module: str, extra: str, what: str) -> None:
         raise UsageError(f"{what} needs {module}, which is not installed; pip install 'hessop[{extra}]'")
 
 
+def prepare(args: Any, comm: Any) -> None:
+    """Checks before any work (options, the report folder and its lock), failing on every process together.
+
+    Rank 0 takes the folder's lock (:class:`~hessop.cli.lock.RunLock`), which
+    also proves the folder writable, before a model is built or trained.
+    """
+    args.comm_obj = comm
+    require("matplotlib", "plot", "the report's figures")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: give a positive number of threads")
+
+    def lock() -> None:
+        if comm.rank == 0:
+            args.lock = RunLock.acquire(Path(args.out), " ".join(["hessop", *map(shlex.quote, args.argv)]))
+
+    together(comm, lock, known=(UsageError,))
+
+
 def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
     """Run ``setup`` (which returns the operator) and the session's steps; write the report; return the exit code."""
     args = session.args
-    require("matplotlib", "plot", "the report's figures")
     if args.threads is not None:
         import torch
 
-        if args.threads < 1:
-            raise UsageError(f"--threads {args.threads}: give a positive number of threads")
         torch.set_num_threads(args.threads)
-    if session.writer:
-        try:
-            session.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out {str(session.out)!r}: cannot create the report folder ({exc.strerror}); choose another") from exc
-    state = RunState.start(session.out, session.config, args.resume, writer=session.writer)
+
+    def start() -> RunState:
+        state = RunState.start(session.out, session.config, args.resume, writer=session.writer)
+        state.save()  # from now on an interrupted run can be resumed, even before its first step finishes
+        return state
+
+    state = together(session.comm, start, known=(UsageError,))
+    args.state_saved = True
     session.info["command"] = " ".join(["hessop", *map(shlex.quote, args.argv)])
 
     def body(runner: Runner) -> None:
@@ -164,9 +186,12 @@ def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
             session.report = write_report(session.out, st, status, error, session.info)
 
     total = len(session.steps) + session.extra_steps
-    code, status, error = execute(state, body, total, session.progress, report, args.debug)
+    code, status, error, failure = execute(state, body, total, session.progress, report, args.debug)
+    args.failure = failure
     if session.writer:
         _announce(session, status, error)
+    elif error and not is_collective(failure):  # this process alone failed: say so before the job ends
+        print(f"hessop: rank {session.comm.rank}: {error}", file=sys.stderr)
     return code
 
 

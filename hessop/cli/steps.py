@@ -133,7 +133,7 @@ def _density_dict(rho: Any) -> dict:
 
 
 def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:
-    vecs = state.load_array("eigenvectors")
+    vecs = state.load_array("eigenvectors", rows=H.shape[0])
     vals = state.result("eigenvalues")["eigenvalues"]
     if vecs.shape[1] < count:
         raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; use --eig 2 or more")

@@ -112,5 +112,5 @@ def _probe_symmetry(lm: LinearMap, seed) -> None:
     if abs(lhs - rhs) > tol * scale:
         raise ValueError(
             f"the operator is not symmetric: u'Av = {lhs:.6g} but v'Au = {rhs:.6g}; these solvers need a "
-            "symmetric matrix (pass check_symmetric=False to skip this test)"
+            "symmetric matrix (under several processes, check that every rank passes the same vectors)"
         )

@@ -21,6 +21,7 @@ import scipy.spatial.distance
 import scipy.stats
 from tqdm.auto import tqdm
 
+from .._collective import check_arguments
 from ._linear_map import as_linear_map
 from .probes import check_seed, gather, mean_stderr, mine, probe_comm, probes
 
@@ -161,6 +162,7 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
     -------
     SpectralDensity
     """
+    check_arguments("density", A, comm, num_probes=num_probes, num_steps=num_steps, seed=seed, sigma=sigma, grid=grid, check_symmetric=check_symmetric)  # noqa: E501
     from .lanczos import lanczos
 
     for name, value in (("num_probes", num_probes), ("num_steps", num_steps)):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._collective import check_arguments
 from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
 from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64,
@@ -83,6 +84,7 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     -------
     DiagonalResult
     """
+    check_arguments("diagonal", A, comm, method=method, num_matvecs=num_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
     budget = check_budget(num_matvecs, MINIMUM[method], f"diagonal(method={method!r})")
     check_kind(probe)

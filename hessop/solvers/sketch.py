@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from .._collective import check_arguments
 from ._linear_map import as_linear_map
 from .probes import check_method, check_seed, host64, mean_stderr, probes
 
@@ -83,6 +84,7 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
     -------
     SketchResult
     """
+    check_arguments("sketch", A, None, d=d, kind=kind, seed=seed, refine=refine, check_symmetric=check_symmetric)
     kind = check_method(kind, KINDS)
     seed = check_seed(seed)
     lm = as_linear_map(A, check_symmetric=check_symmetric, seed=seed)

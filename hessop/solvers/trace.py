@@ -21,6 +21,7 @@ import numpy as np
 import scipy.stats
 from tqdm.auto import tqdm
 
+from .._collective import check_arguments
 from ._linear_map import LinearMap, as_linear_map
 from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64, loo_directions,
                      mean_stderr, mine, probe_comm, probes)
@@ -116,6 +117,7 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     measures only the Hutchinson part, and with few residual probes on a spectrum
     whose outliers the sketch missed it can be optimistic.
     """
+    check_arguments("trace", A, comm, method=method, num_matvecs=num_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
     budget = check_budget(num_matvecs, MINIMUM[method], f"trace(method={method!r})")
     check_kind(probe)

@@ -1,4 +1,8 @@
-"""Launched by tests/test_distributed.py: one rank fails while the others wait in a collective."""
+"""Launched by tests/test_distributed.py: one rank fails while the others wait in a collective.
+
+``context``: inside ``abort_on_error``; ``hook``: after ``abort_on_error(comm).install()``;
+``default``: neither, the hook hessop installs with the first MPI communicator ends the job.
+"""
 
 import sys
 
@@ -19,6 +23,8 @@ def work():
 if mode == "context":
     with abort_on_error(comm):
         work()
-else:
+elif mode == "hook":
     abort_on_error(comm).install()
+    work()
+else:
     work()
