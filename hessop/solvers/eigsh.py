@@ -139,7 +139,8 @@ def eigsh(
     Asking for many copies of a huge multiplicity (the ``k`` smallest of a
     matrix whose bottom is a 1000-fold zero) costs one check round per copy.
     """
-    check_arguments("eigsh", A, None, k=k, which=which, method=method, tol=tol, ncv=ncv, max_matvecs=max_matvecs, block_size=block_size, v0=v0, seed=seed, check_symmetric=check_symmetric)  # noqa: E501
+    check_arguments("eigsh", A, None, k=k, which=which, method=method, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
+                    block_size=block_size, v0=v0, seed=seed, check_symmetric=check_symmetric, certify=certify)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}")
     if which not in WHICH:
