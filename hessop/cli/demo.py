@@ -1,7 +1,16 @@
-"""``hessop demo``: train a small MLP on the handwritten digits, then report its Hessian's spectrum."""
+"""``hessop demo``: train a small model on data that ships with Python, then report its Hessian's spectrum.
+
+``--task digits`` (default): a tanh MLP on scikit-learn's handwritten digits.
+``--task lm``: a character-level GPT on the standard library's own source
+(:mod:`.lm`), with the layer-wise table over the transformer's blocks
+(embeddings, each attention, each MLP, the norms, the head), the block
+heterogeneity Zhang et al. (2024), "Why Transformers Need Adam: A Hessian
+Perspective", measured.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .loading import shard
@@ -19,8 +28,19 @@ HESSIAN_BATCH = 512
 """Batch size of the Hessian-vector products over the training split (any size gives the same matrix)."""
 
 
+LM_DEMO = {
+    "full": {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 64, "train_steps": 400,
+             "hessian_batches": 8, "hessian_batch_size": 8, "text_chars": 200_000},
+    "small": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16, "train_steps": 20,
+              "hessian_batches": 2, "hessian_batch_size": 4, "text_chars": 20_000},
+}
+"""The language-model demo at each budget: model sizes, training steps, the Hessian's data (windows of text)."""
+
+
 def demo(args: Any) -> int:
     """Run ``hessop demo`` with parsed options; returns the exit code."""
+    if getattr(args, "task", "digits") == "lm":
+        return demo_lm(args)
     steps, budget = chosen_steps(args)
     problem = DEMO[args.budget]
     comm = communicator(args.comm)
@@ -67,6 +87,64 @@ def _setup(session: Session, runner: Runner, state: RunState) -> Any:
         "parameters": int(H.shape[0]),
         "training samples": int(len(data.y_train)),
         "test samples": int(len(data.y_test)),
+        "dtype": cfg["dtype"],
+        "processes": session.comm.size,
+    })
+    return H
+
+
+def demo_lm(args: Any) -> int:
+    """Run ``hessop demo --task lm``: a character-level GPT; the layer-wise table is per transformer block."""
+    steps, budget = chosen_steps(args)
+    problem = LM_DEMO[args.budget]
+    comm = communicator(args.comm)
+    prepare(args, comm)
+    config = {
+        "command": "demo",
+        "task": "lm",
+        "dataset": "Python standard-library source, characters",
+        "model": (f"GPT, {problem['n_layer']} layers, width {problem['n_embd']}, {problem['n_head']} heads, "
+                  f"context {problem['block_size']}"),
+        **problem,
+        "dtype": args.dtype or "float64",
+        "seed": args.seed,
+        "budget": budget.to_dict(),
+        "steps": ["train", *steps],
+        "ranks": comm.size,
+    }
+    session = Session(args, config, steps, budget, comm, extra_steps=1)
+    return run(session, lambda runner, state: _setup_lm(session, runner, state))
+
+
+def _setup_lm(session: Session, runner: Runner, state: RunState) -> Any:
+    import torch
+
+    from ..factory import hessian
+    from .lm import CharData, lm_model, stdlib_text, train_lm
+
+    cfg, seed = session.config, session.args.seed
+    data = CharData.from_text(stdlib_text(cfg["text_chars"]))
+    model = lm_model(data, cfg["block_size"], cfg["n_layer"], cfg["n_embd"], cfg["n_head"], seed=seed)
+
+    def fit() -> dict:
+        result = train_lm(model, data, cfg["train_steps"], seed=seed, progress=session.progress)
+        session.keep_weights(model, state)
+        return result
+
+    trained_here = not state.done("train")
+    runner.step("train", fit)
+    if not trained_here:
+        session.keep_weights(model, state)
+    model = model.to(torch_dtype(cfg["dtype"])).eval()
+    session.budget = replace(session.budget, groups=dict(model.block_groups()))
+    batches = data.batches(cfg["hessian_batches"], cfg["hessian_batch_size"], cfg["block_size"], seed=seed + 1)
+    H = hessian(model, torch.nn.CrossEntropyLoss(), shard(batches, session.comm.rank, session.comm.size),
+                comm=session.comm)
+    session.info.update({
+        "model": cfg["model"],
+        "parameters": int(H.shape[0]),
+        "vocabulary": len(data.vocab),
+        "Hessian tokens": cfg["hessian_batches"] * cfg["hessian_batch_size"] * cfg["block_size"],
         "dtype": cfg["dtype"],
         "processes": session.comm.size,
     })

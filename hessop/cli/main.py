@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compute the top eigenvalues, the trace, the spectral density, loss landscapes and a layer-wise table."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    demo.add_argument("--task", choices=("digits", "lm"), default="digits",
+                      help="digits: an MLP on scikit-learn's digits (default); lm: a character-level GPT on the "
+                      "Python standard library's source, with a block-wise table (embeddings, attention, MLP, "
+                      "norms, head)")
     _common(demo, default_dtype="float64", default_threads=1)
 
     analyze = sub.add_parser(
@@ -147,7 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed {args.seed}: give a non-negative integer below 2**63, e.g. --seed 0")
     require("torch", "torch", f"hessop {args.command}")
     if args.command == "demo":
-        require("sklearn", "data", "hessop demo (its digits come with scikit-learn)")
+        if args.task == "digits":
+            require("sklearn", "data", "hessop demo (its digits come with scikit-learn)")
         from .demo import demo
 
         return demo(args)

@@ -89,12 +89,7 @@ def build_sections(doc: dict) -> list[Section]:
         if key != "command":
             summary.rows.append([key.replace("_", " "), fmt(value)])
     if "train" in steps:
-        t = steps["train"]
-        summary.rows += [
-            ["training", f"{t['epochs']} epochs of Adam (lr {fmt(t['lr'])}, batch {t['batch_size']})"],
-            ["train loss / accuracy", f"{fmt(t['train_loss'])} / {100 * t['train_accuracy']:.1f}%"],
-            ["test loss / accuracy", f"{fmt(t['test_loss'])} / {100 * t['test_accuracy']:.1f}%"],
-        ]
+        summary.rows += _training(steps["train"])
     if "eigenvalues" in steps:
         summary.rows.append(["top eigenvalue λ₁", fmt(steps["eigenvalues"]["eigenvalues"][0])])
     if "trace" in steps:
@@ -109,6 +104,20 @@ def build_sections(doc: dict) -> list[Section]:
             sections.append(section)
     sections.append(_configuration(doc["config"]))
     return sections
+
+
+def _training(t: dict) -> list[list[str]]:
+    """Summary rows of the demo's training: the digits MLP (epochs, accuracy) or the language model (steps, nats)."""
+    if "epochs" in t:
+        return [
+            ["training", f"{t['epochs']} epochs of Adam (lr {fmt(t['lr'])}, batch {t['batch_size']})"],
+            ["train loss / accuracy", f"{fmt(t['train_loss'])} / {100 * t['train_accuracy']:.1f}%"],
+            ["test loss / accuracy", f"{fmt(t['test_loss'])} / {100 * t['test_accuracy']:.1f}%"],
+        ]
+    return [
+        ["training", f"{t['steps']} steps of AdamW (lr {fmt(t['lr'])}, batch {t['batch_size']} windows)"],
+        ["train / validation loss (nats per character)", f"{fmt(t['train_loss'])} / {fmt(t['val_loss'])}"],
+    ]
 
 
 def _configuration(config: dict) -> Section:

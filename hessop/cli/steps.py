@@ -49,7 +49,7 @@ class Budget:
     layer_trace_matvecs: int = 60
     layer_density_steps: int = 60
     layer_probes: int = 2
-    groups: str = "stages"
+    groups: str | dict = "stages"  # or {block name: [parameter patterns]} (the language-model demo's)
 
     def to_dict(self) -> dict:
         """The budget as saved in the run configuration."""
