@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse.linalg
 import torch
 
 from hessop.cli import steps as cli_steps
@@ -111,6 +112,37 @@ def test_demo_writes_a_complete_report_with_true_numbers(tmp_path, capsys):
     assert "<table>" in html and "src='eigenvalues.png'" not in html
     md = (out / "report.md").read_text()
     assert f"| 1 | {top[0]:.6g} |" in md and "![Spectral density](density.png)" in md
+
+
+def test_lm_demo_reports_the_transformer_blocks_with_true_numbers(tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert main(["demo", "--task", "lm", "--budget", "small", "--out", str(out), "--quiet", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "complete" and doc["config"]["task"] == "lm"
+    rows = doc["steps"]["layerwise"]["rows"]
+    assert [r["block"] for r in rows] == ["embeddings", "attention 0", "mlp 0", "norms", "head"]
+    assert sum(r["num_params"] for r in rows) == doc["info"]["parameters"]
+
+    # the weights the report analysed, and the dense Hessian of the token-mean loss on its data
+    from hessop.cli.demo import LM_DEMO
+    from hessop.cli.lm import CharData, lm_model, stdlib_text
+
+    cfg = LM_DEMO["small"]
+    data = CharData.from_text(stdlib_text(cfg["text_chars"]))
+    model = lm_model(data, cfg["block_size"], cfg["n_layer"], cfg["n_embd"], cfg["n_head"])
+    model.load_state_dict(torch.load(out / "arrays" / "model.pt", weights_only=True))
+    batches = data.batches(cfg["hessian_batches"], cfg["hessian_batch_size"], cfg["block_size"], seed=1)
+    H = hessian(model.double().eval(), torch.nn.CrossEntropyLoss(), batches)
+
+    def arpack_top(A, k):  # an independent solver: n = 6384 makes a dense Hessian cost minutes
+        return np.sort(scipy.sparse.linalg.eigsh(A, k=k, which="LA", tol=1e-12)[0])[::-1]
+
+    top = np.array(doc["steps"]["eigenvalues"]["eigenvalues"])
+    np.testing.assert_allclose(top, arpack_top(H, top.size), rtol=1e-6)
+    for row in rows:  # each block's top eigenvalue is its diagonal block's
+        block = H.restrict(*model.block_groups()[row["block"]])
+        assert row["top_eigenvalue"] == pytest.approx(arpack_top(block, 1)[0], rel=1e-6)
+    assert "| attention 0 |" in (out / "report.md").read_text()
 
 
 def test_demo_resumed_after_training_analyses_the_trained_weights(tmp_path, monkeypatch, capsys):
