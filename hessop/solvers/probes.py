@@ -13,15 +13,27 @@ the exchangeable estimators (XTrace, XDiag) live here too.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.stats
 
 from .._array import Array, random_matrix, to_numpy
 from ..distributed import as_comm
 from ._linear_map import LinearMap
 
 PROBE_KINDS = ("rademacher", "gaussian")
+MIN_CALIBRATED = {"hutchinson": 30, "hutch++": 16, "xtrace": 12, "xdiag": 12, "diagonal-hutchinson": 12, "slq": 30}
+"""Fewest samples from which an estimator's standard error is reported as calibrated.
+
+Below them the spread of the samples is itself too noisy, and on spectra with a few large
+eigenvalues too skewed, for ``± 2 stderr`` to cover the truth 93-97% of the time and ``± 3 stderr``
+at least 99% (measured by ``benchmarks/coverage.py``, docs/numerics.md): i.i.d. samples of
+``zᵀAz`` are skewed when a few eigenvalues dominate and need about 30 (Hutchinson, SLQ); the
+residual samples of Hutch++, from a deflated operator, 16; XTrace and XDiag, whose
+covariance-corrected errors are checked directly, 12 test vectors.
+"""
 
 
 def check_seed(seed: Any) -> int:
@@ -106,13 +118,53 @@ def host64(x: Array) -> np.ndarray:
     return out
 
 
+def t_factor(m: int) -> float:
+    """Widening of a standard error from ``m`` samples so that ``± 2`` of it is a Student-t interval.
+
+    ``t_{m-1}(Φ(2)) / 2``: with normal samples ``mean ± 2 · t_factor(m) · std / √m`` covers the
+    mean with probability ``Φ(2) - Φ(-2) = 95.45%`` whatever ``m``, where the plain ``± 2 std/√m``
+    covers only 86% at ``m = 4`` (Student 1908). It is 1.65 at ``m = 4``, 1.21 at 8, 1.04 at 30, 1 in the limit;
+    ``± 3`` of it then covers at least 99% from ``m = 5`` on.
+    """
+    if m < 2:
+        return math.inf
+    return float(scipy.stats.t.ppf(scipy.stats.norm.cdf(2.0), m - 1)) / 2.0
+
+
 def mean_stderr(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Sample mean and its standard error ``std(ddof=1) / sqrt(m)`` (inf with a single sample)."""
+    """Sample mean and its standard error ``t_factor(m) · std(ddof=1) / sqrt(m)`` (inf with one sample)."""
     m = samples.shape[axis]
     mean = samples.mean(axis=axis)
     if m < 2:
         return mean, np.full_like(mean, math.inf)
-    return mean, samples.std(axis=axis, ddof=1) / math.sqrt(m)
+    return mean, samples.std(axis=axis, ddof=1) / math.sqrt(m) * t_factor(m)
+
+
+def warn_uncalibrated(what: str, m: int, minimum: int, stacklevel: int = 3) -> None:
+    """Say that ``what``'s standard error rests on too few samples to be trusted as an error bar."""
+    warnings.warn(f"{what}: the standard error rests on {m} sample{'s' * (m != 1)}, fewer than the "
+                  f"{minimum} from which ±2 standard errors are known to cover the truth about 95% of "
+                  "the time; treat it as a rough guide (result.calibrated is False) or spend more products",
+                  RuntimeWarning, stacklevel=stacklevel)
+
+
+class Interrupted(Exception):
+    """A ``KeyboardInterrupt`` inside :func:`apply_blocks`, carrying the columns finished before it."""
+
+    def __init__(self, done: Array):
+        super().__init__("interrupted")
+        self.done = done
+
+
+def apply_blocks(lm: LinearMap, V: Array, block_size: int) -> Array:
+    """``A @ V`` in blocks of ``block_size`` columns; on Ctrl-C raise :class:`Interrupted` with the finished ones."""
+    xp, parts, k = lm.xp, [], int(V.shape[1])
+    try:
+        for s in range(0, k, block_size):
+            parts.append(lm(V[:, s:min(s + block_size, k)]))
+    except KeyboardInterrupt:
+        raise Interrupted(xp.concat(parts, axis=1) if parts else V[:, :0]) from None
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
 
 
 def loo_directions(R: np.ndarray) -> np.ndarray:
