@@ -19,6 +19,7 @@ Code without a ``calibrated`` field (an older hessop) counts every result as cal
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -87,10 +88,10 @@ def _calibrated(r) -> bool:
     return bool(getattr(r, "calibrated", True))
 
 
-def trace_runs(A, method, budget, seeds):
+def trace_runs(A, method, budget, seeds, rtol=None):
     exact = float(np.trace(A))
     for s in range(seeds):
-        r = trace(A, method=method, num_matvecs=budget, seed=s, check_symmetric=False)
+        r = trace(A, method=method, num_matvecs=budget, seed=s, check_symmetric=False, rtol=rtol)
         yield np.array([r.estimate - exact]), np.array([r.stderr]), _calibrated(r)
 
 
@@ -101,24 +102,31 @@ def diagonal_runs(A, method, budget, seeds):
         yield np.asarray(r.estimate) - exact, np.asarray(r.stderr), _calibrated(r)
 
 
+_DENSITIES: dict = {}
+
+
 def density_runs(A, order, probes, seeds):
     n = A.shape[0]
     exact = float(np.trace(np.linalg.matrix_power(A, order))) / n
     for s in range(seeds):
-        rho = density(A, num_probes=probes, num_steps=6, seed=s, check_symmetric=False)
+        key = (id(A), probes, s)  # one SLQ run serves both moments
+        if key not in _DENSITIES:
+            _DENSITIES[key] = density(A, num_probes=probes, num_steps=6, seed=s, check_symmetric=False)
+        rho = _DENSITIES[key]
         mean, err = rho.moments((order,))
         cal = getattr(rho, "calibrated", True)
         yield np.array([mean[0] - exact]), np.array([err[0]]), bool(cal)
 
 
 ESTIMATORS = {
-    "trace xtrace": (lambda A, b, s: trace_runs(A, "xtrace", b, s), (8, 20, 60)),
-    "trace hutch++": (lambda A, b, s: trace_runs(A, "hutch++", b, s), (8, 20, 60)),
-    "trace hutchinson": (lambda A, b, s: trace_runs(A, "hutchinson", b, s), (4, 20, 60)),
-    "diagonal xdiag": (lambda A, b, s: diagonal_runs(A, "xdiag", b, s), (8, 20, 60)),
-    "diagonal hutchinson": (lambda A, b, s: diagonal_runs(A, "hutchinson", b, s), (4, 20, 60)),
-    "density tr(A)/n": (lambda A, b, s: density_runs(A, 1, b, s), (2, 8, 30)),
-    "density tr(A²)/n": (lambda A, b, s: density_runs(A, 2, b, s), (2, 8, 30)),
+    "trace xtrace": (lambda A, b, s: trace_runs(A, "xtrace", b, s), (8, 24, 60)),
+    "trace xtrace rtol=0.01": (lambda A, b, s: trace_runs(A, "xtrace", b, s, rtol=0.01), (400,)),
+    "trace hutch++": (lambda A, b, s: trace_runs(A, "hutch++", b, s), (8, 48, 72)),
+    "trace hutchinson": (lambda A, b, s: trace_runs(A, "hutchinson", b, s), (4, 60, 120)),
+    "diagonal xdiag": (lambda A, b, s: diagonal_runs(A, "xdiag", b, s), (8, 24, 60)),
+    "diagonal hutchinson": (lambda A, b, s: diagonal_runs(A, "hutchinson", b, s), (4, 12, 60)),
+    "density tr(A)/n": (lambda A, b, s: density_runs(A, 1, b, s), (4, 60)),
+    "density tr(A²)/n": (lambda A, b, s: density_runs(A, 2, b, s), (4, 60)),
 }
 """Name: (runs(A, budget, seeds) yielding (errors, stderrs, calibrated), budgets: products, or probes for SLQ)."""
 
@@ -169,7 +177,7 @@ def table(ops, seeds: int, only=None) -> tuple[list[str], list[tuple]]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seeds", type=int, default=200)
+    p.add_argument("--seeds", type=int, default=300)
     p.add_argument("--only", nargs="*", help="estimators whose name contains one of these words")
     p.add_argument("--write", action="store_true", help="put the table into docs/numerics.md")
     args = p.parse_args(argv)
@@ -177,9 +185,18 @@ def main(argv=None) -> None:
     ops = operators(args.n)
     print(f"{args.seeds} seeds; n = {', '.join(f'{k} {v.shape[0]}' for k, v in ops.items())}\n", flush=True)
     lines, rows = table(ops, args.seeds, args.only)
-    bad = [(o, e, b) for o, e, b, c in rows
-           if c["cal_n"] and not (0.93 <= c["cal2"] / c["cal_n"] <= 0.97 and c["cal3"] / c["cal_n"] >= 0.99)]
-    print(f"\n{len(rows) - len(bad)} of {len(rows)} rows keep the promise; outside it: {bad or 'none'}")
+    bad, noisy = [], []
+    for o, e, b, c in rows:
+        if not c["cal_n"]:
+            continue
+        c2, c3 = c["cal2"] / c["cal_n"], c["cal3"] / c["cal_n"]
+        # binomial noise of a share over the seeds (entries of one diagonal are not independent draws)
+        sd2, sd3 = math.sqrt(0.95 * 0.05 / c["cal"]), math.sqrt(0.99 * 0.01 / c["cal"])
+        if not (0.93 <= c2 <= 0.97 and c3 >= 0.99):
+            inside = 0.93 - 2 * sd2 <= c2 <= 0.97 + 2 * sd2 and c3 >= 0.99 - 2 * sd3
+            (noisy if inside else bad).append((o, e, b))
+    print(f"\ncalibrated rows outside 93-97% / >= 99%: within two binomial standard deviations {noisy or 'none'}; "
+          f"beyond them {bad or 'none'}")
     print(f"{time.perf_counter() - t0:.0f} s")
     if args.write:
         doc = ROOT / "docs" / "numerics.md"

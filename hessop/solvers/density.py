@@ -100,7 +100,7 @@ class SpectralDensity:
     def calibrated(self) -> bool:
         """Whether the standard errors of :meth:`moments` and :attr:`trace_stderr` can be trusted.
 
-        ``True`` from :data:`~hessop.solvers.probes.MIN_CALIBRATED` probes (30) on, where
+        ``True`` from :data:`~hessop.solvers.probes.MIN_CALIBRATED` probes (60) on, where
         ``± 2 stderr`` is measured to cover ``tr(A)/n`` and ``tr(A²)/n`` 93-97% of the time; the
         default 4 probes buy a density, not an error bar. Asking for a standard error of an
         uncalibrated density warns.

@@ -45,7 +45,7 @@ class SketchResult:
     trace_stderr : float
         Standard error of ``trace`` for Rademacher (spread of the ``d`` column
         samples ``d·s_jᵀAs_j``, Student-t widened as in :func:`~hessop.solvers.trace.trace`; from
-        fewer than 30 columns it is not calibrated: use :func:`~hessop.solvers.trace.trace` for an
+        fewer than 60 columns it is not calibrated: use :func:`~hessop.solvers.trace.trace` for an
         error bar); not defined for Nyström, whose trace is a bound, not an estimate (NaN).
     num_matvecs : int
     kind : str

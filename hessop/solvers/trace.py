@@ -33,8 +33,8 @@ METHODS = ("xtrace", "hutch++", "hutchinson")
 MINIMUM = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
 """Fewest products that still give a standard error: two samples for the stochastic part."""
 FIRST_ROUND = 16
-"""Adaptive mode: sketch size of the first Hutch++/XTrace round (Hutchinson starts with twice as many
-probes). Fewer samples make the standard error itself too noisy to stop on."""
+"""Adaptive mode: sketch size of the first Hutch++/XTrace round (Hutchinson starts with
+``MIN_CALIBRATED["hutchinson"]`` probes). Fewer samples make the standard error itself too noisy to stop on."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class TraceResult:
         finished sketch products (``method`` then says ``"hutchinson"``).
     calibrated : bool
         ``True`` when the standard error rests on at least
-        :data:`~hessop.solvers.probes.MIN_CALIBRATED` samples (30 Hutchinson probes, 16 Hutch++
+        :data:`~hessop.solvers.probes.MIN_CALIBRATED` samples (60 Hutchinson probes, 16 Hutch++
         residual probes, 12 XTrace test vectors), from which ``± 2 stderr`` is measured
         to cover the trace 93-97% of the time; ``False`` (with a ``RuntimeWarning``) otherwise.
     """
@@ -193,7 +193,7 @@ def _estimate(samples: np.ndarray, cov: float) -> tuple[float, float]:
 def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
     """Rounds of probes until the budget or ``rtol``; one all-reduce per round."""
     samples = np.zeros(0)
-    size = budget if rtol is None else min(budget, max(2 * FIRST_ROUND, comm.size))
+    size = budget if rtol is None else min(budget, max(MIN_CALIBRATED["hutchinson"], comm.size))
     try:
         while size > 0:
             start = samples.size
