@@ -184,6 +184,10 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int, block_size: int):
         if k < 2:
             raise KeyboardInterrupt from None
         Om, Q, R = Om[:, :k], Q[:, :k], R[:k, :k]
+    if k >= lm.n:  # Q is a basis of the whole space: diag(QZᵀ) = diag(A)
+        est = xp.sum(Q * Z, axis=1)
+        _check(est)
+        return est, lm.zeros((lm.n,)), k, complete, "xdiag"
     Rh = host64(R)
     S = loo_directions(Rh)
     c = np.sum(S * Rh, axis=0)

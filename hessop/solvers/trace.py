@@ -304,7 +304,8 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     estimate ``tr(P_i A) + ω_iᵀ(I-P_i)A(I-P_i)ω_i`` costs only ``k x k`` algebra.
     Interrupted while computing ``Z = AQ``, the first ``j`` columns of ``Q`` span
     the first ``j`` columns of ``Y``, so the samples of those ``j`` test vectors
-    come with no further product (``complete=False``).
+    come with no further product (``complete=False``). With ``k = n`` test vectors
+    ``Q`` spans the whole space and every sample is the exact ``tr(QᵀAQ)``.
     """
     xp = lm.xp
     Om, Y = _extend(lm, cache, k, kind, seed, None, block_size)
@@ -320,6 +321,8 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     R, H, W, T = (host64(M) for M in (R, Q.T @ Z, Q.T @ Om, Z.T @ Om))
     wy = host64(xp.sum(Om * Y, axis=0))
     H = 0.5 * (H + H.T)
+    if H.shape[0] >= lm.n:  # Q is a basis of the whole space: tr(QᵀAQ) is the trace itself
+        return np.full(H.shape[0], np.trace(H)), 0.0, complete
     S = loo_directions(R)
     c = np.sum(S * W, axis=0)
     V = W - S * c
@@ -375,6 +378,8 @@ def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spa
     Q, _ = xp.linalg.qr(Y)
     Z = lm(Q)
     top = float(np.trace(host64(Q.T @ Z)))
+    if k >= lm.n:  # the sketch spans the whole space: nothing is left to estimate
+        return np.full(max(l, 2), top), 0.0, True
     G = probes(lm, seed, range(l), kind, stream=1)
     G = G - Q @ (Q.T @ G)
     G = G - Q @ (Q.T @ G)
