@@ -7,7 +7,6 @@ seeds and the nominal 95.45%, the share has a standard deviation ``sqrt(p (1-p) 
 tests allow three of them either side (and ``± 3 stderr`` at least 99% minus three of its own).
 """
 
-import importlib
 import math
 import warnings
 
@@ -17,11 +16,10 @@ import scipy.sparse.linalg
 
 import hessop
 from benchmarks.coverage import mlp_hessian, spectra
-from hessop.solvers.probes import loo_directions
+from hessop.solvers.probes import loo_directions, pair_covariance
 from hessop.testing import SpectralOperator, nn_like_spectrum
 
 torch = pytest.importorskip("torch")
-trace_mod = importlib.import_module("hessop.solvers.trace")
 
 SEEDS = 200
 P2, P3 = 0.9545, 0.99
@@ -134,7 +132,7 @@ def test_xtrace_pair_covariance_matches_leave_two_out():
         rest = [i for i in range(k) if i != j]
         D[rest, j] = t[rest] - samples(np.delete(Om, j, axis=1))[0]
     brute = np.sum((D * D.T)[~np.eye(k, dtype=bool)]) / (k * (k - 1))
-    assert trace_mod.pair_covariance(*parts) == pytest.approx(brute, rel=1e-9)
+    assert pair_covariance(*parts) == pytest.approx(brute, rel=1e-9)
 
 
 # --- saying so when the sample is too small, or rtol was not reached ----------------------------------

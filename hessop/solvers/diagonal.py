@@ -211,7 +211,7 @@ def _check(est: Array) -> None:
 
 
 def _pair_covariance(lm: LinearMap, QS: Array, ZS: Array, Om: Array, S: np.ndarray, R: np.ndarray) -> Array:
-    """Per entry, the covariance of two XDiag samples (as :func:`hessop.solvers.trace.pair_covariance`).
+    """Per entry, the covariance of two XDiag samples (as :func:`hessop.solvers.probes.pair_covariance`).
 
     ``Δ_ij``, the change of sample ``i`` when ``ω_j`` also leaves the sketch, is
     ``(Qu) ⊙ (Zu) - (uᵀr_i) ω_i ⊙ (Qu)`` with ``u = (s_j - γ s_i)/√(1-γ²)``,

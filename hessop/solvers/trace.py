@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ._linear_map import LinearMap, as_linear_map
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
-                     check_seed, gather, host64, loo_directions, mean_stderr, mine, probe_comm, probes, t_factor,
-                     warn_uncalibrated)
+                     check_seed, gather, host64, loo_directions, mean_stderr, mine, pair_covariance, probe_comm, probes,
+                     t_factor, warn_uncalibrated)
 
 __all__ = ["TraceResult", "trace"]
 
@@ -138,7 +138,7 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     are positively correlated: the spread alone underestimates the error by up to
     1.7x (measured); the standard error adds their covariance, estimated from how
     each sample changes when another test vector leaves the sketch (see
-    :func:`pair_covariance`).
+    :func:`~hessop.solvers.probes.pair_covariance`).
     """
     method = check_method(method, METHODS)
     budget = check_budget(num_matvecs, MINIMUM[method], f"trace(method={method!r})")
@@ -169,8 +169,8 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     if not calibrated:
         warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method])
     if stop == "budget":
-        warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {stderr / abs(estimate):.2g} of the "
-                      f"estimate after {used} products; raise num_matvecs (now {budget}) or loosen rtol",
+        warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {stderr / max(abs(estimate), 1e-300):.2g} of "
+                      f"the estimate after {used} products; raise num_matvecs (now {budget}) or loosen rtol",
                       RuntimeWarning, stacklevel=2)
     return TraceResult(float(estimate), float(stderr), used, used_method, converged, samples, calibrated)
 
@@ -329,41 +329,6 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     samples = (np.trace(H) - np.sum(S * (H @ S), axis=0) + wy - 2 * np.sum(T * V, axis=0)
                + np.sum(V * (H @ V), axis=0))
     return samples, pair_covariance(S, H, W, T - H @ V), complete
-
-
-def pair_covariance(S: np.ndarray, H: np.ndarray, W: np.ndarray, B: np.ndarray) -> float:
-    """The covariance of two XTrace samples, from how each moves when the other's test vector leaves.
-
-    The samples ``T_i = tr(A) + f_i`` share their test vectors: ``ω_j`` helps build the
-    sketch of ``T_i``. Let ``Δ_ij = T_i - T_i^(j)``, where ``T_i^(j)`` is sample ``i``
-    computed without ``ω_j`` in the sketch (independent of ``ω_j``). To first order in
-    these influences ``E[f_i f_j] ≈ E[Δ_ij Δ_ji]``, and the mean of ``Δ_ij Δ_ji`` over
-    ordered pairs estimates the covariance (checked against the exact covariance over
-    seeds on the spectra of ``benchmarks/coverage.py``: it brings the error bar to within
-    0.85-1.08 of the true spread, from 1.0-1.7 too small).
-
-    In the basis ``Q``: dropping ``ω_j`` as well removes the unit direction
-    ``u = (s_j - γ s_i)/√(1-γ²)`` (``γ = s_iᵀs_j``), and with ``a = uᵀW_i``,
-    ``Δ_ij = (1 - a²)·uᵀHu - 2a·uᵀb_i``, ``b_i = Qᵀ A ω_i - H V_i`` (the columns of ``B``):
-    ``O(k³)`` host work, no product.
-    """
-    k = S.shape[1]
-    if k < 3:
-        return 0.0
-    G = S.T @ S
-    M = S.T @ H @ S
-    N, K = S.T @ W, S.T @ B
-    den = 1.0 - G**2
-    ok = den > 1e-10
-    np.fill_diagonal(ok, False)
-    den = np.where(ok, den, 1.0)
-    d = np.diag(M)
-    uHu = (d[None, :] - 2.0 * G * M + G**2 * d[:, None]) / den
-    root = np.sqrt(den)
-    a = (N.T - G * np.diag(N)[:, None]) / root
-    b = (K.T - G * np.diag(K)[:, None]) / root
-    D = np.where(ok, (1.0 - a**2) * uHu - 2.0 * a * b, 0.0)
-    return float(np.sum(D * D.T) / (k * (k - 1)))
 
 
 def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int):
