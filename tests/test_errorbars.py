@@ -199,6 +199,11 @@ def test_interrupted_xtrace_keeps_the_finished_test_vectors():
         r = hessop.trace(Interrupting(LAM, at=10), num_matvecs=60, block_size=4, check_symmetric=False)
     assert not r.converged and r.method == "hutchinson" and r.num_probes == 8 and not r.calibrated
     assert abs(r.estimate - LAM.sum()) <= 4 * r.stderr
+    # Hutch++ interrupted after its 20 sketch products: Hutchinson on them
+    with pytest.warns(RuntimeWarning, match="rests on 20 samples"):
+        r = hessop.trace(Interrupting(LAM, at=25), method="hutch++", num_matvecs=60, block_size=4,
+                         check_symmetric=False)
+    assert not r.converged and r.method == "hutchinson" and r.num_probes == 20
     with pytest.raises(KeyboardInterrupt):  # nothing finished
         hessop.trace(Interrupting(LAM, at=2), num_matvecs=60, block_size=4, check_symmetric=False)
 
