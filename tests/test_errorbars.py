@@ -293,3 +293,17 @@ def test_np_matrix_is_accepted():
     np.testing.assert_allclose(r.eigenvalues, lam[::-1][:3], rtol=1e-8)
     rho = hessop.density(M, num_probes=3, num_steps=30)  # full depth: the nodes are the eigenvalues
     np.testing.assert_allclose(np.sort(rho.nodes[0]), lam, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_native_operators_run_with_float32_vectors(dtype):
+    import array_api_compat.torch as xtorch
+
+    lam = np.linspace(1.0, 4.0, 16)
+    A = SpectralOperator(lam, seed=0, xp=xtorch, device="cpu", dtype=getattr(torch, dtype))
+    r = hessop.eigsh(A, k=2)
+    np.testing.assert_allclose(r.eigenvalues, [4.0, lam[-2]], rtol=5e-3)  # half-precision products
+    d = hessop.diagonal(A, num_matvecs=32)
+    assert d.estimate.dtype == torch.float32
+    exact = SpectralOperator(lam, seed=0).to_dense()
+    assert np.all(np.abs(d.estimate.numpy() - np.diag(exact)) <= 5 * d.stderr.numpy() + 2e-2)
