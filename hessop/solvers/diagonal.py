@@ -28,6 +28,8 @@ from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_bu
 __all__ = ["DiagonalResult", "diagonal"]
 
 METHODS = ("xdiag", "hutchinson")
+PAIR_CHUNK = 8
+"""Columns per step of the XDiag covariance, bounding its temporaries to a few ``(n, 8)`` arrays."""
 MINIMUM = {"hutchinson": 2, "xdiag": 4}
 
 
@@ -216,7 +218,7 @@ def _pair_covariance(lm: LinearMap, QS: Array, ZS: Array, Om: Array, S: np.ndarr
     ``Δ_ij``, the change of sample ``i`` when ``ω_j`` also leaves the sketch, is
     ``(Qu) ⊙ (Zu) - (uᵀr_i) ω_i ⊙ (Qu)`` with ``u = (s_j - γ s_i)/√(1-γ²)``,
     ``γ = s_iᵀs_j``; the covariance estimate is the mean of ``Δ_ij ⊙ Δ_ji`` over ordered
-    pairs. ``O(n k²)`` work on the device, in ``k`` steps of ``(n, k)`` arrays; no product.
+    pairs. ``O(n k²)`` work on the device, on ``(n, PAIR_CHUNK)`` temporaries; no product.
     """
     xp, k = lm.xp, S.shape[1]
     if k < 3:
@@ -229,13 +231,16 @@ def _pair_covariance(lm: LinearMap, QS: Array, ZS: Array, Om: Array, S: np.ndarr
         g = G[i]
         ok = (1.0 - g**2 > 1e-10) & (np.arange(k) != i)
         r = np.where(ok, np.sqrt(np.abs(1.0 - g**2)), 1.0)
-        w = lm.asarray((ok / r)[None, :])
-        gd = lm.asarray(g[None, :])
-        QU, ZU = (QS - QS[:, i:i + 1] * gd) * w, (ZS - ZS[:, i:i + 1] * gd) * w      # u_ij, over j
-        a = lm.asarray(((SR[:, i] - g * dSR[i]) / r)[None, :])
-        D = QU * ZU - Om[:, i:i + 1] * QU * a
-        QV, ZV = (QS[:, i:i + 1] - QS * gd) * w, (ZS[:, i:i + 1] - ZS * gd) * w      # u_ji, over j
-        b = lm.asarray(((SR[i, :] - g * dSR) / r)[None, :])
-        E = QV * ZV - Om * QV * b
-        acc = acc + xp.sum(D * E, axis=1)
+        w, gd = ok / r, g
+        a, b = (SR[:, i] - g * dSR[i]) / r, (SR[i, :] - g * dSR) / r
+        qi, zi, oi = QS[:, i:i + 1], ZS[:, i:i + 1], Om[:, i:i + 1]
+        for lo in range(0, k, PAIR_CHUNK):  # (n, PAIR_CHUNK) temporaries, whatever k
+            hi = min(lo + PAIR_CHUNK, k)
+            wc, gc, ac, bc = (lm.asarray(v[None, lo:hi]) for v in (w, gd, a, b))
+            q, z = QS[:, lo:hi], ZS[:, lo:hi]
+            QU, ZU = (q - qi * gc) * wc, (z - zi * gc) * wc  # Q u_ij, Z u_ij over j in the chunk
+            D = QU * (ZU - oi * ac)
+            QV, ZV = (qi - q * gc) * wc, (zi - z * gc) * wc  # Q u_ji, Z u_ji
+            E = QV * (ZV - Om[:, lo:hi] * bc)
+            acc = acc + xp.sum(D * E, axis=1)
     return acc / (k * (k - 1))
