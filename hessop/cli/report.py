@@ -148,6 +148,9 @@ def _trace(res: dict, fig: str | None) -> Section:
         f"Stochastic trace estimation ({res['method']}, {'converged to' if res['converged'] else 'stopped at the budget before'} "
         "the requested relative standard error); the standard error is the estimator's own."
     )
+    if res.get("calibrated") is False:
+        s.text.append("Too few samples for the standard error to be calibrated: read it as a rough guide, not as "
+                      "a 95% interval (see docs/numerics.md).")
     s.rows.append([fmt(res["trace"], 6), fmt(res["stderr"], 3), fmt(res["mean_eigenvalue"]), str(res["num_matvecs"])])
     return s
 

@@ -98,6 +98,7 @@ def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) ->
         "stderr": float(t.stderr),
         "method": t.method,
         "converged": bool(t.converged),
+        "calibrated": bool(t.calibrated),
         "mean_eigenvalue": float(t.estimate) / n,
         "num_matvecs": int(t.num_matvecs),
     }

@@ -6,7 +6,13 @@
   (``apply``, ``xp``, ``device``, ``native_dtype``): vectors stay on its device;
 * a dense square array of any array-API namespace (numpy, torch, CuPy, JAX,
   ``array_api_strict``): products are ``A @ V`` in that namespace;
-* a scipy ``LinearOperator`` or sparse matrix: products in numpy.
+* a scipy ``LinearOperator`` or sparse matrix (or a ``numpy.matrix``, read as an
+  array): products in numpy.
+
+Complex operators are refused (the solvers work on real symmetric matrices and
+would otherwise drop imaginary parts); half-precision ones (float16, bfloat16)
+are computed in float32, since the small dense algebra (QR, eigh) has no
+half-precision kernels and half precision cannot carry a Krylov recurrence.
 
 Solvers count their own products through :attr:`LinearMap.num_matvecs`, so a
 result reports exactly what that call cost.
@@ -73,26 +79,55 @@ def as_linear_map(A: Any, *, check_symmetric: bool = True, seed: int | None = 0)
 
 
 def _wrap(A: Any) -> LinearMap:
+    if isinstance(A, np.matrix):
+        A = np.asarray(A)
     if hasattr(A, "apply") and hasattr(A, "xp") and hasattr(A, "native_dtype"):
         _square(A.shape)
-        return LinearMap(A.apply, int(A.shape[0]), A.xp, A.native_dtype, A.device)
-    if array_api_compat.is_array_api_obj(A) and not isinstance(A, np.matrix):
+        _real(A.native_dtype)
+        xp, native = A.xp, A.native_dtype
+        if _half(native):  # vectors in float32, each product in the operator's own precision
+            apply = A.apply
+            return LinearMap(lambda V: xp.astype(apply(xp.astype(V, native)), xp.float32), int(A.shape[0]), xp,
+                             xp.float32, A.device)
+        return LinearMap(A.apply, int(A.shape[0]), xp, native, A.device)
+    if array_api_compat.is_array_api_obj(A):
         _square(A.shape)
+        _real(A.dtype)
         xp = namespace(A)
-        if not xp.isdtype(A.dtype, "real floating"):
+        if _half(A.dtype):
+            A = xp.astype(A, xp.float32)
+        elif not xp.isdtype(A.dtype, "real floating"):
             A = xp.astype(A, xp.float64)
         return LinearMap(lambda V: A @ V, int(A.shape[0]), xp, A.dtype, array_api_compat.device(A))
     if hasattr(A, "shape") and (hasattr(A, "matmat") or hasattr(A, "dot")):
         _square(A.shape)
+        _real(getattr(A, "dtype", None))
         dtype = np.dtype(getattr(A, "dtype", None) or np.float64)
         if dtype.kind != "f":
             dtype = np.dtype(np.float64)
+        elif dtype.itemsize < 4:
+            dtype = np.dtype(np.float32)
         xp = array_api_compat.array_namespace(np.zeros(1))
         return LinearMap(lambda V: np.asarray(A @ V, dtype=dtype), int(A.shape[0]), xp, dtype, "cpu")
     raise TypeError(
         f"cannot use a {type(A).__name__} as an operator: pass a HessianOperator, a scipy "
         "LinearOperator or sparse matrix, or a dense square array"
     )
+
+
+def _real(dtype) -> None:
+    """Refuse a complex operator with a sentence (``dtype`` may be any framework's)."""
+    if dtype is not None and "complex" in str(dtype):
+        raise TypeError(
+            f"the operator is complex ({dtype}); hessop's solvers work on real symmetric matrices. For a "
+            "Hermitian H = B + iC use the real symmetric [[B, -C], [C, B]] (each eigenvalue of H appears "
+            "twice in it, and its trace is 2 tr(H)), or pass H.real if the imaginary part is zero"
+        )
+
+
+def _half(dtype) -> bool:
+    """Whether ``dtype`` (of any framework) is a 16-bit float."""
+    return str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16", "half")
 
 
 def _square(shape) -> None:

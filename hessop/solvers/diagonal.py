@@ -22,12 +22,15 @@ from tqdm.auto import tqdm
 from .._collective import check_arguments
 from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
-from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64,
-                     loo_directions, mine, probe_comm, probes)
+from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
+                     check_seed, gather, host64, loo_directions, mine, probe_comm, probes, t_factor,
+                     warn_uncalibrated)
 
 __all__ = ["DiagonalResult", "diagonal"]
 
 METHODS = ("xdiag", "hutchinson")
+PAIR_CHUNK = 8
+"""Columns per step of the XDiag covariance, bounding its temporaries to a few ``(n, 8)`` arrays."""
 MINIMUM = {"hutchinson": 2, "xdiag": 4}
 
 
@@ -38,14 +41,23 @@ class DiagonalResult:
     Attributes
     ----------
     estimate, stderr : native arrays (n,)
-        On the operator's device and dtype.
+        On the operator's device and dtype. ``stderr`` is widened by the Student-t factor
+        (:func:`~hessop.solvers.probes.t_factor`) and, for XDiag, includes the covariance of
+        the exchangeable samples, so ``estimate ± 2 stderr`` covers each entry about 95% of the
+        time (docs/numerics.md).
     num_matvecs : int
         Products this call spent (symmetry probe included; summed over ranks).
     method : str
+        An interrupted XDiag run that finished no test vector's second product falls back to
+        Hutchinson on its finished sketch products and says ``"hutchinson"``.
     num_probes : int
         Samples averaged per entry.
     converged : bool
-        ``False`` if the run was interrupted before spending its budget.
+        ``False`` if the run was interrupted before spending its budget (the estimate then uses
+        the products finished before the interrupt).
+    calibrated : bool
+        ``False`` (with a ``RuntimeWarning``) when ``num_probes`` is below
+        :data:`~hessop.solvers.probes.MIN_CALIBRATED`, too few for the error bar to be trusted.
     """
 
     estimate: Array
@@ -54,6 +66,7 @@ class DiagonalResult:
     method: str
     num_probes: int
     converged: bool = True
+    calibrated: bool = True
 
 
 def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
@@ -83,6 +96,13 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     Returns
     -------
     DiagonalResult
+
+    Notes
+    -----
+    Products run in blocks of ``block_size``; a ``KeyboardInterrupt`` returns the
+    estimate from the finished ones (``converged=False``): XDiag on the test vectors
+    whose two products are done, or Hutchinson on the finished sketch products. With
+    nothing finished, or in a multi-rank run, it propagates.
     """
     check_arguments("diagonal", A, comm, method=method, num_matvecs=num_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
@@ -98,10 +118,16 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     overhead = lm.num_matvecs * comm.size
     start = lm.num_matvecs
     if method == "xdiag":
-        est, err, k = _xdiag(lm, min(budget // 2, lm.n), probe, seed)
-        return DiagonalResult(est, err, lm.num_matvecs - start + overhead, method, k)
-    est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, progress)
-    return DiagonalResult(est, err, k + overhead, method, k, done)
+        est, err, k, done, method = _xdiag(lm, min(budget // 2, lm.n), probe, seed, block_size)
+        used = lm.num_matvecs - start + overhead
+    else:
+        est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, progress)
+        used = k + overhead
+    key = "xdiag" if method == "xdiag" else "diagonal-hutchinson"
+    calibrated = k >= MIN_CALIBRATED[key]
+    if not calibrated:
+        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key])
+    return DiagonalResult(est, err, used, method, k, done, calibrated)
 
 
 def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: int, progress: bool):
@@ -126,22 +152,46 @@ def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: i
     n, count = lm.n, int(round(sums[-1]))
     mean = sums[:n] / count
     var = np.clip(sums[n:2 * n] - count * mean**2, 0.0, None) / max(count - 1, 1)
-    stderr = np.sqrt(var / count) if count > 1 else np.full(n, math.inf)
+    stderr = np.sqrt(var / count) * t_factor(count) if count > 1 else np.full(n, math.inf)
     return lm.asarray(mean), lm.asarray(stderr), count, done
 
 
-def _xdiag(lm: LinearMap, k: int, kind: str, seed: int):
+def _xdiag(lm: LinearMap, k: int, kind: str, seed: int, block_size: int):
     """XDiag with ``k`` test vectors (``2k`` products); the samples stay on the device.
 
     With ``Z = AQ``, ``S`` the leave-one-out directions (see
     :func:`hessop.solvers.probes.loo_directions`) and ``c_i = s_iᵀ r_i``, sample
     ``i`` is ``diag(QZᵀ) - (Qs_i) ⊙ (Zs_i) + c_i ω_i ⊙ (Qs_i)``, because
-    ``(I - P_i) A ω_i = Q s_i (s_iᵀ r_i)`` when ``Aω_i = Q r_i``.
+    ``(I - P_i) A ω_i = Q s_i (s_iᵀ r_i)`` when ``Aω_i = Q r_i``. The per-entry
+    variance of the mean is the samples' spread over ``k`` plus their covariance
+    (:func:`_pair_covariance`). Returns ``(estimate, stderr, k, complete, method)``.
     """
     xp = lm.xp
     Om = probes(lm, seed, range(k), kind)
-    Q, R = xp.linalg.qr(lm(Om))
-    Z = lm(Q)
+    try:
+        Y = apply_blocks(lm, Om, block_size)
+    except Interrupted as exc:  # no second product yet: Hutchinson on the finished sketch products
+        j = int(exc.done.shape[1])
+        if j == 0:
+            raise KeyboardInterrupt from None
+        X = Om[:, :j] * exc.done
+        mean = xp.mean(X, axis=1)
+        var = xp.sum((X - mean[:, None]) ** 2, axis=1) / max(j - 1, 1)
+        _check(mean)
+        return mean, (xp.sqrt(var / j) * t_factor(j) if j > 1 else var + math.inf), j, False, "hutchinson"
+    Q, R = xp.linalg.qr(Y)
+    try:
+        Z, complete = apply_blocks(lm, Q, block_size), True
+    except Interrupted as exc:  # the first j columns of Q span the first j columns of Y
+        Z, complete = exc.done, False
+        k = int(Z.shape[1])
+        if k < 2:
+            raise KeyboardInterrupt from None
+        Om, Q, R = Om[:, :k], Q[:, :k], R[:k, :k]
+    if k >= lm.n:  # Q is a basis of the whole space: diag(QZᵀ) = diag(A)
+        est = xp.sum(Q * Z, axis=1)
+        _check(est)
+        return est, lm.zeros((lm.n,)), k, complete, "xdiag"
     Rh = host64(R)
     S = loo_directions(Rh)
     c = np.sum(S * Rh, axis=0)
@@ -151,6 +201,48 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int):
     mean_e = xp.mean(E, axis=1)
     var = xp.sum((E - mean_e[:, None]) ** 2, axis=1) / max(k - 1, 1)
     est = xp.sum(Q * Z, axis=1) + mean_e
+    _check(est)
+    if k < 2:
+        return est, var + math.inf, k, complete, "xdiag"
+    cov = _pair_covariance(lm, QS, ZS, Om, S, Rh)
+    err = xp.sqrt(var / k + xp.where(cov > 0, cov, xp.zeros_like(cov))) * t_factor(k)
+    return est, err, k, complete, "xdiag"
+
+
+def _check(est: Array) -> None:
     if not np.all(np.isfinite(to_numpy(est))):
         raise FloatingPointError("the operator returned NaN or Inf on a probe vector; check the model and data")
-    return est, (xp.sqrt(var / k) if k > 1 else var + math.inf), k
+
+
+def _pair_covariance(lm: LinearMap, QS: Array, ZS: Array, Om: Array, S: np.ndarray, R: np.ndarray) -> Array:
+    """Per entry, the covariance of two XDiag samples (as :func:`hessop.solvers.probes.pair_covariance`).
+
+    ``Δ_ij``, the change of sample ``i`` when ``ω_j`` also leaves the sketch, is
+    ``(Qu) ⊙ (Zu) - (uᵀr_i) ω_i ⊙ (Qu)`` with ``u = (s_j - γ s_i)/√(1-γ²)``,
+    ``γ = s_iᵀs_j``; the covariance estimate is the mean of ``Δ_ij ⊙ Δ_ji`` over ordered
+    pairs. ``O(n k²)`` work on the device, on ``(n, PAIR_CHUNK)`` temporaries; no product.
+    """
+    xp, k = lm.xp, S.shape[1]
+    if k < 3:
+        return lm.zeros((QS.shape[0],))
+    G = S.T @ S
+    SR = S.T @ R  # SR[j, i] = s_jᵀ r_i
+    dSR = np.diag(SR)
+    acc = lm.zeros((QS.shape[0],))
+    for i in range(k):
+        g = G[i]
+        ok = (1.0 - g**2 > 1e-10) & (np.arange(k) != i)
+        r = np.where(ok, np.sqrt(np.abs(1.0 - g**2)), 1.0)
+        w, gd = ok / r, g
+        a, b = (SR[:, i] - g * dSR[i]) / r, (SR[i, :] - g * dSR) / r
+        qi, zi, oi = QS[:, i:i + 1], ZS[:, i:i + 1], Om[:, i:i + 1]
+        for lo in range(0, k, PAIR_CHUNK):  # (n, PAIR_CHUNK) temporaries, whatever k
+            hi = min(lo + PAIR_CHUNK, k)
+            wc, gc, ac, bc = (lm.asarray(v[None, lo:hi]) for v in (w, gd, a, b))
+            q, z = QS[:, lo:hi], ZS[:, lo:hi]
+            QU, ZU = (q - qi * gc) * wc, (z - zi * gc) * wc  # Q u_ij, Z u_ij over j in the chunk
+            D = QU * (ZU - oi * ac)
+            QV, ZV = (qi - q * gc) * wc, (zi - z * gc) * wc  # Q u_ji, Z u_ji
+            E = QV * (ZV - Om[:, lo:hi] * bc)
+            acc = acc + xp.sum(D * E, axis=1)
+    return acc / (k * (k - 1))

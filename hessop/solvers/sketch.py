@@ -24,7 +24,7 @@ import scipy.linalg
 
 from .._collective import check_arguments
 from ._linear_map import as_linear_map
-from .probes import check_method, check_seed, host64, mean_stderr, probes
+from .probes import Interrupted, apply_blocks, check_method, check_seed, host64, mean_stderr, probes
 
 __all__ = ["SketchResult", "sketch"]
 
@@ -45,11 +45,16 @@ class SketchResult:
         of the approximation, a lower bound of ``tr(A)`` for PSD ``A``.
     trace_stderr : float
         Standard error of ``trace`` for Rademacher (spread of the ``d`` column
-        samples ``d·s_jᵀAs_j``); not defined for Nyström, whose trace is a bound, not
-        an estimate (NaN; use :func:`~hessop.solvers.trace.trace` for one).
+        samples ``d·s_jᵀAs_j``, Student-t widened as in :func:`~hessop.solvers.trace.trace`; from
+        fewer than 60 columns it is not calibrated: use :func:`~hessop.solvers.trace.trace` for an
+        error bar); not defined for Nyström, whose trace is a bound, not an estimate (NaN).
     num_matvecs : int
     kind : str
     refined : bool
+        ``False`` also when an interrupt came during the refinement.
+    converged : bool
+        ``False`` when a ``KeyboardInterrupt`` stopped the products: the sketch then has the
+        ``d' < d`` columns whose products finished (``eigenvalues`` has ``d'`` entries).
     """
 
     eigenvalues: np.ndarray
@@ -58,10 +63,11 @@ class SketchResult:
     num_matvecs: int
     kind: str
     refined: bool
+    converged: bool = True
 
 
 def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine: bool = False,
-           check_symmetric: bool = True) -> SketchResult:
+           check_symmetric: bool = True, block_size: int = 16) -> SketchResult:
     """Sketch a symmetric operator down to ``d x d`` and return the sketch's spectrum.
 
     Parameters
@@ -79,6 +85,10 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
         Replace the sketch eigenvalues by Ritz values of ``A`` on ``span(AΩ)``.
     check_symmetric : bool
         Test symmetry with two products first.
+    block_size : int
+        Columns per batched product; a ``KeyboardInterrupt`` keeps the finished blocks
+        and returns the sketch of those columns (``converged=False``), or the unrefined
+        sketch if it came during the refinement. With no finished column it propagates.
 
     Returns
     -------
@@ -90,9 +100,19 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
     lm = as_linear_map(A, check_symmetric=check_symmetric, seed=seed)
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= lm.n:
         raise ValueError(f"sketch size d must be an int between 1 and n = {lm.n}; got {d!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int; got {block_size!r}")
     d, xp = int(d), lm.xp
     Om = probes(lm, seed, range(d), "rademacher" if kind == "rademacher" else "gaussian")
-    Y = lm(Om)
+    done = True
+    try:
+        Y = apply_blocks(lm, Om, int(block_size))
+    except Interrupted as exc:
+        Y, done = exc.done, False
+        if Y.shape[1] == 0:
+            raise KeyboardInterrupt from None
+        d = int(Y.shape[1])
+        Om = Om[:, :d]
     if kind == "rademacher":
         B = host64(Om.T @ Y) / d
         eigs = scipy.linalg.eigvalsh(0.5 * (B + B.T))[::-1]
@@ -101,13 +121,18 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
     else:
         eigs = _nystrom_eigenvalues(lm, Om, Y)
         tr, tr_err = float(np.sum(eigs)), math.nan
-    if refine:
+    refined = bool(refine) and done
+    if refined:
         Q, _ = xp.linalg.qr(Y)
-        H = host64(Q.T @ lm(Q))
-        eigs = scipy.linalg.eigvalsh(0.5 * (H + H.T))[::-1]
-        if kind == "nystrom":
-            tr = float(np.sum(eigs))
-    return SketchResult(np.ascontiguousarray(eigs), tr, tr_err, lm.num_matvecs, kind, bool(refine))
+        try:
+            H = host64(Q.T @ apply_blocks(lm, Q, int(block_size)))
+        except Interrupted:
+            refined = done = False
+        else:
+            eigs = scipy.linalg.eigvalsh(0.5 * (H + H.T))[::-1]
+            if kind == "nystrom":
+                tr = float(np.sum(eigs))
+    return SketchResult(np.ascontiguousarray(eigs), tr, tr_err, lm.num_matvecs, kind, refined, done)
 
 
 def _nystrom_eigenvalues(lm, Om, Y) -> np.ndarray:

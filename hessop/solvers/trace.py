@@ -14,6 +14,7 @@ networks) Hutch++ and XTrace reach a given accuracy with far fewer products.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 
 from .._collective import check_arguments
 from ._linear_map import LinearMap, as_linear_map
-from .probes import (blocks, check_budget, check_kind, check_method, check_seed, gather, host64, loo_directions,
-                     mean_stderr, mine, probe_comm, probes)
+from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
+                     check_seed, gather, host64, loo_directions, mean_stderr, mine, pair_covariance, probe_comm, probes,
+                     t_factor, warn_uncalibrated)
 
 __all__ = ["TraceResult", "trace"]
 
@@ -32,8 +34,8 @@ METHODS = ("xtrace", "hutch++", "hutchinson")
 MINIMUM = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
 """Fewest products that still give a standard error: two samples for the stochastic part."""
 FIRST_ROUND = 16
-"""Adaptive mode: sketch size of the first Hutch++/XTrace round (Hutchinson starts with twice as many
-probes). Fewer samples make the standard error itself too noisy to stop on."""
+"""Adaptive mode: sketch size of the first Hutch++/XTrace round (Hutchinson starts with
+``MIN_CALIBRATED["hutchinson"]`` probes). Fewer samples make the standard error itself too noisy to stop on."""
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,27 @@ class TraceResult:
     Attributes
     ----------
     estimate, stderr : float
-        The estimate and its standard error (from the spread of ``samples``).
+        The estimate and its standard error: the spread of ``samples`` over ``√m``, plus for
+        XTrace the covariance of its exchangeable samples, widened by the Student-t factor
+        :func:`~hessop.solvers.probes.t_factor` so that ``estimate ± 2 stderr`` is a 95% interval
+        (measured coverage: docs/numerics.md).
     num_matvecs : int
         Products this call spent (including the symmetry probe; in a
         probe-parallel run, summed over ranks).
     method : str
     converged : bool
-        ``False`` when ``rtol`` was not reached within the budget, or the run was interrupted.
+        ``False`` when ``rtol`` was not reached within the budget (with a ``RuntimeWarning``), or the
+        run was interrupted (then the estimate uses the products finished before the interrupt).
     samples : numpy.ndarray
         Host float64 samples whose mean is ``estimate``: ``z_iᵀ A z_i`` (Hutchinson),
         ``tr(QᵀAQ) + g_iᵀ(I-QQᵀ)A(I-QQᵀ)g_i`` (Hutch++), the leave-one-out
-        estimates (XTrace).
+        estimates (XTrace); an interrupted sketched run may fall back to ``z_iᵀ A z_i`` of its
+        finished sketch products (``method`` then says ``"hutchinson"``).
+    calibrated : bool
+        ``True`` when the standard error rests on at least
+        :data:`~hessop.solvers.probes.MIN_CALIBRATED` samples (60 Hutchinson probes, 16 Hutch++
+        residual probes, 12 XTrace test vectors), from which ``± 2 stderr`` is measured
+        to cover the trace 93-97% of the time; ``False`` (with a ``RuntimeWarning``) otherwise.
     """
 
     estimate: float
@@ -62,6 +74,7 @@ class TraceResult:
     method: str
     converged: bool
     samples: np.ndarray
+    calibrated: bool = True
 
     @property
     def num_probes(self) -> int:
@@ -69,7 +82,12 @@ class TraceResult:
         return int(self.samples.size)
 
     def confidence_interval(self, level: float = 0.95) -> tuple[float, float]:
-        """A normal-approximation confidence interval ``estimate ± z·stderr``."""
+        """The interval ``estimate ± z·stderr`` with ``z`` the normal quantile of ``level``.
+
+        ``stderr`` already carries the Student-t widening for its sample size, so the interval
+        is calibrated at ``level ≈ 0.95`` (``z ≈ 2``); far out in the tails (``level > 0.99``) it
+        may be optimistic for small samples.
+        """
         z = float(scipy.stats.norm.ppf(0.5 + level / 2))
         return self.estimate - z * self.stderr, self.estimate + z * self.stderr
 
@@ -110,12 +128,18 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
 
     Notes
     -----
-    A ``KeyboardInterrupt`` returns the estimate from the probes (Hutchinson) or
-    the last complete round (adaptive Hutch++/XTrace) gathered so far, with
-    ``converged=False``; with nothing finished yet, or in a multi-rank run, it
-    propagates. The Hutch++ standard error is conditional on the sketch: it
-    measures only the Hutchinson part, and with few residual probes on a spectrum
-    whose outliers the sketch missed it can be optimistic.
+    A ``KeyboardInterrupt`` (products run in blocks of ``block_size``) returns the
+    estimate from what was finished, with ``converged=False``: the probes
+    (Hutchinson), the last complete round (adaptive Hutch++/XTrace), XTrace on the
+    test vectors whose two products are done, or else Hutchinson on the finished
+    sketch products; with nothing finished yet, or in a multi-rank run, it
+    propagates. The Hutch++ standard error is conditional on the sketch (the top
+    part is exact given it; the residual probes are independent of it), so it is
+    calibrated like Hutchinson's. XTrace's samples share their test vectors and
+    are positively correlated: the spread alone underestimates the error by up to
+    1.7x (measured); the standard error adds their covariance, estimated from how
+    each sample changes when another test vector leaves the sketch (see
+    :func:`~hessop.solvers.probes.pair_covariance`).
     """
     check_arguments("trace", A, comm, method=method, num_matvecs=num_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
@@ -134,20 +158,44 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     overhead = lm.num_matvecs * comm.size
     with tqdm(total=budget, disable=not progress, desc=f"trace ({method})", unit="matvec") as bar:
         if method == "hutchinson":
-            samples, converged = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
+            samples, stop = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
+            cov, used_method = 0.0, method
         else:
             step = _xtrace_round if method == "xtrace" else _hutchpp_round
-            samples, converged = _sketched(lm, step, budget, rtol, probe, seed, bar)
+            samples, cov, stop, used_method = _sketched(lm, step, budget, rtol, probe, seed, bar, block_size)
+    converged = stop == "converged"
     # one product per Hutchinson probe over all ranks; a single process counts its own (interrupted ones too)
     used = lm.num_matvecs if comm.size == 1 else samples.size + overhead
-    estimate, stderr = mean_stderr(samples)
-    return TraceResult(float(estimate), float(stderr), used, method, converged, samples)
+    estimate, stderr = _estimate(samples, cov)
+    calibrated = samples.size >= MIN_CALIBRATED[used_method]
+    if not calibrated:
+        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method])
+    if stop == "budget":
+        warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {stderr / max(abs(estimate), 1e-300):.2g} of "
+                      f"the estimate after {used} products; raise num_matvecs (now {budget}) or loosen rtol",
+                      RuntimeWarning, stacklevel=2)
+    return TraceResult(float(estimate), float(stderr), used, used_method, converged, samples, calibrated)
+
+
+def _estimate(samples: np.ndarray, cov: float) -> tuple[float, float]:
+    """Mean and standard error of exchangeable samples whose pairwise covariance is ``cov``.
+
+    ``Var(mean) = σ²/m + (m-1)/m · c`` while the sample variance estimates ``σ² - c``, so
+    ``s²/m + c`` is unbiased for it; a negative ``c`` estimate is not used (it would only shrink
+    the error bar). The result is widened by :func:`~hessop.solvers.probes.t_factor`.
+    """
+    m = samples.size
+    mean = float(samples.mean())
+    if m < 2:
+        return mean, math.inf
+    var = float(samples.var(ddof=1)) / m + max(float(cov), 0.0)
+    return mean, math.sqrt(var) * t_factor(m)
 
 
 def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
     """Rounds of probes until the budget or ``rtol``; one all-reduce per round."""
     samples = np.zeros(0)
-    size = budget if rtol is None else min(budget, max(2 * FIRST_ROUND, comm.size))
+    size = budget if rtol is None else min(budget, max(MIN_CALIBRATED["hutchinson"], comm.size))
     try:
         while size > 0:
             start = samples.size
@@ -160,52 +208,65 @@ def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
                 bar.update(len(idx) * comm.size)
             samples = np.concatenate([samples[:start], gather(comm, local)])
             if rtol is None:
-                return samples, True
+                return samples, "converged"
             mean, err = mean_stderr(samples)
             if err <= rtol * abs(mean):
-                return samples, True
+                return samples, "converged"
             wanted = samples.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
             size = int(min(budget - samples.size, samples.size, max(comm.size, math.ceil(1.1 * wanted) - samples.size)))
     except KeyboardInterrupt:
         if comm.size > 1 or samples.size == 0:
             raise
-    return samples, False
+        return samples, "interrupt"
+    return samples, "budget"
 
 
-def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar):
+def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, block_size):
     """Hutch++ / XTrace: one round with the whole budget, or doubling rounds for ``rtol``.
 
-    ``step(lm, k, cache, kind, seed, spare)`` runs one estimate with a
-    ``k``-column sketch (and may use ``spare`` more products); ``cache`` keeps
-    the sketch products so a larger round reuses them. A round costs
-    ``cost(k, cached)`` products.
+    ``step(lm, k, cache, kind, seed, spare, block_size)`` runs one estimate with a
+    ``k``-column sketch (and may use ``spare`` more products) and returns
+    ``(samples, covariance, complete)``; ``cache`` keeps the sketch products so a
+    larger round reuses them. A round costs ``cost(k, cached)`` products.
+    Returns ``(samples, covariance, stop, method)``, ``stop`` one of ``"converged"``
+    (``rtol`` reached, or the fixed budget spent), ``"budget"``, ``"interrupt"``.
     """
     cost = _COST[step]
+    name = "xtrace" if step is _xtrace_round else "hutch++"
     cache: dict = {}
     k = _largest(lambda k: cost(k, 0) <= budget, 1, min(budget, lm.n))  # a sketch wider than n adds nothing
     if rtol is not None:
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
-    samples, start = None, lm.num_matvecs
+    last, start = None, lm.num_matvecs
     try:
         while True:
             before = lm.num_matvecs
-            samples = step(lm, k, cache, kind, seed, spare)
+            samples, cov, complete = step(lm, k, cache, kind, seed, spare, block_size)
             bar.update(lm.num_matvecs - before)
+            if not complete:  # interrupted inside the round: keep whichever has more test vectors
+                if last is None or samples.size > last[0].size:
+                    last = (samples, cov)
+                raise KeyboardInterrupt
+            last = (samples, cov)
             if rtol is None:
-                return samples, True
-            mean, err = mean_stderr(samples)
+                return samples, cov, "converged", name
+            mean, err = _estimate(samples, cov)
             if err <= rtol * abs(mean):
-                return samples, True
+                return samples, cov, "converged", name
             have, left = cache["Y"].shape[1], budget - (lm.num_matvecs - start)
             k_next = _largest(lambda j: cost(j, have) <= left, k, min(2 * k, lm.n))
             if k_next <= k:
-                return samples, False
+                return samples, cov, "budget", name
             k = k_next
     except KeyboardInterrupt:
-        if samples is None:
+        if last is not None:
+            return last[0], last[1], "interrupt", name
+        if not cache or cache["Y"].shape[1] == 0:
             raise
-    return samples, False
+    # interrupted while sketching: Hutchinson samples of the finished sketch products
+    wy = host64(lm.xp.sum(cache["Om"] * cache["Y"], axis=0))
+    return wy, 0.0, "interrupt", "hutchinson"
 
 
 def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
@@ -216,40 +277,63 @@ def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     return lo
 
 
-def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int):
-    """Sketch ``Ω`` with ``k`` columns and ``Y = AΩ``, computing only the columns not cached."""
+def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int, block_size: int):
+    """Sketch ``Ω`` with ``k`` columns and ``Y = AΩ``, computing only the columns not cached.
+
+    On Ctrl-C the finished columns are cached before the ``KeyboardInterrupt`` goes on.
+    """
     xp = lm.xp
     have = cache["Y"].shape[1] if cache else 0
     if k > have:
         Om = probes(lm, seed, range(have, k), kind, stream)
-        Y = lm(Om)
+        try:
+            Y, stop = apply_blocks(lm, Om, block_size), None
+        except Interrupted as exc:
+            Y, stop = exc.done, KeyboardInterrupt()
+        Om = Om[:, :Y.shape[1]]
         cache["Om"] = Om if not have else xp.concat([cache["Om"], Om], axis=1)
         cache["Y"] = Y if not have else xp.concat([cache["Y"], Y], axis=1)
+        if stop is not None:
+            raise stop
     return cache["Om"][:, :k], cache["Y"][:, :k]
 
 
-def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int) -> np.ndarray:
-    """The ``k`` exchangeable XTrace samples from ``k`` test vectors (``2k`` products).
+def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int):
+    """The ``k`` exchangeable XTrace samples from ``k`` test vectors (``2k`` products), and their covariance.
 
     With ``Y = AΩ = QR``, leaving test vector ``i`` out removes from ``range(Q)``
     the unit direction ``Q s_i``, ``s_i ∝ R⁻ᵀ e_i``, so every leave-one-out
     estimate ``tr(P_i A) + ω_iᵀ(I-P_i)A(I-P_i)ω_i`` costs only ``k x k`` algebra.
+    Interrupted while computing ``Z = AQ``, the first ``j`` columns of ``Q`` span
+    the first ``j`` columns of ``Y``, so the samples of those ``j`` test vectors
+    come with no further product (``complete=False``). With ``k = n`` test vectors
+    ``Q`` spans the whole space and every sample is the exact ``tr(QᵀAQ)``.
     """
     xp = lm.xp
-    Om, Y = _extend(lm, cache, k, kind, seed, stream=None)
+    Om, Y = _extend(lm, cache, k, kind, seed, None, block_size)
     Q, R = xp.linalg.qr(Y)
-    Z = lm(Q)
+    try:
+        Z, complete = apply_blocks(lm, Q, block_size), True
+    except Interrupted as exc:
+        Z, complete = exc.done, False
+        j = int(Z.shape[1])
+        if j < 2:
+            raise KeyboardInterrupt from None
+        Om, Y, Q, R = Om[:, :j], Y[:, :j], Q[:, :j], R[:j, :j]
     R, H, W, T = (host64(M) for M in (R, Q.T @ Z, Q.T @ Om, Z.T @ Om))
     wy = host64(xp.sum(Om * Y, axis=0))
     H = 0.5 * (H + H.T)
+    if H.shape[0] >= lm.n:  # Q is a basis of the whole space: tr(QᵀAQ) is the trace itself
+        return np.full(H.shape[0], np.trace(H)), 0.0, complete
     S = loo_directions(R)
     c = np.sum(S * W, axis=0)
     V = W - S * c
-    return (np.trace(H) - np.sum(S * (H @ S), axis=0) + wy - 2 * np.sum(T * V, axis=0)
-            + np.sum(V * (H @ V), axis=0))
+    samples = (np.trace(H) - np.sum(S * (H @ S), axis=0) + wy - 2 * np.sum(T * V, axis=0)
+               + np.sum(V * (H @ V), axis=0))
+    return samples, pair_covariance(S, H, W, T - H @ V), complete
 
 
-def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int) -> np.ndarray:
+def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int):
     """Hutch++ samples: a ``k``-column sketch and ``k + spare`` residual probes (``3k + spare`` products).
 
     Sketch probes use stream 0, residual probes stream 1, so both families are
@@ -257,14 +341,16 @@ def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spa
     """
     xp = lm.xp
     l = k + spare
-    _, Y = _extend(lm, cache, k, kind, seed, stream=0)
+    _, Y = _extend(lm, cache, k, kind, seed, 0, block_size)
     Q, _ = xp.linalg.qr(Y)
     Z = lm(Q)
     top = float(np.trace(host64(Q.T @ Z)))
+    if k >= lm.n:  # the sketch spans the whole space: nothing is left to estimate
+        return np.full(max(l, 2), top), 0.0, True
     G = probes(lm, seed, range(l), kind, stream=1)
     G = G - Q @ (Q.T @ G)
     G = G - Q @ (Q.T @ G)
-    return top + host64(xp.sum(G * lm(G), axis=0))
+    return top + host64(xp.sum(G * lm(G), axis=0)), 0.0, True
 
 
 def _xtrace_cost(k: int, have: int) -> int:
