@@ -116,7 +116,8 @@ def test_demo_writes_a_complete_report_with_true_numbers(tmp_path, capsys):
 
 def test_lm_demo_reports_the_transformer_blocks_with_true_numbers(tmp_path, capsys):
     out = tmp_path / "lm"
-    assert main(["demo", "--task", "lm", "--budget", "small", "--out", str(out), "--quiet", "--json"]) == 0
+    assert main(["demo", "--task", "lm", "--budget", "small", "--dtype", "float64", "--out", str(out), "--quiet",
+                 "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["status"] == "complete" and doc["config"]["task"] == "lm"
     rows = doc["steps"]["layerwise"]["rows"]

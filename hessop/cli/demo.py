@@ -30,7 +30,7 @@ HESSIAN_BATCH = 512
 
 LM_DEMO = {
     "full": {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 64, "train_steps": 400,
-             "hessian_batches": 8, "hessian_batch_size": 8, "text_chars": 200_000},
+             "hessian_batches": 4, "hessian_batch_size": 8, "text_chars": 200_000},
     "small": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16, "train_steps": 20,
               "hessian_batches": 2, "hessian_batch_size": 4, "text_chars": 20_000},
 }
@@ -106,7 +106,7 @@ def demo_lm(args: Any) -> int:
         "model": (f"GPT, {problem['n_layer']} layers, width {problem['n_embd']}, {problem['n_head']} heads, "
                   f"context {problem['block_size']}"),
         **problem,
-        "dtype": args.dtype or "float64",
+        "dtype": args.dtype or "float32",
         "seed": args.seed,
         "budget": budget.to_dict(),
         "steps": ["train", *steps],

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits: an MLP on scikit-learn's digits (default); lm: a character-level GPT on the "
                       "Python standard library's source, with a block-wise table (embeddings, attention, MLP, "
                       "norms, head)")
-    _common(demo, default_dtype="float64", default_threads=1)
+    _common(demo, default_dtype="float64 for digits, float32 for lm", default_threads=1)
 
     analyze = sub.add_parser(
         "analyze", help="report the Hessian's spectrum of your own model and data",
@@ -78,7 +78,7 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threa
     run.add_argument("--out", default="hessop-report", metavar="DIR", help="report folder (default: hessop-report)")
     run.add_argument("--budget", choices=("full", "small"), default="full",
                      help="work per analysis: full, or small for a run of a few seconds (default: full)")
-    run.add_argument("--dtype", choices=("float32", "float64"), default=default_dtype,
+    run.add_argument("--dtype", choices=("float32", "float64"), default=None,
                      help=f"precision of the analyses (default: {default_dtype or 'the model’s own'})")
     run.add_argument("--threads", type=int, default=default_threads, metavar="N",
                      help="torch CPU threads (default: " + ("1, the demo's model is too small to gain from more"
