@@ -141,6 +141,25 @@ def test_check_agree_with_a_sum_only_communicator_raises_on_every_rank():
     assert all("disagree on the weights" in m for m in said) and calls == [1, 1]
 
 
+@pytest.mark.parametrize("native_max", [True, False])
+def test_solver_arguments_are_compared_over_any_communicator(native_max):
+    """The argument check uses the contract's maximum, so a communicator of sums only is checked too."""
+    pytest.importorskip("torch")
+    from test_trace import ThreadComm
+    from test_trace import run_ranks as run_threads
+
+    from hessop.solvers.trace import trace
+    from hessop.testing import SpectralOperator, nn_like_spectrum
+
+    class SumOnly(ThreadComm):
+        allreduce_max = Communicator.allreduce_max
+
+    A = SpectralOperator(nn_like_spectrum(40))
+    with pytest.raises(RankDisagreementError, match=r"called trace with different arguments \(seed; rank \d passed"):
+        run_threads(2, lambda c: trace(A, method="hutchinson", num_matvecs=8, seed=c.rank, comm=c),
+                    ThreadComm if native_max else SumOnly)
+
+
 def test_as_comm_takes_the_contract_not_a_look_alike():
     """Anything with the methods used to pass; now a communicator subclasses the base, and is told so."""
 
