@@ -10,7 +10,7 @@ limit. The helpers here turn such a check into a collective one:
   the same type naming the rank and its message);
 * :func:`check_arguments` compares a solver's arguments (``k``, ``which``,
   ``tol``, ``seed``, budgets, start vector) across ranks with one small
-  all-reduce and raises :class:`~hessop.distributed.RankDisagreementError` on
+  all-reduce and raises :class:`~hessop.comm.RankDisagreementError` on
   every rank if any differs, naming the argument.
 
 An exception raised on every rank this way is *marked* collective
@@ -27,44 +27,13 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from ._array import namespace
+from .comm.base import RankDisagreementError, checksum, is_collective, mark
+from .distributed import as_comm
+
+__all__ = ["together", "summed", "check_arguments", "mark", "is_collective"]
+
 T = TypeVar("T")
-_MARK = "hessop_collective"
-
-
-def mark(exc: BaseException) -> BaseException:
-    """Mark ``exc`` as raised on every rank alike; returns it."""
-    try:
-        setattr(exc, _MARK, True)
-    except AttributeError:  # pragma: no cover - exceptions with __slots__
-        pass
-    return exc
-
-
-def is_collective(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) was raised on every rank alike."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if getattr(exc, _MARK, False):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _comm(comm: Any) -> Any:
-    from .distributed import as_comm
-
-    return as_comm(comm)
-
-
-def _max(comm: Any, x: np.ndarray) -> np.ndarray:
-    """Entry-wise maximum over ranks (through a broadcast-free sum for communicators without a max)."""
-    x = np.asarray(x, dtype=np.float64)
-    if hasattr(comm, "allreduce_max"):
-        return np.asarray(comm.allreduce_max(x), dtype=np.float64)
-    table = np.zeros((comm.size, x.size))
-    table[comm.rank] = x.ravel()
-    return np.asarray(comm.allreduce(table), dtype=np.float64).max(axis=0).reshape(x.shape)
 
 
 def together(comm: Any, step: Callable[[], T], what: str = "", known: tuple[type, ...] = ()) -> T:
@@ -84,7 +53,7 @@ def together(comm: Any, step: Callable[[], T], what: str = "", known: tuple[type
         Types the other ranks may raise by name besides the built-in ones
         (their constructor must take one message); others become ``RuntimeError``.
     """
-    comm = _comm(comm)
+    comm = as_comm(comm)
     if comm.size == 1:
         return step()
     try:
@@ -105,7 +74,7 @@ def summed(comm: Any, reduce: Callable[[Any], T], local: Callable[[], Any], fail
     (a non-finite sum, one cheap test) do the ranks exchange who failed, and
     all raise. With one process this is ``reduce(local())``.
     """
-    comm = _comm(comm)
+    comm = as_comm(comm)
     if comm.size == 1:
         return reduce(local())
     try:
@@ -122,8 +91,6 @@ def summed(comm: Any, reduce: Callable[[Any], T], local: Callable[[], Any], fail
 def _finite(x: Any) -> bool:
     if not hasattr(x, "shape"):
         return math.isfinite(float(x))
-    from ._array import namespace
-
     xp = namespace(x)
     return bool(xp.all(xp.isfinite(xp.sum(x))))
 
@@ -131,7 +98,7 @@ def _finite(x: Any) -> bool:
 def _raise_everywhere(comm: Any, err: BaseException | None, what: str, known: tuple[type, ...] = ()) -> None:
     """Collective: return if no rank holds an error, else raise on every rank (the first failing rank's)."""
     flag = np.array([float(comm.size - comm.rank) if err is not None else 0.0])
-    top = int(_max(comm, flag)[0])
+    top = int(comm.allreduce_max(flag)[0])
     if top == 0:
         return
     first = comm.size - top
@@ -153,8 +120,6 @@ def _raise_everywhere(comm: Any, err: BaseException | None, what: str, known: tu
 def _fingerprint(value: Any) -> float:
     """A float that equals on two ranks exactly when ``value`` does (52 bits of a hash)."""
     if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
-        from .distributed import checksum
-
         text = repr((tuple(int(s) for s in value.shape), str(value.dtype), checksum(value).tolist()))
     elif isinstance(value, (list, tuple)):
         text = repr(tuple(_fingerprint(v) for v in value))
@@ -173,15 +138,13 @@ def _show(value: Any) -> str:
 
 
 def check_arguments(solver: str, A: Any = None, comm: Any = None, **arguments: Any) -> None:
-    """Raise :class:`~hessop.distributed.RankDisagreementError` on every rank if ``arguments`` differ.
+    """Raise :class:`~hessop.comm.RankDisagreementError` on every rank if ``arguments`` differ.
 
     Checked over the operator's communicator (``A.comm``, data-parallel) and
     over ``comm`` (probe-parallel), whichever has more than one process; one
-    all-reduce of two floats per argument each. A communicator without
-    ``allreduce_max`` (sums only) is not checked: the check would cost it a
-    table of all ranks. Call it first thing in a
-    solver: ranks that stop after different numbers of products would leave
-    one of them waiting forever.
+    :meth:`~hessop.comm.Communicator.allreduce_max` of two floats per argument
+    each. Call it first thing in a solver: ranks that stop after different
+    numbers of products would leave one of them waiting forever.
 
     Parameters
     ----------
@@ -191,26 +154,24 @@ def check_arguments(solver: str, A: Any = None, comm: Any = None, **arguments: A
     comm : communicator, optional
     **arguments
         Numbers, strings, ``None``, tuples of them, or arrays (compared by
-        :func:`~hessop.distributed.checksum`).
+        :func:`~hessop.comm.checksum`).
     """
-    from .distributed import RankDisagreementError
-
     comms = []
     for c in (getattr(A, "comm", None), comm):
         if c is None:
             continue
         try:
-            c = _comm(c)
+            c = as_comm(c)
         except TypeError:
             continue
-        if c.size > 1 and hasattr(c, "allreduce_max") and all(c is not d for d in comms):
+        if c.size > 1 and all(c is not d for d in comms):
             comms.append(c)
     if not comms:
         return
     names = list(arguments)
     mine = np.array([_fingerprint(arguments[k]) for k in names])
     for c in comms:
-        spread = _max(c, np.concatenate([mine, -mine]))
+        spread = np.asarray(c.allreduce_max(np.concatenate([mine, -mine])), dtype=np.float64)
         differs = spread[: len(names)] != -spread[len(names):]
         if differs.any():
             bad = [names[i] for i in np.flatnonzero(differs)]

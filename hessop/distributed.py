@@ -1,11 +1,13 @@
-"""Communicators: how processes add up their partial Hessian-vector products.
+"""Running on several processes: choosing the communicator, sharding the data, ending a failed job.
 
-A communicator has a ``rank``, a ``size``, a sum all-reduce of a native array
-(:meth:`allreduce`), of a float (:meth:`allreduce_scalar`), a :meth:`broadcast`
-of a picklable object, a :meth:`barrier`, an :meth:`abort` and a cheap
-cross-rank agreement test (:meth:`check_agree`). :class:`SerialComm` is the
-one-process case and costs nothing; :class:`hessop._mpi.MPIComm` runs on
-``mpi4py``.
+The communicators themselves live in :mod:`hessop.comm` (the contract
+:class:`~hessop.comm.Communicator`, :class:`SerialComm`,
+:class:`~hessop.comm.mpi.MPIComm`, :class:`~hessop.comm.torch_dist.TorchDistComm`).
+This module turns what a user passes as ``comm=`` into one (:func:`as_comm`,
+:func:`world`), gives each rank its share of the data (:func:`shard`), and ends
+the whole job when one process fails (:class:`abort_on_error`,
+:func:`abort_on_uncaught`). :class:`SerialComm`, :class:`RankDisagreementError`,
+:func:`checksum` and :func:`check_agree` are importable from here as well.
 
 Data-parallel use, one process per shard of the data::
 
@@ -28,155 +30,65 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, Iterable, Iterator
 
-import numpy as np
+from .comm.base import Communicator, RankDisagreementError, checksum, is_collective
+from .comm.mpi import MPIComm
+from .comm.serial import SerialComm
 
-from ._array import Array, to_numpy
-from ._collective import is_collective, mark
-
-
-class RankDisagreementError(RuntimeError):
-    """Processes that must hold the same value (parameters, a solver's vector) hold different ones."""
-
-
-class SerialComm:
-    """A communicator of one process: every reduction is the identity."""
-
-    rank = 0
-    size = 1
-
-    def allreduce(self, x: Array) -> Array:
-        """Sum of ``x`` over all processes (here: ``x`` itself)."""
-        return x
-
-    def allreduce_scalar(self, value: float) -> float:
-        """Sum of a float over all processes."""
-        return float(value)
-
-    def allreduce_max(self, x: np.ndarray) -> np.ndarray:
-        """Entry-wise maximum of a host array over all processes."""
-        return np.asarray(x)
-
-    def broadcast(self, obj: Any, root: int = 0) -> Any:
-        """``obj`` as held by rank ``root``."""
-        return obj
-
-    def barrier(self) -> None:
-        """Wait for every process (nothing to wait for here)."""
-
-    def abort(self, code: int = 1) -> None:
-        """End the program with exit status ``code``."""
-        raise SystemExit(code)
-
-    def check_agree(self, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
-        """One process always agrees with itself."""
-
-    def __repr__(self) -> str:
-        return "SerialComm()"
+__all__ = [
+    "as_comm", "world", "shard", "abort_on_error", "abort_on_uncaught", "check_agree", "checksum",
+    "Communicator", "SerialComm", "MPIComm", "RankDisagreementError",
+]
 
 
-def as_comm(comm: Any) -> Any:
-    """A hessop communicator from ``None`` (serial), an existing one, or an ``mpi4py`` communicator."""
+def as_comm(comm: Any) -> Communicator:
+    """A hessop communicator from ``None`` (serial), a :class:`~hessop.comm.Communicator`,
+    an ``mpi4py`` communicator or a ``torch.distributed`` process group.
+
+    An MPI communicator of more than one process also installs the job-ending
+    :data:`sys.excepthook` (see :func:`abort_on_uncaught`). A communicator of
+    your own subclasses :class:`~hessop.comm.Communicator`.
+    """
     if comm is None:
         return SerialComm()
-    if hasattr(comm, "allreduce_scalar"):
-        return comm
-    if type(comm).__module__.startswith("mpi4py"):
-        from ._mpi import MPIComm
+    if isinstance(comm, Communicator):
+        out = comm
+    elif type(comm).__module__.startswith("mpi4py"):
+        out = MPIComm(comm)
+    elif type(comm).__module__.startswith("torch.distributed"):
+        from .comm.torch_dist import TorchDistComm  # imports torch, which this module must not
 
-        return MPIComm(comm)
-    raise TypeError(
-        f"comm must be None, a hessop communicator or an mpi4py communicator, not {type(comm).__name__}"
-    )
+        out = TorchDistComm(comm)
+    else:
+        raise TypeError(
+            f"comm must be None, a hessop communicator (a subclass of hessop.comm.Communicator), an mpi4py "
+            f"communicator or a torch.distributed process group, not {type(comm).__name__}"
+        )
+    if isinstance(out, MPIComm) and out.size > 1:  # from now on an uncaught exception on one rank ends the job
+        install_default_abort(out)
+    return out
 
 
-def world() -> Any:
+def world() -> Communicator:
     """``MPI.COMM_WORLD`` as a hessop communicator, or :class:`SerialComm` when mpi4py is missing.
 
     Importing ``mpi4py`` initialises MPI; a script started without ``mpiexec``
     gets a world of one process.
     """
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # optional dependency
     except ImportError:
         return SerialComm()
-    from ._mpi import MPIComm
-
-    return MPIComm(MPI.COMM_WORLD)
-
-
-# -- cross-rank agreement ----------------------------------------------------------------------
-_CHECKSUM_NAMES = ("length", "count of NaN/Inf entries", "sum", "sum of squares", "position-weighted sum")
-
-
-def checksum(value: Any) -> np.ndarray:
-    """A short float64 fingerprint of a scalar or array: length, non-finite count, Σx, Σx², Σwᵢxᵢ.
-
-    The position-weighted sum (fixed weights ``wᵢ = sin(0.75 i + 0.5)``) makes a
-    permutation of the entries visible, which the plain moments would miss.
-    """
-    a = _host(value).ravel()
-    out = np.zeros(5)
-    out[0] = a.size
-    step = 1 << 20  # chunks keep the float64 temporaries small for large models
-    for start in range(0, a.size, step):
-        x = a[start:start + step].astype(np.float64)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            x[bad] = 0.0
-        w = np.sin(0.75 * np.arange(start, start + x.size) + 0.5)
-        out[1:] += bad.sum(), x.sum(), x @ x, x @ w
-    return out
-
-
-def _host(value: Any) -> np.ndarray:
-    if not hasattr(value, "shape"):
-        return np.asarray(value)
-    try:
-        return to_numpy(value)
-    except TypeError:  # torch bfloat16 has no numpy twin
-        return to_numpy(value.float())
+    return as_comm(MPI.COMM_WORLD)
 
 
 def check_agree(comm: Any, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
     """Raise :class:`RankDisagreementError` on every rank if ``value`` is not the same on all ranks.
 
-    Compares :func:`checksum` fingerprints with one small all-reduce (the
-    entry-wise maximum of ``(c, -c)`` gives every rank the spread), so it costs
-    one pass over ``value`` and a 10-float message. Every rank sees the same
-    spread, so either all ranks raise or none does: a failed check cannot leave
-    a process waiting in a collective.
-
-    Parameters
-    ----------
-    comm : communicator
-    value : scalar or array (any namespace)
-    what : str
-        Named in the error, e.g. ``"model parameters"``.
-    rtol : float
-        Allowed relative spread of each fingerprint entry (0: bitwise equal sums).
-    hint : str
-        What the user should do, appended to the error.
+    ``comm`` is anything :func:`as_comm` takes; the check is
+    :meth:`hessop.comm.Communicator.check_agree` (one pass over ``value`` and
+    one 10-float all-reduce).
     """
-    comm = as_comm(comm)
-    if comm.size == 1:
-        return
-    c = checksum(value)
-    if hasattr(comm, "allreduce_max"):
-        m = np.asarray(comm.allreduce_max(np.concatenate([c, -c])))
-        hi, lo = m[: c.size], -m[c.size :]
-        bad = bool(np.any(hi - lo > rtol * np.maximum(np.abs(hi), np.abs(lo))))
-        i = int(np.argmax(hi - lo > rtol * np.maximum(np.abs(hi), np.abs(lo))))
-        detail = f"its {_CHECKSUM_NAMES[i]} ranges from {lo[i]:.17g} to {hi[i]:.17g}"
-    else:  # a communicator with sums only: compare with rank 0's fingerprint
-        ref = np.asarray(comm.broadcast(c, 0))
-        mine = bool(np.any(np.abs(c - ref) > rtol * np.abs(ref)))
-        bad = comm.allreduce_scalar(float(mine)) > 0
-        detail = "some rank's fingerprint differs from rank 0's"
-    if bad:
-        raise mark(RankDisagreementError(
-            f"the {comm.size} ranks disagree on the {what} ({detail}); "
-            + (hint or "every rank must compute it from the same inputs and seeds")
-        ))
+    as_comm(comm).check_agree(value, what, rtol=rtol, hint=hint)
 
 
 # -- data sharding -----------------------------------------------------------------------------
@@ -291,8 +203,8 @@ class abort_on_error(contextlib.ContextDecorator):
 
     ``abort_on_error(comm).install()`` does the same for the rest of the script
     through :data:`sys.excepthook`. hessop installs that hook itself when an
-    MPI communicator of more than one process is first created (see
-    :func:`abort_on_uncaught`), so an uncaught exception ends the job even
+    MPI communicator of more than one process first passes through
+    :func:`as_comm` (see :func:`abort_on_uncaught`), so an uncaught exception ends the job even
     without this context manager. An exception raised on every rank alike (a
     collective check such as :class:`RankDisagreementError`) is printed by rank
     0 alone.
@@ -371,8 +283,9 @@ _uncaught = {"enabled": None, "installed": False}
 def abort_on_uncaught(enabled: bool = True) -> None:
     """Whether an uncaught exception on one MPI process ends the whole job (default: it does).
 
-    When an MPI communicator of more than one process is first created
-    (:func:`world`, ``hessian(..., comm=MPI.COMM_WORLD)``), hessop installs
+    When an MPI communicator of more than one process first passes through
+    :func:`as_comm` (:func:`world`, ``hessian(..., comm=MPI.COMM_WORLD)``, a
+    solver's ``comm=``), hessop installs
     :meth:`abort_on_error.install`'s :data:`sys.excepthook`: an exception that
     escapes the script on one rank prints ``rank r: <traceback>``, waits the
     grace second and calls ``MPI_Abort``, so the other ranks do not wait in
@@ -390,7 +303,7 @@ def _abort_enabled() -> bool:
 
 
 def install_default_abort(comm: Any) -> None:
-    """Install the job-ending excepthook once per process (called by the MPI communicator)."""
+    """Install the job-ending excepthook once per process (called by :func:`as_comm` for MPI)."""
     if _uncaught["installed"] or not _abort_enabled():
         return
     _uncaught["installed"] = True

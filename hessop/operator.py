@@ -21,6 +21,7 @@ from scipy.sparse.linalg import LinearOperator
 from ._array import Array, device_of, from_numpy, numpy_dtype, to_numpy
 from .backends.base import Backend
 from ._collective import summed
+from .comm.base import Communicator
 from .distributed import as_comm
 
 def _nan() -> float:
@@ -38,8 +39,9 @@ class HessianOperator(LinearOperator):
     ----------
     backend : Backend
         The framework's curvature-vector products over this process's data.
-    comm : communicator, optional
-        Adds the processes' partial products (default: one process).
+    comm : Communicator, mpi4py communicator or torch.distributed process group, optional
+        Adds the processes' partial products (default: one process); see
+        :func:`hessop.distributed.as_comm`.
 
     Notes
     -----
@@ -50,8 +52,8 @@ class HessianOperator(LinearOperator):
 
     def __init__(self, backend: Backend, comm: Any = None):
         self.backend = backend
-        self.comm = as_comm(comm)
-        if self.comm.size > 1 and hasattr(self.comm, "check_agree"):  # one 10-float all-reduce
+        self.comm: Communicator = as_comm(comm)
+        if self.comm.size > 1:  # one 10-float all-reduce
             self.comm.check_agree(backend.flat_params(), "model parameters",
                                   hint="every rank must build the same model (same seed or checkpoint)")
         n = backend.n

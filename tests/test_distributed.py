@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hessop.comm import Communicator
 from hessop.distributed import (
     RankDisagreementError,
     SerialComm,
@@ -117,25 +118,82 @@ def test_checksum_sees_values_permutations_lengths_and_nans():
 
 
 def test_check_agree_with_a_sum_only_communicator_raises_on_every_rank():
-    class SumComm:
-        """Two ranks simulated through one broadcast value and one summed flag."""
+    """A communicator implementing sums only checks through the base's maximum: one all-reduce of a table."""
+    pytest.importorskip("torch")
+    from test_trace import ThreadComm
+    from test_trace import run_ranks as run_threads
 
-        size, rank = 2, 0
+    class SumOnly(ThreadComm):
+        allreduce_max = Communicator.allreduce_max  # the contract's default, built from allreduce
 
-        def __init__(self, root_value, other_flag):
-            self.root, self.other = root_value, other_flag
+    def outcome(values):
+        def rank(comm):
+            try:
+                check_agree(comm, values[comm.rank], what="weights")
+            except RankDisagreementError as e:
+                return str(e)
+            return "agree"
 
-        def broadcast(self, obj, root=0):
-            return checksum(self.root)
+        return run_threads(2, rank, SumOnly)
+
+    assert outcome([np.ones(3), np.ones(3)]) == (["agree", "agree"], [1, 1])
+    said, calls = outcome([np.ones(3), np.zeros(3)])  # rank 0 agrees with itself, rank 1 does not
+    assert all("disagree on the weights" in m for m in said) and calls == [1, 1]
+
+
+@pytest.mark.parametrize("native_max", [True, False])
+def test_solver_arguments_are_compared_over_any_communicator(native_max):
+    """The argument check uses the contract's maximum, so a communicator of sums only is checked too."""
+    pytest.importorskip("torch")
+    from test_trace import ThreadComm
+    from test_trace import run_ranks as run_threads
+
+    from hessop.solvers.trace import trace
+    from hessop.testing import SpectralOperator, nn_like_spectrum
+
+    class SumOnly(ThreadComm):
+        allreduce_max = Communicator.allreduce_max
+
+    A = SpectralOperator(nn_like_spectrum(40))
+    with pytest.raises(RankDisagreementError, match=r"called trace with different arguments \(seed; rank \d passed"):
+        run_threads(2, lambda c: trace(A, method="hutchinson", num_matvecs=8, seed=c.rank, comm=c),
+                    ThreadComm if native_max else SumOnly)
+
+
+def test_as_comm_takes_the_contract_not_a_look_alike():
+    """Anything with the methods used to pass; now a communicator subclasses the base, and is told so."""
+
+    class LookAlike:
+        rank, size = 0, 1
+
+        def allreduce(self, x):
+            return x
 
         def allreduce_scalar(self, v):
-            return v + self.other
+            return float(v)
 
-    check_agree(SumComm(np.ones(3), 0.0), np.ones(3))
-    with pytest.raises(RankDisagreementError, match="disagree on the weights"):
-        check_agree(SumComm(np.ones(3), 0.0), np.zeros(3), what="weights")
-    with pytest.raises(RankDisagreementError):  # this rank agrees, the other one does not
-        check_agree(SumComm(np.ones(3), 1.0), np.ones(3))
+    with pytest.raises(TypeError, match="subclass of hessop.comm.Communicator"):
+        as_comm(LookAlike())
+    with pytest.raises(TypeError, match="abstract"):  # the contract is checked when the class is used
+        type("Half", (Communicator,), {"allreduce": lambda self, x: x})()
+    comm = FakeComm(1, 2)
+    assert as_comm(comm) is comm
+
+
+def test_communicators_import_nothing_above_them():
+    """hessop.comm is the bottom layer: its modules import each other and the array helpers, anywhere in them."""
+    import ast
+
+    files = sorted((ROOT / "hessop" / "comm").glob("*.py"))
+    assert {f.name for f in files} >= {"base.py", "serial.py", "mpi.py", "torch_dist.py"}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                assert (node.level, node.module) in ((1, "base"), (1, "serial"), (1, "mpi"), (2, "_array")), (
+                    f"{f.name} imports {'.' * node.level}{node.module}")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(n.split(".")[0] == "hessop" for n in names), f"{f.name} imports {names}"
 
 
 def test_abort_on_error_with_one_process_lets_the_exception_through():
@@ -336,6 +394,22 @@ def test_the_default_abort_hook_ends_the_job_and_can_be_turned_off(monkeypatch, 
     assert events == [("previous",)]
 
 
+def test_as_comm_installs_the_abort_hook_for_mpi_of_several_processes(monkeypatch):
+    """The hook comes with an MPI communicator of more than one process, whoever built it, and with no other."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from hessop import distributed
+    from hessop.comm.mpi import MPIComm
+
+    seen = []
+    monkeypatch.setattr(distributed, "install_default_abort", seen.append)
+    comm = MPIComm(MPI.COMM_SELF)
+    assert as_comm(comm) is comm and seen == []
+    comm.size = 2  # as if the job had two processes
+    assert as_comm(comm) is comm and seen == [comm]
+    as_comm(FakeComm(0, 2))
+    assert seen == [comm]
+
+
 def test_the_abort_hook_is_not_installed_when_opted_out_by_environment(monkeypatch):
     from hessop import distributed
 
@@ -424,7 +498,7 @@ def test_torch_dist_comm_needs_an_initialised_process_group():
     pytest.importorskip("torch")
     import torch.distributed as dist
 
-    from hessop.backends.torch_dist import TorchDistComm
+    from hessop.comm.torch_dist import TorchDistComm
 
     if dist.is_available() and dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
@@ -434,7 +508,7 @@ def test_torch_dist_comm_needs_an_initialised_process_group():
 
 def test_cuda_awareness_is_asked_of_mpi_and_can_be_overridden(monkeypatch):
     MPI = pytest.importorskip("mpi4py.MPI")
-    from hessop._mpi import CUDA_AWARE_ENV, MPIComm, cuda_aware
+    from hessop.comm.mpi import CUDA_AWARE_ENV, MPIComm, cuda_aware
 
     monkeypatch.setenv(CUDA_AWARE_ENV, "1")
     assert cuda_aware() is True

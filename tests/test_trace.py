@@ -6,6 +6,7 @@ import array_api_strict
 import numpy as np
 import pytest
 
+from hessop.comm import Communicator
 from hessop.solvers.trace import trace
 from hessop.testing import SpectralOperator, geometric_spectrum, low_rank_spectrum, nn_like_spectrum
 
@@ -30,22 +31,30 @@ def operator(lam, name="numpy", seed=3):
 
 # --- a communicator of threads, to run several "ranks" in one process ---------------------------
 
-class ThreadComm:
-    """Rank ``rank`` of ``size`` threads; ``allreduce`` sums numpy arrays across the threads."""
+class ThreadComm(Communicator):
+    """Rank ``rank`` of ``size`` threads; ``allreduce`` sums numpy arrays across the threads.
+
+    ``calls`` counts the array sums, as ``MPIComm.num_allreduce`` does; the
+    maximum behind the solvers' argument check is a separate collective, not
+    counted.
+    """
 
     def __init__(self, rank, size, slots, barrier, calls):
         self.rank, self.size, self._slots, self._barrier, self.calls = rank, size, slots, barrier, calls
 
-    def allreduce(self, x):
-        self.calls[self.rank] += 1
+    def _gather(self, x):
         self._slots[self.rank] = np.array(x, dtype=np.float64, copy=True)
         self._barrier.wait()
-        total = sum(self._slots)
+        parts = list(self._slots)
         self._barrier.wait()
-        return total
+        return parts
 
-    def allreduce_scalar(self, value):
-        return float(self.allreduce(np.array([value]))[0])
+    def allreduce(self, x):
+        self.calls[self.rank] += 1
+        return sum(self._gather(x))
+
+    def allreduce_max(self, x):
+        return np.maximum.reduce(self._gather(x))
 
     def broadcast(self, obj, root=0):
         return obj
@@ -53,15 +62,19 @@ class ThreadComm:
     def barrier(self):
         self._barrier.wait()
 
+    def abort(self, code=1):
+        raise SystemExit(code)
 
-def run_ranks(size, fn):
+
+def run_ranks(size, fn, comm_type=None):
     """``fn(comm)`` on ``size`` thread-ranks; returns the per-rank results and all-reduce counts."""
+    comm_type = comm_type or ThreadComm
     slots, barrier, calls = [None] * size, threading.Barrier(size, timeout=60), [0] * size
     results, errors = [None] * size, []
 
     def work(r):
         try:
-            results[r] = fn(ThreadComm(r, size, slots, barrier, calls))
+            results[r] = fn(comm_type(r, size, slots, barrier, calls))
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             errors.append(e)
             barrier.abort()

@@ -19,7 +19,7 @@ import scipy.sparse.linalg
 import torch
 from torch import nn
 
-from hessop.distributed import abort_on_error, shard, world
+from hessop.distributed import abort_on_error, as_comm, shard, world
 from hessop.factory import hessian
 from hessop.solvers.density import density
 from hessop.solvers.diagonal import diagonal
@@ -30,10 +30,11 @@ torch.set_num_threads(1)
 outdir = sys.argv[1]
 mismatch = sys.argv[2:] == ["mismatch"]
 if sys.argv[2:] == ["torchrun"]:
-    from hessop.backends.torch_dist import TorchDistComm
+    from hessop.comm.torch_dist import TorchDistComm
 
     torch.distributed.init_process_group("gloo")
-    comm = TorchDistComm()
+    comm = as_comm(torch.distributed.group.WORLD)  # a process group becomes a TorchDistComm
+    assert isinstance(comm, TorchDistComm), comm
 else:
     comm = world()
 

@@ -23,7 +23,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._array import Array, from_numpy, namespace, to_numpy
+from .._array import Array, from_numpy, namespace, to_numpy
+from .base import Communicator
 
 CUDA_AWARE_ENV = "HESSOP_MPI_CUDA_AWARE"
 """Environment variable that forces (``1``) or forbids (``0``) passing device buffers to MPI."""
@@ -54,7 +55,7 @@ def cuda_aware() -> bool:
         return False
 
 
-class MPIComm:
+class MPIComm(Communicator):
     """A hessop communicator over an ``mpi4py`` communicator.
 
     Parameters
@@ -74,6 +75,11 @@ class MPIComm:
     (partners add the same two partial sums, and IEEE addition is commutative,
     or one rank reduces a segment and sends it to all); the tests check it, and
     :meth:`check_agree` can verify any value a solver produces.
+
+    Obtained through :func:`hessop.distributed.as_comm` (as :func:`~hessop.distributed.world`
+    and every hessop function taking ``comm=`` do), a communicator of more than
+    one process also installs the job-ending :data:`sys.excepthook` (see
+    :func:`hessop.distributed.abort_on_uncaught`).
     """
 
     def __init__(self, comm: Any = None, *, cuda_aware: bool | None = None):
@@ -86,10 +92,6 @@ class MPIComm:
         self._cuda_aware = cuda_aware
         self.num_allreduce = 0
         """Array all-reduces done so far (one per Hessian product)."""
-        if self.size > 1:  # from now on an uncaught exception on one process ends the job
-            from .distributed import install_default_abort
-
-            install_default_abort(self)
 
     @property
     def cuda_aware(self) -> bool:
@@ -153,12 +155,6 @@ class MPIComm:
             self.comm.Abort(code)
         finally:
             os._exit(code)
-
-    def check_agree(self, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
-        """Raise on every rank if ``value`` differs across ranks; see :func:`hessop.distributed.check_agree`."""
-        from .distributed import check_agree
-
-        check_agree(self, value, what, rtol=rtol, hint=hint)
 
     def __repr__(self) -> str:
         name = self.comm.Get_name() or type(self.comm).__name__

@@ -23,11 +23,12 @@ import torch
 import torch.distributed as dist
 
 from .._array import Array, from_numpy, namespace, to_numpy
+from .base import Communicator
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-class TorchDistComm:
+class TorchDistComm(Communicator):
     """A hessop communicator over a ``torch.distributed`` process group.
 
     Parameters
@@ -96,12 +97,6 @@ class TorchDistComm:
     def abort(self, code: int = 1) -> None:
         """End this process at once with status ``code``; ``torchrun`` then stops the other workers."""
         os._exit(code)
-
-    def check_agree(self, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
-        """Raise on every rank if ``value`` differs across ranks; see :func:`hessop.distributed.check_agree`."""
-        from ..distributed import check_agree
-
-        check_agree(self, value, what, rtol=rtol, hint=hint)
 
     def __repr__(self) -> str:
         return f"TorchDistComm(backend={self.backend}, rank={self.rank}, size={self.size})"
