@@ -335,8 +335,8 @@ def test_one_ranks_bad_data_or_arguments_fail_on_every_rank(tmp_path):
         "empty_shard": ("ValueError", "rank 1 failed while building the Hessian: the data holds no samples"),
         "shuffled_on_one_rank": ("RuntimeError", "rank 1 failed while building the Hessian: the data loader yields"),
         "dtype": ("RankDisagreementError", "called hessian with different arguments (dtype;"),
-        "nan_in_first_batch": ("FloatingPointError", "rank 1 failed while building the Hessian: the model's output "
-                                                     "on the first batch holds NaN"),
+        "nan_in_first_batch": ("FloatingPointError", "rank 1 failed while building the Hessian: the data holds NaN "
+                                                     "or infinite values: the input of batch 0"),
         "nan_in_one_shard": ("FloatingPointError", "rank 1 failed in a product: the hessian-vector product of batch 1"),
         "eigsh_k": ("RankDisagreementError", "called eigsh with different arguments (k;"),
         "eigsh_which": ("RankDisagreementError", "called eigsh with different arguments (which;"),
@@ -428,7 +428,7 @@ def test_nan_in_the_first_batch_is_named_when_the_operator_is_built():
     x = torch.randn(4, 3, dtype=torch.float64)
     x[1, 2] = float("nan")
     model = torch.nn.Linear(3, 2).double()
-    with pytest.raises(FloatingPointError, match="output on the first batch holds NaN"):
+    with pytest.raises(FloatingPointError, match="the data holds NaN or infinite values: the input of batch 0"):
         hessian(model, torch.nn.CrossEntropyLoss(), [(x, torch.tensor([0, 1, 0, 1]))])
 
 
