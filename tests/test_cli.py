@@ -140,7 +140,7 @@ def test_lm_demo_reports_the_transformer_blocks_with_true_numbers(tmp_path, caps
     top = np.array(doc["steps"]["eigenvalues"]["eigenvalues"])
     np.testing.assert_allclose(top, arpack_top(H, top.size), rtol=1e-6)
     for row in rows:  # each block's top eigenvalue is its diagonal block's
-        block = H.restrict(*model.block_groups()[row["block"]])
+        block = H.restrict(*model.parameter_blocks()[row["block"]])
         assert row["top_eigenvalue"] == pytest.approx(arpack_top(block, 1)[0], rel=1e-6)
     assert "| attention 0 |" in (out / "report.md").read_text()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._collective import is_collective, together
-from ..distributed import SerialComm, as_comm
+from ..distributed import as_comm, world
 from .errors import UsageError
 from .lock import RunLock
 from .report import write_report
@@ -29,20 +29,18 @@ MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 
 
 def communicator(choice: str) -> Any:
-    """``serial``, ``mpi``, or ``auto``: MPI when launched by ``mpiexec`` with more than one process."""
+    """``serial``, ``mpi``, or ``auto``: the library's :func:`~hessop.distributed.world` when launched by
+    ``mpiexec`` with more than one process, else one process (without importing mpi4py, which starts MPI)."""
     launched = any(os.environ.get(v, "1").isdigit() and int(os.environ.get(v, "1")) > 1 for v in MPI_ENV)
     if choice == "mpi" or (choice == "auto" and launched):
-        try:
-            from mpi4py import MPI
-        except ImportError as exc:
-            raise UsageError("--comm mpi needs mpi4py; install it with pip install 'hessop[mpi]'") from exc
-        return as_comm(MPI.COMM_WORLD)
-    return SerialComm()
+        require("mpi4py", "mpi", f"--comm {choice} under mpiexec")  # world() alone would fall back to one process
+        return world()
+    return as_comm(None)
 
 
 def chosen_steps(args: Any) -> tuple[list[str], Budget]:
     """The analysis steps and budget the options ask for (no analysis flag: every analysis)."""
-    budget = replace(BUDGETS[args.budget], groups=args.groups)
+    budget = replace(BUDGETS[args.budget], blocks=args.blocks)
     if args.eig is not None:
         if args.eig < 1:
             raise UsageError(f"--eig {args.eig}: ask for at least one eigenvalue, e.g. --eig 5")
