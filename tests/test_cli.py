@@ -367,7 +367,7 @@ def test_sigint_to_a_running_process_exits_130_with_a_partial_report(tmp_path):
 def _lock_of(pid: int, host: str | None = None) -> str:
     import socket
 
-    from hessop.cli.lock import _start_time
+    from hessop.cli.run import _start_time
 
     return json.dumps({"host": host or socket.gethostname(), "pid": pid, "started": _start_time(pid),
                        "since": "2026-01-01 00:00:00", "command": "hessop demo"})

@@ -8,7 +8,7 @@ from typing import Any
 from .._collective import together
 from .errors import UsageError
 from .loading import as_model_and_loss, call_factory, check_data, declares_shard, load_checkpoint, load_object, share
-from .run_state import RunState
+from .run import RunState
 from .session import Session, chosen_steps, communicator, prepare, run, torch_device, torch_dtype
 
 

@@ -14,9 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from .loading import share
-from .run_state import RunState
-from .runner import Runner
-from .session import Session, chosen_steps, communicator, prepare, run, torch_dtype
+from .run import RunState
+from .session import Runner, Session, chosen_steps, communicator, prepare, run, torch_dtype
 
 DEMO = {
     "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},

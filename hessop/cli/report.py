@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
-from .run_state import RunState
+from .run import RunState
 from .steps import ORDER, TITLES
 
 

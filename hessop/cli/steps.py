@@ -19,7 +19,7 @@ import numpy as np
 
 from .._array import from_numpy, to_numpy
 from ..analysis.spectrum import density_to_dict
-from .run_state import RunState
+from .run import RunState
 
 ORDER = ("eigenvalues", "trace", "density", "landscape_1d", "landscape_2d", "layerwise")
 """Every analysis step, in the order a report runs them."""
