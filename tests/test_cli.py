@@ -206,6 +206,24 @@ def test_analyze_loads_a_checkpoint(tmp_path, capsys):
     np.testing.assert_allclose(doc["steps"]["eigenvalues"]["eigenvalues"], exact[:2], rtol=1e-6)
 
 
+def test_the_report_serialises_library_results_with_one_negative_mass_and_blocks_by_either_name(tmp_path, capsys):
+    from hessop.analysis.layerwise import LayerwiseResult
+    from hessop.analysis.spectrum import density_from_dict
+
+    assert main(_analyze(tmp_path / "a", "--density", "--layerwise", "--blocks", "modules", "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rho = doc["steps"]["density"]
+    assert rho["negative_mass_below"] == -rho["sigma"]  # the report's number is SpectralDensity.negative_mass()
+    assert rho["negative_mass"] == density_from_dict(rho).negative_mass()
+    layers = LayerwiseResult.from_dict(doc["steps"]["layerwise"])  # the step is the result's own to_dict()
+    assert [r.block for r in layers.rows] == ["fc1", "fc2"]
+    assert main(_analyze(tmp_path / "b", "--layerwise", "--groups", "modules", "--json")) == 0
+    out = capsys.readouterr()
+    assert "--groups is deprecated, use --blocks" in out.err
+    again = LayerwiseResult.from_dict(json.loads(out.out)["steps"]["layerwise"])
+    assert [(r.block, r.trace) for r in again.rows] == [(r.block, r.trace) for r in layers.rows]
+
+
 # -- bad input: exit code 2 and one actionable sentence, no traceback ---------------------------
 
 

@@ -167,3 +167,51 @@ def test_layerwise_plots_and_keeps_partial_results_on_interrupt(tmp_path, monkey
     part = layerwise(H, "modules", **BUDGET)
     assert part.partial and [r.block for r in part.rows] == ["0"]
     assert dataclasses.asdict(part)["rows"][0]["trace"] == res.rows[0].trace
+
+
+def test_negative_mass_defaults_to_the_resolution_everywhere():
+    """One definition: below -sigma by default, and the Gauss-Newton rows report the same number."""
+    rho = SpectralDensity.from_eigenvalues([-0.1, 0.0, 1.0, 2.0, 3.0, 4.0])  # sigma = 4.1 / 5
+    assert rho.negative_mass() == 0.0 and rho.negative_mass(0.0) == pytest.approx(1 / 6)
+    model, data = network([3, 6, 4, 3])
+    H = hessop.hessian(model, nn.CrossEntropyLoss(), data)
+    G = hessop.hessian(model, nn.CrossEntropyLoss(), data, curvature="ggn")
+    res = gauss_newton_decomposition(H, G, blocks="modules", trace_matvecs=8, density_steps=12, num_probes=1)
+    for row in res.rows:
+        assert row.hessian_negative_mass == res.hessian_densities[row.block].negative_mass()
+    with pytest.warns(DeprecationWarning, match="build the operators"):
+        old = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_matvecs=8,
+                                         density_steps=12, num_probes=1)
+    assert old.rows == res.rows  # the deprecated (model, loss_fn, data) form builds the same operators
+
+
+def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
+    """Blocks come from the operator on any backend; rows round-trip through JSON; old spellings warn."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    g = np.random.default_rng(2)
+    params = {"l1": {"w": jnp.asarray(g.standard_normal((3, 4)), jnp.float32),
+                     "b": jnp.asarray(0.1 * g.standard_normal(4), jnp.float32)},
+              "l2": {"w": jnp.asarray(g.standard_normal((4, 2)), jnp.float32)}}
+    x, y = g.standard_normal((9, 3)).astype(np.float32), g.standard_normal((9, 2)).astype(np.float32)
+
+    def loss(p, batch):
+        a, b = batch
+        return jnp.mean((jnp.tanh(a @ p["l1"]["w"] + p["l1"]["b"]) @ p["l2"]["w"] - b) ** 2)
+
+    H = hessop.hessian(loss, params, (x, y))
+    res = layerwise(H, "modules", **BUDGET)
+    dense = H.to_dense().astype(np.float64)
+    assert [r.block for r in res.rows] == ["l1", "l2"]
+    for r in res.rows:  # both blocks are small: exact
+        block = dense_block(dense, H, resolve_blocks(H, "modules")[r.block])
+        assert r.trace == pytest.approx(np.trace(block), rel=1e-5)
+    doc = json.loads(json.dumps(res.to_dict()))
+    back = type(res).from_dict(doc)
+    assert back.rows == res.rows and back.full == res.full
+    np.testing.assert_allclose(back.full_density.nodes, res.full_density.nodes)
+    with pytest.warns(DeprecationWarning, match="blocks"):
+        old = layerwise(H, groups="modules", **BUDGET)
+    assert old.rows == res.rows
+    with pytest.warns(DeprecationWarning, match=r"row\.trace"):
+        assert res.rows[0]["trace"] == res.rows[0].trace

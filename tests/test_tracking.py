@@ -109,3 +109,18 @@ def test_density_records_and_plots(tmp_path):
 def test_bad_arguments_raise_value_errors(tmp_path, kwargs):
     with pytest.raises(ValueError):
         CurvatureTracker(lambda: None, tmp_path / "t.jsonl", **kwargs)
+
+
+def test_records_are_dataclasses_whose_dicts_are_the_file_lines(tmp_path):
+    from hessop.analysis.results import TrackRecord
+
+    model, data, loss_fn, step = setup()
+    path = tmp_path / "track.jsonl"
+    tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, data), path, every=1, k=1, density=True,
+                               trace_matvecs=12, density_steps=12, num_probes=1)
+    rec = tracker(0, loss=step(), note="warm-up")
+    assert isinstance(rec, TrackRecord) and rec.step == 0 and rec.extra["note"] == "warm-up"
+    line = json.loads(path.read_text())
+    assert line == rec.to_dict() and line["step"] == 0 and line["loss"] == rec.extra["loss"]
+    assert read_track(path) == [rec] and TrackRecord.from_dict(line) == rec
+    assert line["density"]["negative_mass_below"] < 0  # minus the density's resolution: the one threshold
