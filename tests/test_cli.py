@@ -221,7 +221,9 @@ def test_the_report_serialises_library_results_with_one_negative_mass_and_blocks
     out = capsys.readouterr()
     assert "--groups is deprecated, use --blocks" in out.err
     again = LayerwiseResult.from_dict(json.loads(out.out)["steps"]["layerwise"])
-    assert [(r.block, r.trace) for r in again.rows] == [(r.block, r.trace) for r in layers.rows]
+    assert [r.block for r in again.rows] == [r.block for r in layers.rows]
+    # the same numbers up to rounding (hvp="auto" may time a different but exact product strategy)
+    np.testing.assert_allclose([r.trace for r in again.rows], [r.trace for r in layers.rows], rtol=1e-12)
 
 
 # -- bad input: exit code 2 and one actionable sentence, no traceback ---------------------------

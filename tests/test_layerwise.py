@@ -182,7 +182,11 @@ def test_negative_mass_defaults_to_the_resolution_everywhere():
     with pytest.warns(DeprecationWarning, match="build the operators"):
         old = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_matvecs=8,
                                          density_steps=12, num_probes=1)
-    assert old.rows == res.rows  # the deprecated (model, loss_fn, data) form builds the same operators
+    # the deprecated (model, loss_fn, data) form builds the same operators (the same numbers up to rounding:
+    # hvp="auto" may time a different, equally exact, product strategy)
+    assert [r.block for r in old.rows] == [r.block for r in res.rows]
+    np.testing.assert_allclose([r.hessian_trace for r in old.rows], [r.hessian_trace for r in res.rows], rtol=1e-10)
+    np.testing.assert_allclose([r.ggn_trace for r in old.rows], [r.ggn_trace for r in res.rows], rtol=1e-10)
 
 
 def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
