@@ -189,13 +189,15 @@ def fig_layerwise_stages(out: Path) -> None:
     res = layerwise(H, "stages", k=1, trace_matvecs=S.layer_matvecs, density_steps=S.layer_steps, num_probes=2,
                     ggn=G, seed=SEED)
     print(res.to_markdown(), flush=True)
-    _log(f"sum of stage traces {sum(r['trace'] for r in res.rows):.4g}")
+    _log(f"sum of stage traces {sum(r.trace for r in res.rows):.4g}")
     savefig(res.plot(), out / "layerwise_stages.png")
 
 
 def fig_gauss_newton(out: Path) -> None:
     model, probe, _ = trained_resnet(True, True)
-    gn = gauss_newton_decomposition(model, LOSS, probe, blocks=["stage1", "stage2", "stage3"], k=1,
+    H = hessop.hessian(model, LOSS, probe)
+    G = hessop.hessian(model, LOSS, probe, curvature="ggn")
+    gn = gauss_newton_decomposition(H, G, blocks=["stage1", "stage2", "stage3"], k=1,
                                     trace_matvecs=S.gn_matvecs, density_steps=S.gn_steps, num_probes=1, seed=SEED)
     print(gn.to_markdown(), flush=True)
     savefig(gn.plot(), out / "gauss_newton.png")

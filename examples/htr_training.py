@@ -109,13 +109,13 @@ def figure(results: list[dict], path: str) -> None:
         fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.3), layout="tight")
         for res in results:
             recs = read_track(res["track"])
-            ep = np.array([r["epoch"] for r in recs])
+            ep = np.array([r.step for r in recs])
             label = f"$\\gamma$ = {res['gamma']:g}"
-            axes[0].plot(ep, [r["top_eigenvalues"][0] for r in recs], marker="o", markersize=3, label=label)
-            tr, se = np.array([r["trace"] for r in recs]), np.array([r["trace_stderr"] for r in recs])
+            axes[0].plot(ep, [r.top_eigenvalues[0] for r in recs], marker="o", markersize=3, label=label)
+            tr, se = np.array([r.trace for r in recs]), np.array([r.trace_stderr for r in recs])
             (line,) = axes[1].plot(ep, tr, marker="o", markersize=3, label=label)
             axes[1].fill_between(ep, tr - 2 * se, tr + 2 * se, color=line.get_color(), alpha=0.2, linewidth=0)
-            axes[2].plot(ep, [r["test_accuracy"] for r in recs], marker="o", markersize=3, label=label)
+            axes[2].plot(ep, [r.extra["test_accuracy"] for r in recs], marker="o", markersize=3, label=label)
         for ax, name in zip(axes, ("top eigenvalue", "Hessian trace (±2 stderr)", "test accuracy")):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")

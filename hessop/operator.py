@@ -140,8 +140,23 @@ class HessianOperator(LinearOperator):
         return list(self.backend.param_names)
 
     @property
+    def parameter_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the parameter tensors, in the order of the flat vector (every backend)."""
+        return [tuple(int(d) for d in shape) for shape in self.backend.param_shapes]
+
+    @property
+    def parameter_sizes(self) -> list[int]:
+        """Number of entries of each parameter tensor; the flat vector concatenates them in this order."""
+        return [int(size) for size in self.backend.param_sizes]
+
+    @property
+    def parameter_modules(self) -> list[str]:
+        """For each parameter, the module it belongs to (the block :attr:`blocks` groups it in)."""
+        return list(self.backend.module_names)
+
+    @property
     def blocks(self) -> dict[str, slice]:
-        """Named parameter groups (modules) in model order, as slices of the flat vector."""
+        """Named parameter blocks (modules) in model order, as slices of the flat vector."""
         out: dict[str, slice] = {}
         start = 0
         for module, size in zip(self.backend.module_names, self.backend.param_sizes):

@@ -141,7 +141,7 @@ def test_lm_demo_reports_the_transformer_blocks_with_true_numbers(tmp_path, caps
     top = np.array(doc["steps"]["eigenvalues"]["eigenvalues"])
     np.testing.assert_allclose(top, arpack_top(H, top.size), rtol=1e-6)
     for row in rows:  # each block's top eigenvalue is its diagonal block's
-        block = H.restrict(*model.block_groups()[row["block"]])
+        block = H.restrict(*model.parameter_blocks()[row["block"]])
         assert row["top_eigenvalue"] == pytest.approx(arpack_top(block, 1)[0], rel=1e-6)
     assert "| attention 0 |" in (out / "report.md").read_text()
 
@@ -205,6 +205,26 @@ def test_analyze_loads_a_checkpoint(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     exact = _dense_eigenvalues(other, torch.nn.CrossEntropyLoss(), tiny_data())
     np.testing.assert_allclose(doc["steps"]["eigenvalues"]["eigenvalues"], exact[:2], rtol=1e-6)
+
+
+def test_the_report_serialises_library_results_with_one_negative_mass_and_blocks_by_either_name(tmp_path, capsys):
+    from hessop.analysis.layerwise import LayerwiseResult
+    from hessop.analysis.spectrum import density_from_dict
+
+    assert main(_analyze(tmp_path / "a", "--density", "--layerwise", "--blocks", "modules", "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rho = doc["steps"]["density"]
+    assert rho["negative_mass_below"] == -rho["sigma"]  # the report's number is SpectralDensity.negative_mass()
+    assert rho["negative_mass"] == density_from_dict(rho).negative_mass()
+    layers = LayerwiseResult.from_dict(doc["steps"]["layerwise"])  # the step is the result's own to_dict()
+    assert [r.block for r in layers.rows] == ["fc1", "fc2"]
+    assert main(_analyze(tmp_path / "b", "--layerwise", "--groups", "modules", "--json")) == 0
+    out = capsys.readouterr()
+    assert "--groups is deprecated, use --blocks" in out.err
+    again = LayerwiseResult.from_dict(json.loads(out.out)["steps"]["layerwise"])
+    assert [r.block for r in again.rows] == [r.block for r in layers.rows]
+    # the same numbers up to rounding (hvp="auto" may time a different but exact product strategy)
+    np.testing.assert_allclose([r.trace for r in again.rows], [r.trace for r in layers.rows], rtol=1e-12)
 
 
 # -- bad input: exit code 2 and one actionable sentence, no traceback ---------------------------
@@ -368,7 +388,7 @@ def test_sigint_to_a_running_process_exits_130_with_a_partial_report(tmp_path):
 def _lock_of(pid: int, host: str | None = None) -> str:
     import socket
 
-    from hessop.cli.lock import _start_time
+    from hessop.cli.run import _start_time
 
     return json.dumps({"host": host or socket.gethostname(), "pid": pid, "started": _start_time(pid),
                        "since": "2026-01-01 00:00:00", "command": "hessop demo"})

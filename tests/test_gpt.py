@@ -33,7 +33,7 @@ def test_a_tiny_gpt_has_exact_products_with_the_default_loss_and_batches():
     H = hessop.hessian(model, loss, batches)
     truth = dense_hessian(model, lambda o, y: loss(o.reshape(-1, o.shape[-1]), y.reshape(-1)), batches)
     np.testing.assert_allclose(np.asarray(H.to_dense()), truth, atol=1e-10 * np.abs(truth).max())
-    groups = model.block_groups()
+    groups = model.parameter_blocks()
     assert list(groups) == ["embeddings", "attention 0", "mlp 0", "norms", "head"]
     sizes = [H.restrict(*prefixes).shape[0] for prefixes in groups.values()]
     assert sum(sizes) == H.shape[0]  # the groups partition the parameters

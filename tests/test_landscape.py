@@ -132,3 +132,24 @@ def test_landscape_plots_and_serialises(tmp_path):
         one.plot(kind="surface")
     back = json.loads(json.dumps(two.to_dict()))
     assert np.allclose(back["losses"], two.losses) and back["labels"] == ["top eigenvector", "random"]
+
+
+def test_filter_normalised_directions_read_the_parameter_shapes_of_a_jax_operator():
+    """The operator reports every backend's shapes: JAX gets filters and skipped biases, as torch does."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    g = np.random.default_rng(1)
+    params = {"l1": {"w": jnp.asarray(g.standard_normal((5, 3)), jnp.float32),
+                     "b": jnp.asarray(g.standard_normal(5), jnp.float32)}}
+
+    def loss(p, batch):
+        x, y = batch
+        return jnp.mean((x @ p["l1"]["w"].T + p["l1"]["b"] - y) ** 2)
+
+    H = hessop.hessian(loss, params, (np.ones((4, 3), np.float32), np.zeros((4, 5), np.float32)))
+    assert H.parameter_names == ["l1.b", "l1.w"] and H.parameter_shapes == [(5,), (5, 3)]
+    d = np.asarray(filter_normalized_direction(H, seed=0))
+    bias, weight = d[:5], d[5:].reshape(5, 3)
+    assert np.all(bias == 0.0)  # 1-D parameters are skipped, as Li et al. do
+    np.testing.assert_allclose(np.linalg.norm(weight, axis=1), np.linalg.norm(np.asarray(params["l1"]["w"]), axis=1),
+                               rtol=1e-5)  # each filter (row) has its weights' norm

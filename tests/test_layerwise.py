@@ -12,8 +12,9 @@ from torch import nn
 
 import hessop
 from hessop.analysis.gauss_newton import gauss_newton_decomposition
-from hessop.analysis.layerwise import DENSE_BELOW, block_groups, layerwise, spectral_distances
-from hessop.analysis.plots import negative_mass
+from hessop.analysis.blocks import resolve_blocks
+from hessop.analysis.layerwise import layerwise, spectral_distances
+from hessop.analysis.spectrum import DENSE_BELOW
 from hessop.solvers.density import SpectralDensity
 
 BUDGET = dict(trace_matvecs=24, density_steps=20, num_probes=2, seed=0)
@@ -38,7 +39,7 @@ def operator(widths, curvature="hessian", seed=0):
 
 def dense_block(dense, H, names):
     """The principal submatrix of ``dense`` over the named parameters."""
-    offsets = np.cumsum([0] + H.backend.param_sizes)
+    offsets = np.cumsum([0] + H.parameter_sizes)
     idx = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i, n in enumerate(H.parameter_names) if n in names])
     return dense[np.ix_(idx, idx)]
 
@@ -47,17 +48,17 @@ def test_block_traces_of_a_partition_sum_to_the_full_trace_exactly():
     H = operator([3, 6, 4, 3])  # 67 parameters: the full one is estimated, every layer (<= 28) is exact
     dense = H.to_dense()
     res = layerwise(H, "modules", **BUDGET)
-    assert [r["block"] for r in res.rows] == ["0", "2", "4"]
-    assert sum(r["num_params"] for r in res.rows) == H.shape[0] > DENSE_BELOW
-    assert all(r["trace_stderr"] == 0.0 for r in res.rows)
-    assert sum(r["trace"] for r in res.rows) == pytest.approx(np.trace(dense), rel=1e-10)
-    groups = block_groups(H, "modules")
+    assert [r.block for r in res.rows] == ["0", "2", "4"]
+    assert sum(r.num_params for r in res.rows) == H.shape[0] > DENSE_BELOW
+    assert all(r.trace_stderr == 0.0 for r in res.rows)
+    assert sum(r.trace for r in res.rows) == pytest.approx(np.trace(dense), rel=1e-10)
+    groups = resolve_blocks(H, "modules")
     for r in res.rows:
-        block = dense_block(dense, H, groups[r["block"]])
-        assert r["top_eigenvalue"] == pytest.approx(np.linalg.eigvalsh(block)[-1], rel=1e-10)
+        block = dense_block(dense, H, groups[r.block])
+        assert r.top_eigenvalue == pytest.approx(np.linalg.eigvalsh(block)[-1], rel=1e-10)
     # the full network's trace is an estimate: honest within its standard error
-    assert abs(res.full["trace"] - np.trace(dense)) < 4 * res.full["trace_stderr"]
-    assert res.full["top_eigenvalue"] == pytest.approx(np.linalg.eigvalsh(dense)[-1], rel=1e-6)
+    assert abs(res.full.trace - np.trace(dense)) < 4 * res.full.trace_stderr
+    assert res.full.top_eigenvalue == pytest.approx(np.linalg.eigvalsh(dense)[-1], rel=1e-6)
 
 
 def test_estimated_block_traces_sum_to_the_full_trace_within_their_stderr():
@@ -65,24 +66,24 @@ def test_estimated_block_traces_sum_to_the_full_trace_within_their_stderr():
     dense = H.to_dense()
     res = layerwise(H, {"first": "0", "rest": [r"[24]\.weight", r"[24]\.bias"]}, k=2, **BUDGET)
     first, rest = res.rows
-    assert first["num_params"] == 88 and rest["num_params"] == 75
-    assert first["trace_stderr"] > 0 and rest["trace_stderr"] > 0
-    block = dense_block(dense, H, block_groups(H, ["0"])["0"])
-    assert abs(first["trace"] - np.trace(block)) < 4 * first["trace_stderr"]
-    np.testing.assert_allclose(first["eigenvalues"], np.linalg.eigvalsh(block)[::-1][:2], rtol=1e-6)
-    total, stderr = first["trace"] + rest["trace"], np.hypot(first["trace_stderr"], rest["trace_stderr"])
+    assert first.num_params == 88 and rest.num_params == 75
+    assert first.trace_stderr > 0 and rest.trace_stderr > 0
+    block = dense_block(dense, H, resolve_blocks(H, ["0"])["0"])
+    assert abs(first.trace - np.trace(block)) < 4 * first.trace_stderr
+    np.testing.assert_allclose(first.eigenvalues, np.linalg.eigvalsh(block)[::-1][:2], rtol=1e-6)
+    total, stderr = first.trace + rest.trace, np.hypot(first.trace_stderr, rest.trace_stderr)
     assert abs(total - np.trace(dense)) < 4 * stderr
 
 
 def test_groups_resolve_modules_stages_patterns_and_refuse_unknown_names():
     H = operator([3, 4, 3])
-    assert block_groups(H, "modules") == {"0": ("0.weight", "0.bias"), "2": ("2.weight", "2.bias")}
-    assert list(block_groups(H, "stages")) == ["0", "2"]
-    assert block_groups(H, [r".*\.bias"]) == {r".*\.bias": ("0.bias", "2.bias")}
+    assert resolve_blocks(H, "modules") == {"0": ("0.weight", "0.bias"), "2": ("2.weight", "2.bias")}
+    assert list(resolve_blocks(H, "stages")) == ["0", "2"]
+    assert resolve_blocks(H, [r".*\.bias"]) == {r".*\.bias": ("0.bias", "2.bias")}
     with pytest.raises(ValueError, match="match no parameter"):
-        block_groups(H, {"x": "layer9"})
+        resolve_blocks(H, {"x": "layer9"})
     with pytest.raises(ValueError, match="not understood"):
-        block_groups(H, "layers")
+        resolve_blocks(H, "layers")
 
 
 def test_distances_compare_probability_measures_and_top_scaling_removes_magnitude():
@@ -103,11 +104,11 @@ def test_gauss_newton_rows_and_the_linear_output_layer_has_no_residual():
     res = layerwise(H, "modules", ggn=G, **BUDGET)
     head = res.rows[-1]
     # the output layer enters the logits linearly: its block of the residual H - G vanishes
-    assert head["ggn_trace"] == pytest.approx(head["trace"], rel=1e-10)
-    assert head["ggn_top_eigenvalue"] == pytest.approx(head["top_eigenvalue"], rel=1e-10)
+    assert head.ggn_trace == pytest.approx(head.trace, rel=1e-10)
+    assert head.ggn_top_eigenvalue == pytest.approx(head.top_eigenvalue, rel=1e-10)
     dense_g = G.to_dense()
     first = dense_block(dense_g, G, ("0.weight", "0.bias"))
-    assert res.rows[0]["ggn_trace"] == pytest.approx(np.trace(first), rel=1e-10)
+    assert res.rows[0].ggn_trace == pytest.approx(np.trace(first), rel=1e-10)
     table = res.to_markdown()
     assert table.count("\n") == 2 + len(res.rows) and "GGN trace" in table
     json.dumps(res.to_dict())
@@ -117,21 +118,20 @@ def test_gauss_newton_decomposition_traces_against_dense_matrices(tmp_path):
     from hessop.analysis.plots import savefig
 
     model, data = network([3, 6, 4, 3])
-    res = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_matvecs=30,
-                                     density_steps=20, num_probes=1)
     H = hessop.hessian(model, nn.CrossEntropyLoss(), data)
     G = hessop.hessian(model, nn.CrossEntropyLoss(), data, curvature="ggn")
+    res = gauss_newton_decomposition(H, G, blocks="modules", trace_matvecs=30, density_steps=20, num_probes=1)
     dh, dg = H.to_dense(), G.to_dense()
-    assert [r["block"] for r in res.rows] == ["0", "2", "4", "full"]
+    assert [r.block for r in res.rows] == ["0", "2", "4", "full"]
     full = res.rows[-1]
     residual = np.trace(dh) - np.trace(dg)
-    assert full["residual_trace_stderr"] > 0
-    assert abs(full["residual_trace"] - residual) < 4 * full["residual_trace_stderr"]
-    assert full["ggn_eigenvalues"][0] == pytest.approx(np.linalg.eigvalsh(dg)[-1], rel=1e-6)
+    assert full.residual_trace_stderr > 0
+    assert abs(full.residual_trace - residual) < 4 * full.residual_trace_stderr
+    assert full.ggn_eigenvalues[0] == pytest.approx(np.linalg.eigvalsh(dg)[-1], rel=1e-6)
     first = res.rows[0]
     block = ("0.weight", "0.bias")
-    assert first["residual_trace"] == pytest.approx(np.trace(dense_block(dh, H, block) - dense_block(dg, G, block)))
-    assert first["ggn_negative_mass"] == 0.0  # the GGN of a convex loss is positive semi-definite
+    assert first.residual_trace == pytest.approx(np.trace(dense_block(dh, H, block) - dense_block(dg, G, block)))
+    assert first.ggn_negative_mass == 0.0  # the GGN of a convex loss is positive semi-definite
     assert "Tr(H_l - G_l)" in res.to_markdown()
     savefig(res.plot(["0", "full"]), tmp_path / "gauss_newton.png")
     assert (tmp_path / "gauss_newton.png").stat().st_size > 1000
@@ -139,7 +139,7 @@ def test_gauss_newton_decomposition_traces_against_dense_matrices(tmp_path):
 
 def test_negative_mass_ignores_mass_within_the_resolution_of_zero():
     exact = SpectralDensity.from_eigenvalues([-1.0, -1e-9, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0])
-    assert negative_mass(exact) == (pytest.approx(1 / 8), exact.sigma)
+    assert (exact.negative_mass(), exact.sigma) == (pytest.approx(1 / 8), exact.sigma)
 
 
 def test_layerwise_plots_and_keeps_partial_results_on_interrupt(tmp_path, monkeypatch):
@@ -165,5 +165,57 @@ def test_layerwise_plots_and_keeps_partial_results_on_interrupt(tmp_path, monkey
 
     monkeypatch.setattr(module, "block_spectrum", flaky)
     part = layerwise(H, "modules", **BUDGET)
-    assert part.partial and [r["block"] for r in part.rows] == ["0"]
-    assert dataclasses.asdict(part)["rows"][0]["trace"] == res.rows[0]["trace"]
+    assert part.partial and [r.block for r in part.rows] == ["0"]
+    assert dataclasses.asdict(part)["rows"][0]["trace"] == res.rows[0].trace
+
+
+def test_negative_mass_defaults_to_the_resolution_everywhere():
+    """One definition: below -sigma by default, and the Gauss-Newton rows report the same number."""
+    rho = SpectralDensity.from_eigenvalues([-0.1, 0.0, 1.0, 2.0, 3.0, 4.0])  # sigma = 4.1 / 5
+    assert rho.negative_mass() == 0.0 and rho.negative_mass(0.0) == pytest.approx(1 / 6)
+    model, data = network([3, 6, 4, 3])
+    H = hessop.hessian(model, nn.CrossEntropyLoss(), data)
+    G = hessop.hessian(model, nn.CrossEntropyLoss(), data, curvature="ggn")
+    res = gauss_newton_decomposition(H, G, blocks="modules", trace_matvecs=8, density_steps=12, num_probes=1)
+    for row in res.rows:
+        assert row.hessian_negative_mass == res.hessian_densities[row.block].negative_mass()
+    with pytest.warns(DeprecationWarning, match="build the operators"):
+        old = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_matvecs=8,
+                                         density_steps=12, num_probes=1)
+    # the deprecated (model, loss_fn, data) form builds the same operators (the same numbers up to rounding:
+    # hvp="auto" may time a different, equally exact, product strategy)
+    assert [r.block for r in old.rows] == [r.block for r in res.rows]
+    np.testing.assert_allclose([r.hessian_trace for r in old.rows], [r.hessian_trace for r in res.rows], rtol=1e-10)
+    np.testing.assert_allclose([r.ggn_trace for r in old.rows], [r.ggn_trace for r in res.rows], rtol=1e-10)
+
+
+def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
+    """Blocks come from the operator on any backend; rows round-trip through JSON; old spellings warn."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    g = np.random.default_rng(2)
+    params = {"l1": {"w": jnp.asarray(g.standard_normal((3, 4)), jnp.float32),
+                     "b": jnp.asarray(0.1 * g.standard_normal(4), jnp.float32)},
+              "l2": {"w": jnp.asarray(g.standard_normal((4, 2)), jnp.float32)}}
+    x, y = g.standard_normal((9, 3)).astype(np.float32), g.standard_normal((9, 2)).astype(np.float32)
+
+    def loss(p, batch):
+        a, b = batch
+        return jnp.mean((jnp.tanh(a @ p["l1"]["w"] + p["l1"]["b"]) @ p["l2"]["w"] - b) ** 2)
+
+    H = hessop.hessian(loss, params, (x, y))
+    res = layerwise(H, "modules", **BUDGET)
+    dense = H.to_dense().astype(np.float64)
+    assert [r.block for r in res.rows] == ["l1", "l2"]
+    for r in res.rows:  # both blocks are small: exact
+        block = dense_block(dense, H, resolve_blocks(H, "modules")[r.block])
+        assert r.trace == pytest.approx(np.trace(block), rel=1e-5)
+    doc = json.loads(json.dumps(res.to_dict()))
+    back = type(res).from_dict(doc)
+    assert back.rows == res.rows and back.full == res.full
+    np.testing.assert_allclose(back.full_density.nodes, res.full_density.nodes)
+    with pytest.warns(DeprecationWarning, match="blocks"):
+        old = layerwise(H, groups="modules", **BUDGET)
+    assert old.rows == res.rows
+    with pytest.warns(DeprecationWarning, match=r"row\.trace"):
+        assert res.rows[0]["trace"] == res.rows[0].trace

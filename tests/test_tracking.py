@@ -49,7 +49,7 @@ def test_records_every_n_steps_with_correct_numbers(tmp_path):
     lines = path.read_text().splitlines()
     assert len(lines) == 3 == tracker.records_written
     records = [json.loads(line) for line in lines]
-    assert records == read_track(path)
+    assert records == [r.to_dict() for r in read_track(path)]
     assert [r["step"] for r in records] == [0, 2, 4]
     for rec, (top, tr) in zip(records, expected):
         np.testing.assert_allclose(rec["top_eigenvalues"], top, rtol=1e-6)
@@ -69,13 +69,13 @@ def test_an_interrupted_run_keeps_every_record_written_before(tmp_path):
                 raise KeyboardInterrupt  # Ctrl-C in the middle of training
             tracker(epoch)
     before = read_track(path)
-    assert [r["epoch"] for r in before] == [0, 1, 2]
+    assert [r.step for r in before] == [0, 1, 2]
     # a resumed run appends; a line cut short by a killed process is skipped, not fatal
     tracker(3)
     with open(path, "a") as f:
         f.write('{"epoch": 4, "top_eig')
     after = read_track(path)
-    assert after[:3] == before and [r["epoch"] for r in after] == [0, 1, 2, 3]
+    assert after[:3] == before and [r.step for r in after] == [0, 1, 2, 3]
 
 
 def test_a_malformed_middle_line_is_an_error(tmp_path):
@@ -98,9 +98,9 @@ def test_density_records_and_plots(tmp_path):
         step()
         tracker(i)
     rec = read_track(path)[-1]
-    grid, values = np.array(rec["density"]["grid"]), np.array(rec["density"]["values"])
+    grid, values = np.array(rec.density["grid"]), np.array(rec.density["values"])
     assert grid.shape == values.shape and np.all(values >= 0)
-    assert 0.0 <= rec["density"]["negative_mass"] <= 1.0
+    assert 0.0 <= rec.density["negative_mass"] <= 1.0
     savefig(plot_track(path), tmp_path / "track.png")
     assert (tmp_path / "track.png").stat().st_size > 1000
 
@@ -109,3 +109,18 @@ def test_density_records_and_plots(tmp_path):
 def test_bad_arguments_raise_value_errors(tmp_path, kwargs):
     with pytest.raises(ValueError):
         CurvatureTracker(lambda: None, tmp_path / "t.jsonl", **kwargs)
+
+
+def test_records_are_dataclasses_whose_dicts_are_the_file_lines(tmp_path):
+    from hessop.analysis.results import TrackRecord
+
+    model, data, loss_fn, step = setup()
+    path = tmp_path / "track.jsonl"
+    tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, data), path, every=1, k=1, density=True,
+                               trace_matvecs=12, density_steps=12, num_probes=1)
+    rec = tracker(0, loss=step(), note="warm-up")
+    assert isinstance(rec, TrackRecord) and rec.step == 0 and rec.extra["note"] == "warm-up"
+    line = json.loads(path.read_text())
+    assert line == rec.to_dict() and line["step"] == 0 and line["loss"] == rec.extra["loss"]
+    assert read_track(path) == [rec] and TrackRecord.from_dict(line) == rec
+    assert line["density"]["negative_mass_below"] < 0  # minus the density's resolution: the one threshold

@@ -49,10 +49,10 @@ def run(quick: bool = False, log=print) -> Verdict:
     # The shape-only comparison reuses the same densities, each divided by its own largest |eigenvalue|.
     shape_rows = []
     for r in raw.rows:
-        w1, js = spectral_distances(raw.densities[r["block"]], raw.full_density, "top")
-        shape_rows.append({**r, "wasserstein_to_full": w1, "jensen_shannon_to_full": js})
+        w1, js = spectral_distances(raw.densities[r.block], raw.full_density, "top")
+        shape_rows.append(replace(r, wasserstein_to_full=w1, jensen_shannon_to_full=js))
     results = {"none": raw, "top": replace(raw, rows=shape_rows, scale="top")}
-    names = [r["block"] for r in results["none"].rows]
+    names = [r.block for r in results["none"].rows]
     L = len(names)
 
     plt = pyplot()
@@ -68,7 +68,7 @@ def run(quick: bool = False, log=print) -> Verdict:
     for j, (metric, title) in enumerate((("wasserstein_to_full", "Wasserstein-1 to full"),
                                          ("jensen_shannon_to_full", "Jensen-Shannon to full")), start=1):
         for scale, style in (("none", "o-"), ("top", "s--")):
-            vals = [r[metric] for r in results[scale].rows]
+            vals = [getattr(r, metric) for r in results[scale].rows]
             ax[j].plot(range(1, L + 1), vals, style, label=f"scale={scale}")
         ax[j].set(xlabel="layer", title=title)
         ax[j].set_xticks(range(1, L + 1), names)
@@ -82,7 +82,7 @@ def run(quick: bool = False, log=print) -> Verdict:
     closest = {}
     for scale in ("none", "top"):
         for metric in ("wasserstein_to_full", "jensen_shannon_to_full"):
-            vals = [r[metric] for r in results[scale].rows]
+            vals = [getattr(r, metric) for r in results[scale].rows]
             closest[(scale, metric)] = names[int(np.argmin(vals))]
     middle = set(names[1:-1])
     hits = sum(v in middle for v in closest.values())
@@ -90,16 +90,16 @@ def run(quick: bool = False, log=print) -> Verdict:
     strict = sum(v in strict_middle for v in closest.values())
     rows = []
     for a, b in zip(results["none"].rows, results["top"].rows):
-        rows.append(f"| {a['block']} | {a['num_params']:,} | {a['top_eigenvalue']:.3g} | {a['trace']:.3g} | "
-                    f"{a['wasserstein_to_full']:.3g} | {a['jensen_shannon_to_full']:.3f} | "
-                    f"{b['wasserstein_to_full']:.3g} | {b['jensen_shannon_to_full']:.3f} |")
+        rows.append(f"| {a.block} | {a.num_params:,} | {a.top_eigenvalue:.3g} | {a.trace:.3g} | "
+                    f"{a.wasserstein_to_full:.3g} | {a.jensen_shannon_to_full:.3f} | "
+                    f"{b.wasserstein_to_full:.3g} | {b.jensen_shannon_to_full:.3f} |")
     fullrow = results["none"].full
     picks = "; ".join(f"{m.split('_')[0]} ({s}): **{v}**" for (s, m), v in closest.items())
     verdict = ("reproduced" if hits == 4 and strict >= 2 else "partly reproduced" if hits >= 2 else "not reproduced")
     body = f"""MLP 64-32-32-32-32-32-10 (tanh, {H.shape[0]:,} parameters) trained on the first 500 digits
 (final training loss {final:.3f}). `hessop.analysis.layerwise(H, "modules", density_steps={steps},
 num_probes={probes})` compares raw eigenvalues ("raw"); `hessop.analysis.layerwise.spectral_distances(block, full,
-scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape"). Full network: top eigenvalue {fullrow['top_eigenvalue']:.3g}, trace {fullrow['trace']:.3g}.
+scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape"). Full network: top eigenvalue {fullrow.top_eigenvalue:.3g}, trace {fullrow.trace:.3g}.
 
 | layer | parameters | top eigenvalue | trace | W1 (raw) | JS (raw) | W1 (shape) | JS (shape) |
 |---|---|---|---|---|---|---|---|

@@ -14,13 +14,17 @@ the top eigenvalues, trace (with standard error) and SLQ density of ``H_l`` and
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .layerwise import block_groups, block_spectrum
-from .plots import negative_mass
+from tqdm.auto import tqdm
 
-__all__ = ["GaussNewtonResult", "gauss_newton_decomposition"]
+from .blocks import resolve_blocks
+from .results import GaussNewtonRow
+from .spectrum import block_spectrum
+
+__all__ = ["GaussNewtonResult", "GaussNewtonRow", "gauss_newton_decomposition"]
 
 
 @dataclass(frozen=True)
@@ -29,13 +33,13 @@ class GaussNewtonResult:
 
     Attributes
     ----------
-    rows : list of dict
+    rows : list of GaussNewtonRow
         One per block (and ``"full"`` last): ``block``, ``num_params``,
         ``hessian_eigenvalues``, ``ggn_eigenvalues`` (top ``k``, descending),
         ``hessian_trace``, ``hessian_trace_stderr``, ``ggn_trace``,
         ``ggn_trace_stderr``, ``residual_trace``, ``residual_trace_stderr``,
         ``hessian_negative_mass``, ``ggn_negative_mass`` (mass below minus the
-        density's resolution, :func:`hessop.analysis.plots.negative_mass`).
+        density's resolution, :meth:`hessop.SpectralDensity.negative_mass`).
     hessian_densities, ggn_densities : dict
         ``{block: SpectralDensity}`` (empty when ``density=False``).
     num_matvecs : int
@@ -43,7 +47,7 @@ class GaussNewtonResult:
         True when interrupted before every block was analysed.
     """
 
-    rows: list[dict]
+    rows: list[GaussNewtonRow]
     hessian_densities: dict = field(repr=False)
     ggn_densities: dict = field(repr=False)
     num_matvecs: int = 0
@@ -55,14 +59,14 @@ class GaussNewtonResult:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             lines.append("| " + " | ".join([
-                r["block"], f"{r['num_params']:,}", f"{r['hessian_eigenvalues'][0]:.4g}", f"{r['ggn_eigenvalues'][0]:.4g}",
-                f"{r['hessian_trace']:.4g} ± {r['hessian_trace_stderr']:.2g}", f"{r['ggn_trace']:.4g} ± {r['ggn_trace_stderr']:.2g}",
-                f"{r['residual_trace']:.4g} ± {r['residual_trace_stderr']:.2g}"]) + " |")
+                r.block, f"{r.num_params:,}", f"{r.hessian_eigenvalues[0]:.4g}", f"{r.ggn_eigenvalues[0]:.4g}",
+                f"{r.hessian_trace:.4g} ± {r.hessian_trace_stderr:.2g}", f"{r.ggn_trace:.4g} ± {r.ggn_trace_stderr:.2g}",
+                f"{r.residual_trace:.4g} ± {r.residual_trace_stderr:.2g}"]) + " |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """JSON-ready rows."""
-        return {"rows": [dict(r) for r in self.rows], "num_matvecs": self.num_matvecs, "partial": self.partial}
+        return {"rows": [r.to_dict() for r in self.rows], "num_matvecs": self.num_matvecs, "partial": self.partial}
 
     def plot(self, blocks: Sequence[str] | None = None, log: bool = True):
         """One panel per block: the densities of ``H_l`` and ``G_l`` overlaid. Returns the axes."""
@@ -85,32 +89,29 @@ class GaussNewtonResult:
         return axes
 
 
-def _measure(H: Any, G: Any, k: int, trace_matvecs: int, density_steps: int, num_probes: int, seed: int,
-             with_density: bool):
+def _measure(name: str, H: Any, G: Any, k: int, trace_matvecs: int, density_steps: int, num_probes: int, seed: int,
+             with_density: bool) -> tuple[GaussNewtonRow, dict, int]:
     # Hutchinson with the same probes for H and G: the differences of the paired samples are
     # unbiased samples of Tr(R) = Tr(H - G), whose spread gives Tr(R) an honest standard error.
     budgets = dict(k=k, trace_matvecs=max(2, trace_matvecs), density_steps=density_steps, num_probes=num_probes,
                    seed=seed, trace_method="hutchinson", with_density=with_density)
     h, g = block_spectrum(H, **budgets), block_spectrum(G, **budgets)
-    out: dict[str, Any] = {"num_params": h.num_params}
-    dens = {}
-    for tag, b in (("hessian", h), ("ggn", g)):
-        out[f"{tag}_eigenvalues"] = b.eigenvalues
-        out[f"{tag}_converged"] = b.converged
-        out[f"{tag}_trace"], out[f"{tag}_trace_stderr"] = b.trace, b.trace_stderr
-        if b.density is not None:
-            dens[tag] = b.density
-            out[f"{tag}_negative_mass"] = negative_mass(b.density)[0]
     diff = h.trace_samples - g.trace_samples
-    out["residual_trace"] = float(diff.mean())
-    out["residual_trace_stderr"] = 0.0 if h.exact else float(diff.std(ddof=1) / math.sqrt(diff.size))
-    return out, dens, h.num_matvecs + g.num_matvecs
+    dens = {tag: b.density for tag, b in (("hessian", h), ("ggn", g)) if b.density is not None}
+    row = GaussNewtonRow(
+        name, h.num_params,
+        h.eigenvalues, h.converged, h.trace, h.trace_stderr,
+        g.eigenvalues, g.converged, g.trace, g.trace_stderr,
+        float(diff.mean()), 0.0 if h.exact else float(diff.std(ddof=1) / math.sqrt(diff.size)),
+        dens["hessian"].negative_mass() if dens else None, dens["ggn"].negative_mass() if dens else None,
+    )
+    return row, dens, h.num_matvecs + g.num_matvecs
 
 
 def gauss_newton_decomposition(
-    model: Any,
-    loss_fn: Any,
-    data: Any,
+    H: Any,
+    G: Any,
+    *args: Any,
     blocks: None | str | Mapping[str, Any] | Sequence[str] = None,
     k: int = 1,
     trace_matvecs: int = 40,
@@ -125,10 +126,14 @@ def gauss_newton_decomposition(
 
     Parameters
     ----------
-    model, loss_fn, data :
-        As for :func:`hessop.hessian` (any backend).
+    H, G : HessianOperator
+        The Hessian and the Gauss-Newton operator of the same model and data, any
+        backend: ``hessop.hessian(model, loss_fn, data)`` and
+        ``hessop.hessian(model, loss_fn, data, curvature="ggn")``.
+        (The old form ``gauss_newton_decomposition(model, loss_fn, data, ...)``,
+        which built both, still works and is deprecated.)
     blocks : None, "modules", "stages", list of patterns or {name: pattern(s)}
-        The blocks (see :func:`hessop.analysis.layerwise.block_groups`).
+        The blocks (see :func:`hessop.analysis.blocks.resolve_blocks`).
     k : int
         Top eigenvalues of ``H_l`` and ``G_l``.
     trace_matvecs : int
@@ -139,31 +144,41 @@ def gauss_newton_decomposition(
     seed : int
     progress : bool
         Show a progress bar over the blocks.
-    **options
-        Passed to :func:`hessop.hessian` (``backend``, ``comm``, backend options).
 
     Returns
     -------
     GaussNewtonResult
         Rows per block then ``"full"``; ``partial`` if interrupted with Ctrl-C.
     """
-    from tqdm.auto import tqdm
+    if not hasattr(H, "restrict") or not hasattr(G, "restrict"):  # the deprecated (model, loss_fn, data) form
+        if len(args) != 1:
+            raise TypeError("gauss_newton_decomposition takes the Hessian and the Gauss-Newton operators: "
+                            "gauss_newton_decomposition(H, G, blocks=...)")
+        warnings.warn("gauss_newton_decomposition(model, loss_fn, data) is deprecated: build the operators and pass "
+                      "gauss_newton_decomposition(H, G), H = hessop.hessian(model, loss_fn, data) and "
+                      "G = hessop.hessian(model, loss_fn, data, curvature='ggn')", DeprecationWarning, stacklevel=2)
+        from ..factory import hessian
 
-    from ..factory import hessian
-
+        model, loss_fn, data = H, G, args[0]
+        H = hessian(model, loss_fn, data, curvature="hessian", **options)
+        G = hessian(model, loss_fn, data, curvature="ggn", **options)
+    elif args or options:
+        raise TypeError(f"gauss_newton_decomposition(H, G, ...): unexpected arguments "
+                        f"{list(options) or list(args)}; pass the options by name (blocks=, k=, ...)")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer; got {k!r}")
-    H = hessian(model, loss_fn, data, curvature="hessian", **options)
-    G = hessian(model, loss_fn, data, curvature="ggn", **options)
-    groups = block_groups(H, blocks)
+    if tuple(G.shape) != tuple(H.shape):
+        raise ValueError(f"the Gauss-Newton operator has shape {tuple(G.shape)} but the Hessian {tuple(H.shape)}; "
+                         "build both from the same model, parameters and data")
+    chosen = resolve_blocks(H, blocks)
     args = (k, trace_matvecs, density_steps, num_probes, seed, density)
     rows, hd, gd, spent, partial = [], {}, {}, 0, False
     try:
-        todo = [*groups.items(), ("full", None)]
+        todo = [*chosen.items(), ("full", None)]
         for name, params in tqdm(todo, disable=not progress, desc="Gauss-Newton", unit="block"):
             Hb, Gb = (H, G) if params is None else (H.restrict(*params), G.restrict(*params))
-            row, dens, cost = _measure(Hb, Gb, *args)
-            rows.append({"block": name, **row})
+            row, dens, cost = _measure(name, Hb, Gb, *args)
+            rows.append(row)
             spent += cost
             if dens:
                 hd[name], gd[name] = dens["hessian"], dens["ggn"]

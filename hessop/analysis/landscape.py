@@ -80,6 +80,14 @@ class Landscape:
         out["labels"] = list(self.labels)
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Landscape":
+        """The landscape back from :meth:`to_dict` (None, an unreached point, becomes NaN); other keys are ignored."""
+        arr = lambda v: None if v is None else np.array(v, dtype=np.float64)  # noqa: E731 - None entries: NaN
+        return cls(arr(d["alphas"]), arr(d["losses"]), float(d["center_loss"]), arr(d.get("betas")),
+                   tuple(d.get("direction_norms", ())), tuple(d.get("labels", ("direction 1", "direction 2"))),
+                   int(d.get("num_evaluations", 0)), bool(d.get("partial", False)))
+
 
 def _steps(radius: float, num_points: int, name: str) -> np.ndarray:
     if not np.isfinite(radius) or radius <= 0:
@@ -208,9 +216,8 @@ def filter_normalized_direction(model_or_H: Any, seed: int = 0, *, ignore_1d: bo
     ----------
     model_or_H : torch.nn.Module or HessianOperator
         A PyTorch module (the direction covers its trainable parameters in
-        ``named_parameters`` order) or an operator (covering ``H.parameters()``;
-        parameter shapes come from the backend when it reports them, otherwise
-        each parameter tensor counts as one filter).
+        ``named_parameters`` order) or an operator of any backend (covering
+        ``H.parameters()``, filters read from :attr:`HessianOperator.parameter_shapes`).
     seed : int
         Seed of the host random generator (the same direction in every framework).
     ignore_1d : bool
@@ -232,15 +239,10 @@ def filter_normalized_direction(model_or_H: Any, seed: int = 0, *, ignore_1d: bo
         d = _filter_normalize(values, shapes, rng(seed), ignore_1d)
         return torch.as_tensor(d, dtype=params[0].dtype, device=params[0].device)
     H = model_or_H
-    if not hasattr(H, "parameters") or not hasattr(H, "xp"):
+    if not hasattr(H, "parameter_shapes"):
         raise TypeError(f"expected a torch.nn.Module or a HessianOperator; got a {type(H).__name__}")
     values = to_numpy(H.parameters()).astype(np.float64)
-    backend = getattr(H, "backend", None)
-    shapes = getattr(backend, "param_shapes", None)
-    if shapes is None:
-        sizes = getattr(backend, "param_sizes", None) or [values.size]
-        shapes = [(1, int(s)) for s in sizes]
-    d = _filter_normalize(values, [tuple(s) for s in shapes], rng(seed), ignore_1d)
+    d = _filter_normalize(values, H.parameter_shapes, rng(seed), ignore_1d)
     return from_numpy(d, H.xp, H.device, H.native_dtype)
 
 

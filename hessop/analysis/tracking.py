@@ -15,6 +15,7 @@ Ghorbani et al. (2019) and Yao et al. (2020).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["CurvatureTracker", "read_track", "plot_track"]
+from . import plots
+from .results import TrackRecord
+from .spectrum import block_spectrum
+
+__all__ = ["CurvatureTracker", "TrackRecord", "read_track", "plot_track"]
 
 UNITS = ("step", "epoch")
 
@@ -54,7 +59,7 @@ class CurvatureTracker:
         Estimate the trace (with ``trace_matvecs`` products) and its standard error.
     density : bool
         Store the SLQ density (grid, values, and the mass below minus its resolution
-        ``sigma``, see :func:`hessop.analysis.plots.negative_mass`) too.
+        ``sigma``, :meth:`hessop.SpectralDensity.negative_mass`) too.
     seed : int
         Probe seed, the same for every record.
     trace_matvecs, density_steps, num_probes : int
@@ -103,34 +108,31 @@ class CurvatureTracker:
         """Whether ``step`` is a recording step."""
         return step % self.every == 0
 
-    def measure(self, H: Any) -> dict:
-        """The curvature numbers of one operator, as a JSON-ready dict."""
-        from .layerwise import block_spectrum
-        from .plots import negative_mass
-
+    def measure(self, H: Any, step: int = 0, **extra: Any) -> TrackRecord:
+        """The curvature numbers of one operator, as a record at ``step`` (``extra``: the loop's numbers)."""
+        start = time.perf_counter()
         b = block_spectrum(H, k=max(self.k, 1), trace_matvecs=self.trace_matvecs, density_steps=self.density_steps,
                            num_probes=self.num_probes, seed=self.seed, with_density=self.density,
                            with_trace=self.trace)
-        rec: dict[str, Any] = {"num_params": b.num_params}
+        measured: dict[str, Any] = {}
         if self.k:
-            rec["top_eigenvalues"] = b.eigenvalues[: self.k]
-            rec["residual_norms"] = [_finite(v) for v in b.residual_norms[: self.k]]
-            rec["converged"] = b.converged
+            measured["top_eigenvalues"] = b.eigenvalues[: self.k]
+            measured["residual_norms"] = [_finite(v) for v in b.residual_norms[: self.k]]
+            measured["converged"] = b.converged
         if self.trace:
-            rec["trace"], rec["trace_stderr"] = _finite(b.trace), _finite(b.trace_stderr)
+            measured["trace"], measured["trace_stderr"] = _finite(b.trace), _finite(b.trace_stderr)
         if self.density:
             rho = b.density
-            neg, tol = negative_mass(rho)
-            rec["density"] = {
+            measured["density"] = {
                 "grid": np.asarray(rho.grid, dtype=float).tolist(),
                 "values": np.asarray(rho.values, dtype=float).tolist(),
-                "negative_mass": neg,
-                "negative_mass_below": -tol,
+                "negative_mass": rho.negative_mass(),
+                "negative_mass_below": -rho.sigma,
             }
-        rec["num_matvecs"] = b.num_matvecs
-        return rec
+        return TrackRecord(int(step), self.unit, time.time(), b.num_params, b.num_matvecs, **measured,
+                           seconds=time.perf_counter() - start, extra=dict(extra))
 
-    def __call__(self, step: int, **extra: Any) -> dict | None:
+    def __call__(self, step: int, **extra: Any) -> TrackRecord | None:
         """At a recording step, measure and append one record; return it (None on other steps).
 
         Keyword arguments (e.g. ``loss=0.3``, ``accuracy=0.9``) are stored in the record.
@@ -138,16 +140,13 @@ class CurvatureTracker:
         if not self.due(step):
             return None
         start = time.perf_counter()
-        H = self.make_operator()
-        rec = {self.unit: int(step), "unit": self.unit, "time": time.time()}
-        rec.update({k: (_finite(v) if isinstance(v, float) else v) for k, v in extra.items()})
-        rec.update(self.measure(H))
-        rec["seconds"] = time.perf_counter() - start
+        rec = self.measure(self.make_operator(), step, **extra)
+        rec = dataclasses.replace(rec, seconds=time.perf_counter() - start)
         self._append(rec)
         return rec
 
-    def _append(self, rec: dict) -> None:
-        line = json.dumps(rec, allow_nan=False) + "\n"
+    def _append(self, rec: TrackRecord) -> None:
+        line = json.dumps(rec.to_dict(), allow_nan=False) + "\n"
         folder = os.path.dirname(self.path)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -163,8 +162,8 @@ def _lines(path: str) -> Iterator[str]:
         yield from f
 
 
-def read_track(path: str | os.PathLike) -> list[dict]:
-    """The records of a tracking file, in order.
+def read_track(path: str | os.PathLike) -> list[TrackRecord]:
+    """The records of a tracking file, in order (``record.to_dict()`` gives the line back).
 
     A last line cut short (a process killed mid-write) is skipped; a malformed
     line elsewhere raises, since it means the file is not a tracking file.
@@ -178,7 +177,7 @@ def read_track(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(TrackRecord.from_dict(json.loads(line)))
         except json.JSONDecodeError as err:
             if i == len(lines) - 1 and not line.endswith("\n"):
                 break
@@ -186,9 +185,7 @@ def read_track(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def plot_track(track: str | os.PathLike | list[dict], axes=None, *, title: str | None = None):
+def plot_track(track: str | os.PathLike | list, axes=None, *, title: str | None = None):
     """Plot top eigenvalues and trace (±2 stderr) against the step or epoch, from a file or records."""
-    from .plots import plot_track as _plot
-
     records = read_track(track) if isinstance(track, (str, os.PathLike)) else list(track)
-    return _plot(records, axes, title=title)
+    return plots.plot_track(records, axes, title=title)

@@ -33,7 +33,8 @@ class Backend(ABC):
     dtype : the native dtype of vectors (float16/bfloat16 models use float32 here)
     param_names : names of the parameter tensors this backend differentiates, in order
     param_sizes : number of entries of each, same order; the flat vector concatenates them
-    module_names : for each parameter, the name of the group (module) it belongs to
+    param_shapes : the shape of each, same order (the analyses read filters and layers from them)
+    module_names : for each parameter, the name of the block (module) it belongs to
     curvature : one of ``CURVATURES``
     normalize : True for mean-reduced losses (divide by the global sample count)
     local_count : number of samples on this process (the weight total for mean losses)
@@ -44,6 +45,7 @@ class Backend(ABC):
     dtype: Any
     param_names: list[str]
     param_sizes: list[int]
+    param_shapes: list[tuple[int, ...]]
     module_names: list[str]
     curvature: str
     normalize: bool

@@ -158,6 +158,7 @@ class JaxBackend(Backend):
         self._fixed_leaves = tuple(self._all_leaves[i] for i in self._fixed)
         self.param_names = [self._all_names[i] for i in self._active]
         self.param_sizes = [int(self._all_leaves[i].size) for i in self._active]
+        self.param_shapes = [tuple(self._all_leaves[i].shape) for i in self._active]
         self.module_names = [_module_of(name) for name in self.param_names]
         self.dtype = self._flat.dtype
         self.xp = array_api_compat.array_namespace(self._flat)

@@ -7,9 +7,8 @@ from typing import Any
 
 from .._collective import together
 from .errors import UsageError
-from .loading import (as_model_and_loss, call_factory, check_data, declares_shard, load_checkpoint, load_object,
-                      shard)
-from .run_state import RunState
+from .loading import as_model_and_loss, call_factory, check_data, declares_shard, load_checkpoint, load_object, share
+from .run import RunState
 from .session import Session, chosen_steps, communicator, prepare, run, torch_device, torch_dtype
 
 
@@ -30,7 +29,7 @@ def analyze(args: Any) -> int:
             load_checkpoint(model, args.checkpoint, device)
         data = check_data(_call(data_factory, "--data", comm), "--data")
         if not declares_shard(data_factory):  # a factory that takes rank/size returned this process's own shard
-            data = shard(data, comm.rank, comm.size)
+            data = share(data, comm)
         return model, loss_fn, data
 
     model, loss_fn, data = together(comm, load, known=(UsageError,))

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .loading import shard
-from .run_state import RunState
-from .runner import Runner
-from .session import Session, chosen_steps, communicator, prepare, run, torch_dtype
+from .loading import share
+from .run import RunState
+from .session import Runner, Session, chosen_steps, communicator, prepare, run, torch_dtype
 
 DEMO = {
     "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},
@@ -80,7 +79,7 @@ def _setup(session: Session, runner: Runner, state: RunState) -> Any:
     if not trained_here:
         session.keep_weights(model, state)  # the weights trained by the run being resumed
     model = model.to(torch_dtype(cfg["dtype"])).eval()
-    batches = shard(data.batches(HESSIAN_BATCH), session.comm.rank, session.comm.size)
+    batches = share(data.batches(HESSIAN_BATCH), session.comm)
     H = hessian(model, torch.nn.CrossEntropyLoss(), batches, comm=session.comm)
     session.info.update({
         "model": cfg["model"],
@@ -136,9 +135,9 @@ def _setup_lm(session: Session, runner: Runner, state: RunState) -> Any:
     if not trained_here:
         session.keep_weights(model, state)
     model = model.to(torch_dtype(cfg["dtype"])).eval()
-    session.budget = replace(session.budget, groups=dict(model.block_groups()))
+    session.budget = replace(session.budget, blocks=dict(model.parameter_blocks()))
     batches = data.batches(cfg["hessian_batches"], cfg["hessian_batch_size"], cfg["block_size"], seed=seed + 1)
-    H = hessian(model, torch.nn.CrossEntropyLoss(), shard(batches, session.comm.rank, session.comm.size),
+    H = hessian(model, torch.nn.CrossEntropyLoss(), share(batches, session.comm),
                 comm=session.comm)
     session.info.update({
         "model": cfg["model"],

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ..distributed import shard
 from .errors import UsageError
 
 
@@ -146,10 +147,17 @@ def declares_shard(factory: Callable) -> bool:
     return "rank" in params or "size" in params
 
 
-def shard(data: Any, rank: int, size: int) -> Any:
-    """This rank's share of a list of batches (round robin); other data is used whole by every rank."""
-    if size > 1 and isinstance(data, list) and len(data) >= size:
-        return data[rank::size]
+def share(data: Any, comm: Any) -> Any:
+    """This process's share of data a factory returned whole: the command line's rule on the library's ``shard``.
+
+    A list of at least one batch per process is split round robin
+    (:func:`hessop.distributed.shard`); any other data (a ``DataLoader``, one
+    batch, fewer batches than processes) is used whole by every process, which
+    is correct, without a speed-up, and never leaves a process without data.
+    A factory that declares ``rank``/``size`` returned its own shard: do not call this on it.
+    """
+    if comm.size > 1 and isinstance(data, list) and len(data) >= comm.size:
+        return shard(data, comm)
     return data
 
 

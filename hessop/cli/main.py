@@ -71,9 +71,9 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threa
     what.add_argument("--density", action="store_true", help="the spectral density (stochastic Lanczos quadrature)")
     what.add_argument("--landscape", action="store_true", help="the loss along and between the top two eigenvectors")
     what.add_argument("--layerwise", action="store_true", help="top eigenvalue, trace and density of each block")
-    what.add_argument("--groups", choices=("stages", "modules"), default="stages",
-                      help="layer-wise blocks: stages, one per top-level module (default), or modules, one per "
-                      "module owning parameters")
+    what.add_argument("--blocks", "--groups", choices=("stages", "modules"), default="stages", dest="blocks",
+                      action=_Renamed, help="layer-wise blocks: stages, one per top-level module (default), or "
+                      "modules, one per module owning parameters (--groups: its old name)")
     run = p.add_argument_group("run")
     run.add_argument("--out", default="hessop-report", metavar="DIR", help="report folder (default: hessop-report)")
     run.add_argument("--budget", choices=("full", "small"), default="full",
@@ -91,6 +91,17 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threa
     show.add_argument("--json", action="store_true", help="print the report's JSON to stdout")
     show.add_argument("--quiet", action="store_true", help="no progress bars, no summary line")
     show.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+class _Renamed(argparse.Action):
+    """Stores the value; an option's old name (``--groups``) still works, with a note on stderr."""
+
+    OLD = {"--groups": "--blocks"}
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.OLD:
+            print(f"hessop: {option_string} is deprecated, use {self.OLD[option_string]}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _version() -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
-from .run_state import RunState
+from .run import RunState
 from .steps import ORDER, TITLES
 
 
@@ -160,7 +160,7 @@ def _density(res: dict, fig: str | None) -> Section:
     s.text.append(
         f"Stochastic Lanczos quadrature: {res['num_probes']} probes of {res['num_steps']} Lanczos steps "
         f"({res['num_matvecs']} products), smoothed with a Gaussian kernel of width {fmt(res['sigma'], 3)}. "
-        f"Mass on negative eigenvalues: {fmt(res['negative_mass'], 3)}."
+        f"Mass on negative eigenvalues (below −σ, the resolution): {fmt(res['negative_mass'], 3)}."
     )
     return s
 
@@ -194,7 +194,7 @@ def _layers(res: dict, fig: str | None) -> Section:
         "its trace with a standard error, and the distances of its spectral density to the whole network's "
         "(Wasserstein-1 in eigenvalue units, Jensen-Shannon in [0, 1])."
     )
-    for row in [*res["rows"], res["full"]]:
+    for row in [*res["rows"], {**res["full"], "block": "(whole network)"}]:
         s.rows.append([fmt(row.get(c)) for c in cols + extra])
     return s
 

@@ -1,8 +1,16 @@
-"""What ``demo`` and ``analyze`` share: options, communicator, model weights kept for resume, the run itself.
+"""One command's run, what ``demo`` and ``analyze`` share: options, communicator, weights kept for resume, the steps.
 
 A command builds a :class:`Session` from its parsed options, then hands
 :func:`run` a *setup* function that returns the Hessian operator; :func:`run`
-computes the chosen steps with the run state and writes the report.
+computes the chosen steps with the run state (:mod:`.run`, the run's folder)
+and writes the report.
+
+Steps run one by one through a :class:`Runner`, each saved as it finishes. A
+solver interrupted by Ctrl-C may return what it has instead of raising; the
+runner notices the interrupt through its own SIGINT handler, does not record
+that step as finished (a resumed run redoes it with the same seed), and stops.
+Whatever happens, the report is written from the steps that did finish, marked
+``"partial"`` unless every step completed (:func:`execute`).
 """
 
 from __future__ import annotations
@@ -10,18 +18,22 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
+import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
 from .._collective import is_collective, together
-from ..distributed import SerialComm, as_comm
-from .errors import UsageError
-from .lock import RunLock
+from ..distributed import as_comm, world
+from .errors import EXIT_ANALYSIS_ERROR, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from .report import write_report
-from .run_state import RunState, damaged
-from .runner import Runner, execute
+from .run import RunLock, RunState, damaged
 from .steps import BUDGETS, ORDER, STEPS, Budget, step_seed
 
 MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
@@ -29,20 +41,18 @@ MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 
 
 def communicator(choice: str) -> Any:
-    """``serial``, ``mpi``, or ``auto``: MPI when launched by ``mpiexec`` with more than one process."""
+    """``serial``, ``mpi``, or ``auto``: the library's :func:`~hessop.distributed.world` when launched by
+    ``mpiexec`` with more than one process, else one process (without importing mpi4py, which starts MPI)."""
     launched = any(os.environ.get(v, "1").isdigit() and int(os.environ.get(v, "1")) > 1 for v in MPI_ENV)
     if choice == "mpi" or (choice == "auto" and launched):
-        try:
-            from mpi4py import MPI
-        except ImportError as exc:
-            raise UsageError("--comm mpi needs mpi4py; install it with pip install 'hessop[mpi]'") from exc
-        return as_comm(MPI.COMM_WORLD)
-    return SerialComm()
+        require("mpi4py", "mpi", f"--comm {choice} under mpiexec")  # world() alone would fall back to one process
+        return world()
+    return as_comm(None)
 
 
 def chosen_steps(args: Any) -> tuple[list[str], Budget]:
     """The analysis steps and budget the options ask for (no analysis flag: every analysis)."""
-    budget = replace(BUDGETS[args.budget], groups=args.groups)
+    budget = replace(BUDGETS[args.budget], blocks=args.blocks)
     if args.eig is not None:
         if args.eig < 1:
             raise UsageError(f"--eig {args.eig}: ask for at least one eigenvalue, e.g. --eig 5")
@@ -143,7 +153,7 @@ def require(module: str, extra: str, what: str) -> None:
 def prepare(args: Any, comm: Any) -> None:
     """Checks before any work (options, the report folder and its lock), failing on every process together.
 
-    Rank 0 takes the folder's lock (:class:`~hessop.cli.lock.RunLock`), which
+    Rank 0 takes the folder's lock (:class:`~hessop.cli.run.RunLock`), which
     also proves the folder writable, before a model is built or trained.
     """
     args.comm_obj = comm
@@ -156,6 +166,81 @@ def prepare(args: Any, comm: Any) -> None:
             args.lock = RunLock.acquire(Path(args.out), " ".join(["hessop", *map(shlex.quote, args.argv)]))
 
     together(comm, lock, known=(UsageError,))
+
+
+# -- running the steps -----------------------------------------------------------------------------
+class Runner:
+    """Runs named steps, skipping those the state already holds, with one progress bar.
+
+    Use as a context manager: inside it Ctrl-C is noticed even when a solver
+    swallows the KeyboardInterrupt to return a partial result.
+    """
+
+    def __init__(self, state: RunState, total: int, progress: bool):
+        self.state = state
+        self.interrupted = False
+        self._bar = tqdm(total=total, desc="hessop", unit="step", disable=not progress, leave=False)
+        self._previous: Any = None
+
+    def __enter__(self) -> "Runner":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        self._bar.close()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def step(self, name: str, fn: Callable[[], dict]) -> dict:
+        """The result of step ``name``: saved from an earlier run, or computed now and saved at once."""
+        if not self.state.done(name):
+            self._bar.set_postfix_str(name)
+            start = time.perf_counter()
+            result = fn()
+            if self.interrupted:  # the step returned a partial result after Ctrl-C: do not keep it
+                raise KeyboardInterrupt
+            self.state.finish(name, result, time.perf_counter() - start)
+        self._bar.update()
+        return self.state.result(name)
+
+
+def execute(
+    state: RunState,
+    body: Callable[[Runner], None],
+    total: int,
+    progress: bool,
+    write_report: Callable[[RunState, str, str | None], Path | None],
+    debug: bool = False,
+) -> tuple[int, str, str | None, BaseException | None]:
+    """Run ``body`` and write the report whatever happens.
+
+    Returns
+    -------
+    (exit_code, status, error, exception)
+        ``status`` is ``"complete"``, ``"partial"`` (interrupted) or ``"failed"``;
+        ``exception`` is what stopped the run (``None`` when complete).
+    """
+    status, error, code, failure = "complete", None, EXIT_OK, None
+    try:
+        with Runner(state, total, progress) as runner:
+            body(runner)
+    except KeyboardInterrupt as exc:
+        status, code, failure = "partial", EXIT_INTERRUPTED, exc
+        error = "interrupted; rerun the same command with --resume to continue"
+    except UsageError:
+        raise
+    except Exception as exc:  # an analysis failed: keep what finished and say what broke
+        if debug:
+            traceback.print_exc()
+        status, code, failure = "failed", EXIT_ANALYSIS_ERROR, exc
+        error = f"{type(exc).__name__}: {exc}"
+    write_report(state, status, error)
+    return code, status, error, failure
 
 
 def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:

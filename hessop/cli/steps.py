@@ -2,7 +2,7 @@
 
 A step takes the Hessian operator and the run's settings and returns a
 JSON-able dict of numbers (and their quality: residuals, standard errors,
-product counts). Arrays a later step needs (the eigenvectors the landscapes
+product counts): the result's own ``to_dict()`` where it has one. Arrays a later step needs (the eigenvectors the landscapes
 follow) are kept in the run state, so a resumed run continues exactly where
 it stopped. Each step draws its random numbers from its own seed, derived
 from the run's seed and the step's name, so skipping finished steps does not
@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .._array import from_numpy, to_numpy
-from .run_state import RunState
+from ..analysis.spectrum import density_to_dict
+from .run import RunState
 
 ORDER = ("eigenvalues", "trace", "density", "landscape_1d", "landscape_2d", "layerwise")
 """Every analysis step, in the order a report runs them."""
@@ -49,7 +50,7 @@ class Budget:
     layer_trace_matvecs: int = 60
     layer_density_steps: int = 60
     layer_probes: int = 2
-    groups: str | dict = "stages"  # or {block name: [parameter patterns]} (the language-model demo's)
+    blocks: str | dict = "stages"  # or {block name: [parameter patterns]} (the language-model demo's)
 
     def to_dict(self) -> dict:
         """The budget as saved in the run configuration."""
@@ -110,8 +111,9 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
 
     rho = slq(H, num_steps=budget.density_steps, num_probes=budget.density_probes, seed=seed, progress=progress)
     return {
-        **_density_dict(rho),
-        "negative_mass": float(rho.negative_mass()),
+        **density_to_dict(rho),
+        "negative_mass": rho.negative_mass(),
+        "negative_mass_below": -rho.sigma,
         "num_probes": int(rho.num_probes),
         "num_steps": budget.density_steps,
         "num_matvecs": int(rho.num_matvecs),
@@ -120,17 +122,6 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
 
 def _floats(a: Any) -> list:
     return np.asarray(to_numpy(a), dtype=np.float64).tolist()
-
-
-def _density_dict(rho: Any) -> dict:
-    """A density as saved: the smoothed curve, the quadrature rules and the kernel width."""
-    return {
-        "grid": _floats(rho.grid),
-        "values": _floats(rho.values),
-        "nodes": _floats(rho.nodes),
-        "weights": _floats(rho.weights),
-        "sigma": float(rho.sigma),
-    }
 
 
 def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:
@@ -158,13 +149,7 @@ def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
     curves = []
     for i, (d, lam) in enumerate(zip(dirs, vals), start=1):
         ls = line(H, d, radius=radius, num_points=budget.points_1d, label=f"v{i}", progress=progress)
-        curves.append({
-            "direction": f"v{i}",
-            "eigenvalue": float(lam),
-            "slope": float(xp.sum(grad * d)),
-            "alphas": np.asarray(to_numpy(ls.alphas), dtype=np.float64).tolist(),
-            "losses": np.asarray(to_numpy(ls.losses), dtype=np.float64).tolist(),
-        })
+        curves.append({**ls.to_dict(), "direction": f"v{i}", "eigenvalue": float(lam), "slope": float(xp.sum(grad * d))})
     return {"radius": radius, "center_loss": float(ls.center_loss), "curves": curves}
 
 
@@ -175,45 +160,17 @@ def landscape_2d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
     (d1, d2), vals = _directions(H, state, 2)
     radius = landscape_radius(vals[0])
     ls = plane(H, d1, d2, radius=radius, num_points=budget.points_2d, labels=("v1", "v2"), progress=progress)
-    f64 = lambda a: np.asarray(to_numpy(a), dtype=np.float64).tolist()  # noqa: E731
-    return {
-        "radius": radius,
-        "eigenvalues": [float(v) for v in vals],
-        "center_loss": float(ls.center_loss),
-        "alphas": f64(ls.alphas),
-        "betas": f64(ls.betas),
-        "losses": f64(ls.losses),
-    }
+    return {**ls.to_dict(), "radius": radius, "eigenvalues": [float(v) for v in vals]}
 
 
 def layerwise(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """Top eigenvalue, trace and spectral distance to the full Hessian of each block (top-level modules or all)."""
     from ..analysis.layerwise import layerwise as per_block
 
-    res = per_block(
-        H, groups=budget.groups, k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,
+    return per_block(
+        H, blocks=budget.blocks, k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,
         num_probes=budget.layer_probes, seed=seed, progress=progress,
-    )
-    rows = [{k: _plain(v) for k, v in row.items()} for row in res.rows]
-    full = {"block": "(whole network)", **{k: _plain(v) for k, v in res.full.items() if k != "block"}}
-    return {
-        "rows": rows,
-        "full": full,
-        "densities": {name: _density_dict(rho) for name, rho in res.densities.items()},
-        "full_density": _density_dict(res.full_density),
-        "num_matvecs": int(res.num_matvecs),
-    }
-
-
-def _plain(v: Any) -> Any:
-    """A JSON value from a number, a numpy scalar or array, or a native scalar."""
-    if isinstance(v, (np.ndarray, np.generic)):
-        return v.tolist()
-    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+    ).to_dict()
 
 
 STEPS: dict[str, Callable[..., dict]] = {

@@ -17,6 +17,7 @@ blocks of the block-wise analysis: ``wte``/``wpe`` (embeddings),
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -127,16 +128,23 @@ class GPT(nn.Module):
             x = block(x)
         return self.head(self.ln_f(x))
 
-    def block_groups(self) -> "OrderedDict[str, list[str]]":
-        """Parameter groups of the block-wise analysis: embeddings, each attention, each MLP, norms, head.
+    def parameter_blocks(self) -> "OrderedDict[str, list[str]]":
+        """Parameter blocks of the block-wise analysis: embeddings, each attention, each MLP, norms, head.
 
-        Values are module prefixes, as :meth:`hessop.HessianOperator.restrict` takes them.
+        Values are module prefixes, as :meth:`hessop.HessianOperator.restrict` and the
+        ``blocks=`` of :func:`hessop.analysis.layerwise.layerwise` take them.
         """
-        groups: "OrderedDict[str, list[str]]" = OrderedDict(embeddings=["wte", "wpe"])
+        blocks: "OrderedDict[str, list[str]]" = OrderedDict(embeddings=["wte", "wpe"])
         for i in range(self.config.n_layer):
-            groups[f"attention {i}"] = [f"blocks.{i}.attn"]
-            groups[f"mlp {i}"] = [f"blocks.{i}.mlp"]
-        groups["norms"] = [f"blocks.{i}.ln_{j}" for i in range(self.config.n_layer) for j in (1, 2)] + ["ln_f"]
+            blocks[f"attention {i}"] = [f"blocks.{i}.attn"]
+            blocks[f"mlp {i}"] = [f"blocks.{i}.mlp"]
+        blocks["norms"] = [f"blocks.{i}.ln_{j}" for i in range(self.config.n_layer) for j in (1, 2)] + ["ln_f"]
         if not self.config.tie_head:
-            groups["head"] = ["head"]
-        return groups
+            blocks["head"] = ["head"]
+        return blocks
+
+    def block_groups(self) -> "OrderedDict[str, list[str]]":
+        """Deprecated name of :meth:`parameter_blocks`."""
+        warnings.warn("GPT.block_groups() is now GPT.parameter_blocks(): parameter groups are called blocks",
+                      DeprecationWarning, stacklevel=2)
+        return self.parameter_blocks()

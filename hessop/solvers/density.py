@@ -88,13 +88,27 @@ class SpectralDensity:
         return float(out) if np.ndim(out) == 0 else out
 
     def negative_mass(self, tol: float | None = None) -> float:
-        """Fraction of eigenvalues below ``-tol``.
+        """Fraction of eigenvalues below ``-tol``: the one definition every report and analysis uses.
 
-        ``tol`` defaults to ``1e-6 · max|θ|``, so nodes that are zero up to
-        rounding (the null space of a Hessian) do not count as negative.
+        ``tol`` defaults to :attr:`sigma`, the density's resolution (the kernel
+        width, by default the mean spacing of the quadrature nodes). The
+        Chebyshev-Markov-Stieltjes inequalities bound the distribution function
+        read off an ``m``-point Gauss rule only up to the weight of the node
+        nearest the point asked about (Golub & Meurant 2010, *Matrices, Moments
+        and Quadrature*). A Hessian's null space and its continuum of tiny
+        eigenvalues of both signs put nodes of large weight within ``sigma`` of
+        zero, whose sign the quadrature does not resolve: counting them (a
+        threshold of rounding size) moves the answer by their whole weight. On
+        the small ``hessop demo`` MLP (610 parameters, 2 probes of 20 steps) the
+        exact spectrum has 22% of its eigenvalues below ``-1e-6·λ_max`` and 11%
+        below ``-sigma``; SLQ reports 53% at the first threshold and 13% at the
+        second. Mass below ``-sigma`` is what the estimate resolves, and what the
+        plotted curve shows. Pass a smaller ``tol`` (``0`` counts every negative
+        node) to ask about finer scales, knowing the answer is then only as
+        good as the nodes' convergence.
         """
         if tol is None:
-            tol = 1e-6 * float(np.max(np.abs(self.nodes)))
+            tol = self.sigma
         return float(np.sum(self.weights[self.nodes < -tol]) / self.num_probes)
 
     @property
