@@ -17,7 +17,6 @@ blocks of the block-wise analysis: ``wte``/``wpe`` (embeddings),
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -142,9 +141,3 @@ class GPT(nn.Module):
         if not self.config.tie_head:
             blocks["head"] = ["head"]
         return blocks
-
-    def block_groups(self) -> "OrderedDict[str, list[str]]":
-        """Deprecated name of :meth:`parameter_blocks`."""
-        warnings.warn("GPT.block_groups() is now GPT.parameter_blocks(): parameter groups are called blocks",
-                      DeprecationWarning, stacklevel=2)
-        return self.parameter_blocks()
