@@ -5,7 +5,7 @@
 spectrum on the operator's own device. Importing hessop imports no framework.
 """
 
-from .backends.cupy import from_cupy, to_cupy
+from .cupy import from_cupy, to_cupy
 from .distributed import RankDisagreementError, abort_on_error, shard
 from .factory import hessian
 from .operator import HessianOperator

@@ -32,6 +32,52 @@ def device_of(x: Array):
     return array_api_compat.device(x)
 
 
+def import_cupy():
+    """The ``cupy`` module, or an ImportError that says how to install it."""
+    try:
+        import cupy
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "this needs CuPy with a CUDA device: pip install cupy-cuda12x (or the wheel matching your CUDA)"
+        ) from err
+    return cupy
+
+
+def same_device(a: Any, b: Any) -> bool:
+    """Whether two devices, possibly named by different frameworks, are the same one."""
+    try:
+        return device_key(a) == device_key(b)
+    except ValueError:
+        return str(a) == str(b)
+
+
+def device_key(device: Any) -> tuple[str, int]:
+    """A device as ``(kind, index)`` with kind ``"cpu"`` or ``"cuda"``, whatever framework named it.
+
+    Understands ``torch.device``, JAX devices, ``cupy.cuda.Device``, strings such
+    as ``"cuda:1"``, ``"gpu:0"`` or ``"cpu"``, and integers (a CUDA ordinal).
+    """
+    if isinstance(device, (int, np.integer)):
+        return ("cuda", int(device))
+    if hasattr(device, "platform"):  # JAX
+        kind = "cuda" if device.platform in ("gpu", "cuda", "rocm") else str(device.platform)
+        index = getattr(device, "local_hardware_id", None)
+        return (kind, int(device.id if index is None else index))
+    if hasattr(device, "type") and hasattr(device, "index"):  # torch
+        return (_kind(device.type), int(device.index or 0))
+    if type(device).__module__.startswith("cupy"):  # cupy.cuda.Device
+        return ("cuda", int(device.id))
+    text = str(device).lower()
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "gpu") or (index and not index.isdigit()):
+        raise ValueError(f"cannot interpret device {device!r}; use e.g. 'cpu', 'cuda:0' or a framework device")
+    return (_kind(kind), int(index or 0))
+
+
+def _kind(name: str) -> str:
+    return "cpu" if name == "cpu" else "cuda"
+
+
 def to_numpy(x: Array) -> np.ndarray:
     """Copy a native array to a host :class:`numpy.ndarray` (no copy when it already is one)."""
     if isinstance(x, np.ndarray):

@@ -1,13 +1,20 @@
 """The Hessian of a loss as a :class:`scipy.sparse.linalg.LinearOperator`.
 
-:class:`HessianOperator` *is* a scipy ``LinearOperator`` (a subclass, with an
-explicit dtype), so ``eigsh``, ``lobpcg``, ``cg`` and ``minres`` run on it
-unchanged through the host path (numpy in, numpy out). The solvers of this
-package use the native path, :meth:`HessianOperator.apply`, which keeps vectors
-on the framework's device.
+:class:`NativeOperator` is the one base of hessop's operators: a scipy
+``LinearOperator`` (with an explicit dtype) whose host path (numpy in, numpy
+out) and native path (:meth:`~NativeOperator.apply`, vectors on the operator's
+device) are written once, with the shape, dtype and device checks and the
+product count. A subclass implements only :meth:`~NativeOperator._product`:
 
-The operator imports no framework: a :class:`~hessop.backends.base.Backend`
-supplies local products and a communicator adds them across processes.
+* :class:`HessianOperator`: a framework's curvature products, summed over processes;
+* :class:`CallableOperator`: a user's ``fn(V) -> A @ V`` on any array namespace
+  (CuPy included), and :func:`as_operator` for dense and sparse matrices;
+* :class:`hessop.testing.SpectralOperator`: a prescribed spectrum.
+
+scipy's ``eigsh``, ``lobpcg``, ``cg`` and ``minres`` run on all of them unchanged;
+the solvers of this package use the native path. This module imports no
+framework: a :class:`~hessop.backends.base.Backend` supplies local products and
+a communicator adds them across processes.
 """
 
 from __future__ import annotations
@@ -18,7 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from ._array import Array, device_of, from_numpy, numpy_dtype, to_numpy
+from typing import Callable
+
+import array_api_compat
+
+from ._array import Array, device_of, from_numpy, import_cupy, numpy_dtype, same_device, to_numpy
 from .backends.base import Backend
 from ._collective import summed
 from .comm.base import Communicator
@@ -32,7 +43,85 @@ DENSE_LIMIT = 8192
 """Largest dimension :meth:`HessianOperator.to_dense` builds without ``max_size``."""
 
 
-class HessianOperator(LinearOperator):
+class NativeOperator(LinearOperator):
+    """A symmetric operator with a native path: ``apply`` on arrays of its namespace and device.
+
+    Subclasses call ``super().__init__(n, xp, device, native_dtype)`` and implement
+    :meth:`_product`; :meth:`apply` checks the vector and counts the products,
+    and the scipy host path converts numpy arrays in and out.
+
+    Attributes
+    ----------
+    xp : namespace
+        Array-API namespace of the native vectors.
+    device
+        Device the native vectors live on.
+    native_dtype
+        Native dtype of the vectors (``dtype`` is its numpy twin, for scipy).
+    num_matvecs : int
+        Products so far (a ``k``-column block counts ``k``).
+    """
+
+    noun = "operator"
+    """What the operator is called in error messages."""
+
+    def __init__(self, n: int, xp: Any, device: Any, native_dtype: Any):
+        self.xp, self.native_dtype = xp, native_dtype
+        self.device = device if device is not None else device_of(xp.zeros(1, dtype=native_dtype))
+        super().__init__(dtype=numpy_dtype(xp, native_dtype), shape=(int(n), int(n)))
+        self.num_matvecs = 0
+
+    def _product(self, V: Array) -> Array:
+        """``A @ V`` for a checked native ``(n,)`` or ``(n, k)`` array."""
+        raise NotImplementedError
+
+    def apply(self, V: Array) -> Array:
+        """``A @ V`` for a native vector ``(n,)`` or block ``(n, k)`` on this operator's device."""
+        self._check_native(V)
+        out = self._product(V)
+        self.num_matvecs += 1 if V.ndim == 1 else int(V.shape[1])
+        return out
+
+    def _check_native(self, V: Array) -> None:
+        n = self.shape[0]
+        if not hasattr(V, "ndim") or V.ndim not in (1, 2) or V.shape[0] != n:
+            shape = getattr(V, "shape", None)
+            raise ValueError(f"expected a vector of shape ({n},) or a block ({n}, k); got shape {shape}")
+        if V.dtype != self.native_dtype:
+            raise TypeError(
+                f"vector dtype {V.dtype} does not match the operator's {self.native_dtype}; "
+                f"cast it first (e.g. xp.astype(v, H.native_dtype))"
+            )
+        device = device_of(V)
+        if device != self.device and not same_device(device, self.device):
+            raise ValueError(f"vector is on device {device} but the operator is on {self.device}; move it first")
+
+    # -- scipy host path ---------------------------------------------------------------
+    def _to_native(self, x: np.ndarray) -> Array:
+        x = np.asarray(x)
+        if np.iscomplexobj(x):
+            raise TypeError(f"the {self.noun} is real; apply it to the real and imaginary parts separately")
+        return from_numpy(x.astype(self.dtype, copy=False), self.xp, self.device, self.native_dtype)
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return to_numpy(self.apply(self._to_native(np.ravel(x)))).reshape(np.shape(x))
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        return to_numpy(self.apply(self._to_native(X)))
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _rmatmat(self, X: np.ndarray) -> np.ndarray:
+        return self._matmat(X)
+
+    def _adjoint(self) -> "NativeOperator":
+        return self
+
+    _transpose = _adjoint
+
+
+class HessianOperator(NativeOperator):
     """A symmetric curvature matrix (Hessian, GGN or their difference) of a loss over all the data.
 
     Parameters
@@ -50,88 +139,31 @@ class HessianOperator(LinearOperator):
     A ``k``-column product counts ``k`` in :attr:`num_matvecs`.
     """
 
+    noun = "Hessian operator"
+
     def __init__(self, backend: Backend, comm: Any = None):
         self.backend = backend
         self.comm: Communicator = as_comm(comm)
         if self.comm.size > 1:  # one 10-float all-reduce
             self.comm.check_agree(backend.flat_params(), "model parameters",
                                   hint="every rank must build the same model (same seed or checkpoint)")
-        n = backend.n
-        super().__init__(dtype=numpy_dtype(backend.xp, backend.dtype), shape=(n, n))
+        super().__init__(backend.n, backend.xp, backend.device, backend.dtype)
         self._scale = 1.0
         if backend.normalize:
             total = self.comm.allreduce_scalar(backend.local_count)
             if total <= 0:
                 raise ValueError("the data holds no samples: every batch on every process is empty")
             self._scale = 1.0 / total
-        self.num_matvecs = 0
-
-    # -- native path -------------------------------------------------------------------
-    @property
-    def xp(self):
-        """Array-API namespace of the native vectors."""
-        return self.backend.xp
-
-    @property
-    def device(self):
-        """Device the native vectors live on."""
-        return self.backend.device
-
-    @property
-    def native_dtype(self):
-        """Native dtype of the vectors (``dtype`` is its numpy twin, for scipy)."""
-        return self.backend.dtype
 
     @property
     def curvature(self) -> str:
         """``"hessian"``, ``"ggn"`` or ``"residual"``."""
         return self.backend.curvature
 
-    def apply(self, V: Array) -> Array:
-        """``H @ V`` for a native vector ``(n,)`` or block ``(n, k)`` on this operator's device."""
-        self._check_native(V)
-        out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"), "in a product")
-        self.num_matvecs += 1 if V.ndim == 1 else int(V.shape[1])
+    def _product(self, V: Array) -> Array:
+        out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"),
+                     "in a product")
         return out * self._scale if self._scale != 1.0 else out
-
-    def _check_native(self, V: Array) -> None:
-        n = self.shape[0]
-        if not hasattr(V, "ndim") or V.ndim not in (1, 2) or V.shape[0] != n:
-            shape = getattr(V, "shape", None)
-            raise ValueError(f"expected a vector of shape ({n},) or a block ({n}, k); got shape {shape}")
-        if V.dtype != self.native_dtype:
-            raise TypeError(
-                f"vector dtype {V.dtype} does not match the operator's {self.native_dtype}; "
-                f"cast it first (e.g. xp.astype(v, H.native_dtype))"
-            )
-        if str(device_of(V)) != str(self.device):
-            raise ValueError(f"vector is on device {device_of(V)} but the operator is on {self.device}; move it first")
-
-    # -- scipy host path ---------------------------------------------------------------
-    def _to_native(self, x: np.ndarray) -> Array:
-        x = np.asarray(x)
-        if np.iscomplexobj(x):
-            raise TypeError("the Hessian operator is real; apply it to the real and imaginary parts separately")
-        return from_numpy(x.astype(self.dtype, copy=False), self.xp, self.device, self.native_dtype)
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        shape = np.shape(x)
-        y = to_numpy(self.apply(self._to_native(np.ravel(x))))
-        return y.reshape(shape)
-
-    def _matmat(self, X: np.ndarray) -> np.ndarray:
-        return to_numpy(self.apply(self._to_native(X)))
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matvec(x)
-
-    def _rmatmat(self, X: np.ndarray) -> np.ndarray:
-        return self._matmat(X)
-
-    def _adjoint(self) -> "HessianOperator":
-        return self
-
-    _transpose = _adjoint
 
     # -- structure -----------------------------------------------------------------------
     @property
@@ -233,6 +265,69 @@ class HessianOperator(LinearOperator):
             f"<{type(self).__name__} {self.curvature} n={n} dtype={self.dtype} "
             f"backend={type(self.backend).__name__} device={self.device} ranks={self.comm.size}>"
         )
+
+
+class CallableOperator(NativeOperator):
+    """A symmetric operator given by its product ``fn(V)`` on native arrays.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(V) -> A @ V`` for ``V`` of shape ``(n,)`` or ``(n, k)``, returning the
+        same shape, dtype and device. It must handle both shapes.
+    n : int
+        The dimension.
+    dtype : dtype
+        The real floating dtype of the vectors (a numpy dtype or its name).
+    xp : namespace, optional
+        The array namespace of the vectors (default: CuPy's).
+    device : optional
+        Their device (default: CuPy's current device, or ``"cpu"`` for numpy).
+    """
+
+    def __init__(self, fn: Callable[[Array], Array], n: int, dtype: Any, *, xp: Any = None, device: Any = None):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable (V -> A @ V), not {type(fn).__name__}")
+        if int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer, not {n!r}")
+        if xp is None:
+            cupy = import_cupy()
+            xp = array_api_compat.array_namespace(cupy.empty(0))
+            device = cupy.cuda.Device() if device is None else device
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"the operator's dtype must be a real float (float32 or float64), not {dtype}")
+        self._fn = fn
+        super().__init__(n, xp, device, getattr(xp, dtype.name))
+
+    def _product(self, V: Array) -> Array:
+        out = self._fn(V)
+        if getattr(out, "shape", None) != V.shape:
+            raise ValueError(f"fn returned shape {getattr(out, 'shape', None)} for an input of shape {V.shape}; "
+                             "it must return A @ V of the same shape")
+        return out
+
+    def __repr__(self) -> str:
+        n = self.shape[0]
+        return f"<CallableOperator n={n} dtype={self.dtype} device={self.device}>"
+
+
+def as_operator(A: Any) -> CallableOperator:
+    """A dense square array or a sparse matrix (CuPy, or numpy/scipy) as a native operator.
+
+    ``A`` must be symmetric (the solvers check it with one random probe).
+    Integer matrices are refused: cast them to float32 or float64 first.
+    """
+    shape = getattr(A, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"expected a square matrix; got {type(A).__name__} of shape {shape}")
+    storage = A.data if _is_sparse(A) else A
+    xp = array_api_compat.array_namespace(storage)
+    return CallableOperator(lambda V: A @ V, shape[0], np.dtype(A.dtype), xp=xp, device=device_of(storage))
+
+
+def _is_sparse(A: Any) -> bool:
+    return hasattr(A, "tocsr") and hasattr(A, "nnz")
 
 
 def _selects(pattern: str, name: str) -> bool:

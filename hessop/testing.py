@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.sparse.linalg import LinearOperator
 from scipy.stats import ortho_group
 
-from ._array import Array, from_numpy, namespace, numpy_dtype, rng, to_numpy
+from ._array import Array, from_numpy, namespace, rng
+from .operator import NativeOperator
 
 
 def nn_like_spectrum(
@@ -80,7 +80,7 @@ def indefinite_spectrum(n: int, negative_fraction: float = 0.3, seed: int = 0) -
     return np.sort(np.concatenate([-g.uniform(0.05, 1.0, n_neg), g.uniform(0.05, 2.0, n - n_neg)]))
 
 
-class SpectralOperator(LinearOperator):
+class SpectralOperator(NativeOperator):
     """``A = Q diag(eigenvalues) Qᵀ`` with a seeded random orthogonal ``Q``.
 
     Parameters
@@ -101,10 +101,8 @@ class SpectralOperator(LinearOperator):
         lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
         n = lam.size
         self.eigenvalues = lam
-        self.xp = xp if xp is not None else namespace(np.zeros(1))
-        self.device = device
-        self.native_dtype = dtype if dtype is not None else self.xp.float64
-        super().__init__(dtype=numpy_dtype(self.xp, self.native_dtype), shape=(n, n))
+        xp = xp if xp is not None else namespace(np.zeros(1))
+        super().__init__(n, xp, device, dtype if dtype is not None else xp.float64)
         g = rng(seed)
         self.implicit = implicit
         if implicit:
@@ -115,14 +113,11 @@ class SpectralOperator(LinearOperator):
         else:
             self._Q = ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))
             self._dense_native = self._native((self._Q * lam) @ self._Q.T)
-        self.num_matvecs = 0
 
     def _native(self, a: np.ndarray) -> Array:
         return from_numpy(a, self.xp, self.device, self.native_dtype)
 
-    def apply(self, V: Array) -> Array:
-        """``A @ V`` on native vectors ``(n,)`` or ``(n, k)``."""
-        self.num_matvecs += 1 if V.ndim == 1 else int(V.shape[1])
+    def _product(self, V: Array) -> Array:
         if not self.implicit:
             return self._dense_native @ V
         X = V if V.ndim == 2 else V[:, None]
@@ -134,15 +129,6 @@ class SpectralOperator(LinearOperator):
         for j in range(W.shape[1]):  # Q X
             X = reflect(X, j)
         return X if V.ndim == 2 else self.xp.reshape(X, (-1,))
-
-    def _matmat(self, X: np.ndarray) -> np.ndarray:
-        return to_numpy(self.apply(self._native(np.asarray(X, dtype=self.dtype))))
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matmat(np.reshape(x, (-1, 1))).reshape(np.shape(x))
-
-    def _adjoint(self) -> "SpectralOperator":
-        return self
 
     def eigenvectors(self) -> np.ndarray:
         """The exact eigenvectors as columns, in ascending eigenvalue order (float64, host)."""

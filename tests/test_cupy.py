@@ -11,7 +11,9 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 
-from hessop.backends.cupy import CallableOperator, as_operator, device_key, from_cupy, same_device, to_cupy
+from hessop._array import device_key, same_device
+from hessop.cupy import from_cupy, to_cupy
+from hessop.operator import CallableOperator, as_operator
 from hessop.solvers.eigsh import eigsh
 from hessop.solvers.trace import trace
 from hessop.testing import SpectralOperator, indefinite_spectrum

@@ -186,3 +186,30 @@ def test_factory_names_what_it_cannot_dispatch():
         hessop.hessian(object(), None, [], curvature="fisher")
     with pytest.raises(ValueError, match="unknown backend 'mxnet'"):
         hessop.hessian(object(), None, [], backend="mxnet")
+
+
+def test_every_native_operator_shares_one_base_with_one_set_of_checks():
+    import hessop
+    from hessop.operator import CallableOperator, NativeOperator
+    from hessop.testing import SpectralOperator
+
+    A = SpectralOperator(np.arange(1.0, 6.0), seed=0)
+    C = CallableOperator(lambda V: A.to_dense() @ V, 5, np.float64, xp=A.xp)
+    for op in (A, C):
+        assert isinstance(op, NativeOperator)
+        with pytest.raises(ValueError, match=r"shape \(5,\)"):
+            op.apply(np.ones(4))
+        with pytest.raises(TypeError, match="dtype"):
+            op.apply(np.ones(5, dtype=np.float32))
+        np.testing.assert_allclose(op @ np.ones(5), A.to_dense() @ np.ones(5))  # the scipy host path
+        assert op.num_matvecs == 1 and op.H is op
+    np.testing.assert_allclose(hessop.eigsh(C, k=2).eigenvalues, [5.0, 4.0])
+
+    class DuckTyped:  # the native protocol's attributes alone no longer make an operator
+        shape, xp, device, native_dtype = (5, 5), A.xp, "cpu", np.float64
+
+        def apply(self, V):
+            return V
+
+    with pytest.raises(TypeError, match="CallableOperator"):
+        hessop.eigsh(DuckTyped(), k=2)

@@ -2,8 +2,9 @@
 
 :func:`as_linear_map` accepts
 
-* a :class:`hessop.HessianOperator` or anything with the same native protocol
-  (``apply``, ``xp``, ``device``, ``native_dtype``): vectors stay on its device;
+* a :class:`hessop.operator.NativeOperator` (a :class:`hessop.HessianOperator`,
+  a :class:`~hessop.operator.CallableOperator`, a
+  :class:`hessop.testing.SpectralOperator`): vectors stay on its device;
 * a dense square array of any array-API namespace (numpy, torch, CuPy, JAX,
   ``array_api_strict``): products are ``A @ V`` in that namespace;
 * a scipy ``LinearOperator`` or sparse matrix (or a ``numpy.matrix``, read as an
@@ -28,6 +29,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, from_numpy, namespace, numpy_dtype, random_matrix, rng, to_numpy
+from ..operator import NativeOperator
 
 
 @dataclass
@@ -81,7 +83,7 @@ def as_linear_map(A: Any, *, check_symmetric: bool = True, seed: int | None = 0)
 def _wrap(A: Any) -> LinearMap:
     if isinstance(A, np.matrix):
         A = np.asarray(A)
-    if hasattr(A, "apply") and hasattr(A, "xp") and hasattr(A, "native_dtype"):
+    if isinstance(A, NativeOperator):
         _square(A.shape)
         _real(A.native_dtype)
         xp, native = A.xp, A.native_dtype
@@ -111,7 +113,8 @@ def _wrap(A: Any) -> LinearMap:
         return LinearMap(lambda V: np.asarray(A @ V, dtype=dtype), int(A.shape[0]), xp, dtype, "cpu")
     raise TypeError(
         f"cannot use a {type(A).__name__} as an operator: pass a HessianOperator, a scipy "
-        "LinearOperator or sparse matrix, or a dense square array"
+        "LinearOperator or sparse matrix, a dense square array, or wrap a product function in "
+        "hessop.operator.CallableOperator(fn, n, dtype, xp=...)"
     )
 
 
