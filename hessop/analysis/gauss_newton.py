@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from ..factory import hessian
 from .blocks import resolve_blocks
 from .results import GaussNewtonRow
 from .spectrum import block_spectrum
@@ -157,7 +158,6 @@ def gauss_newton_decomposition(
         warnings.warn("gauss_newton_decomposition(model, loss_fn, data) is deprecated: build the operators and pass "
                       "gauss_newton_decomposition(H, G), H = hessop.hessian(model, loss_fn, data) and "
                       "G = hessop.hessian(model, loss_fn, data, curvature='ggn')", DeprecationWarning, stacklevel=2)
-        from ..factory import hessian
 
         model, loss_fn, data = H, G, args[0]
         H = hessian(model, loss_fn, data, curvature="hessian", **options)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .._collective import together
+from ..factory import hessian
 from .errors import UsageError
 from .loading import as_model_and_loss, call_factory, check_data, declares_shard, load_checkpoint, load_object, share
 from .run import RunState
@@ -63,7 +64,6 @@ def _call(factory: Any, flag: str, comm: Any) -> Any:
 
 
 def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: Any) -> Any:
-    from ..factory import hessian
 
     session.keep_weights(model, state)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ..factory import hessian
 from .loading import share
 from .run import RunState
 from .session import Runner, Session, chosen_steps, communicator, prepare, run, torch_dtype
@@ -62,7 +63,6 @@ def demo(args: Any) -> int:
 def _setup(session: Session, runner: Runner, state: RunState) -> Any:
     import torch
 
-    from ..factory import hessian
     from .digits import digits_model, load_digits_data, train
 
     cfg, seed = session.config, session.args.seed
@@ -118,7 +118,6 @@ def demo_lm(args: Any) -> int:
 def _setup_lm(session: Session, runner: Runner, state: RunState) -> Any:
     import torch
 
-    from ..factory import hessian
     from .lm import CharData, lm_model, stdlib_text, train_lm
 
     cfg, seed = session.config, session.args.seed

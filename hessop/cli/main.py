@@ -13,6 +13,7 @@ import textwrap
 import time
 from typing import Sequence
 
+from .._collective import is_collective
 from .errors import EXIT_ANALYSIS_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 EPILOG = """\
@@ -178,7 +179,6 @@ def _several(args: argparse.Namespace) -> bool:
 
 def _say(args: argparse.Namespace, text: str) -> None:
     """Print an error once: rank 0 for an error every process raised alike, else the process that failed."""
-    from .._collective import is_collective
 
     if not _several(args):
         print(f"hessop {args.command}: {text}", file=sys.stderr)
@@ -190,7 +190,6 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def _end(args: argparse.Namespace, code: int) -> int:
     """``code``; under MPI, a failure of this process alone ends the whole job (the others may be waiting)."""
-    from .._collective import is_collective
 
     if code != 0 and _several(args) and not is_collective(args.failure):
         sys.stdout.flush()

@@ -18,7 +18,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .._array import from_numpy, to_numpy
+from ..analysis.landscape import landscape_1d as line
+from ..analysis.landscape import landscape_2d as plane
+from ..analysis.layerwise import layerwise as per_block
 from ..analysis.spectrum import density_to_dict
+from ..solvers.density import density as slq
+from ..solvers.eigsh import eigsh
+from ..solvers.trace import trace as estimate_trace
 from .run import RunState
 
 ORDER = ("eigenvalues", "trace", "density", "landscape_1d", "landscape_2d", "layerwise")
@@ -74,7 +80,6 @@ def step_seed(seed: int, name: str) -> int:
 
 def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """The ``k`` largest eigenvalues by thick-restart Lanczos; keeps the eigenvectors for the landscapes."""
-    from ..solvers.eigsh import eigsh
 
     k = min(budget.k, H.shape[0] - 1)
     r = eigsh(H, k=k, which="LA", tol=budget.eig_tol, seed=seed, progress=progress)
@@ -90,7 +95,6 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
 
 def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """The trace by stochastic estimation, with its standard error."""
-    from ..solvers.trace import trace as estimate_trace
 
     t = estimate_trace(H, num_matvecs=budget.trace_max_matvecs, rtol=budget.trace_rtol, seed=seed, progress=progress)
     n = H.shape[0]
@@ -107,7 +111,6 @@ def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) ->
 
 def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """The spectral density by stochastic Lanczos quadrature."""
-    from ..solvers.density import density as slq
 
     rho = slq(H, num_steps=budget.density_steps, num_probes=budget.density_probes, seed=seed, progress=progress)
     return {
@@ -140,7 +143,6 @@ def landscape_radius(top_eigenvalue: float, rise: float = 2.0) -> float:
 
 def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """The loss along each of the top two eigenvectors, and the quadratic model it is compared with."""
-    from ..analysis.landscape import landscape_1d as line
 
     dirs, vals = _directions(H, state, min(2, len(state.result("eigenvalues")["eigenvalues"])))
     radius = landscape_radius(vals[0])
@@ -155,7 +157,6 @@ def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
 
 def landscape_2d(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """The loss on the plane of the top two eigenvectors."""
-    from ..analysis.landscape import landscape_2d as plane
 
     (d1, d2), vals = _directions(H, state, 2)
     radius = landscape_radius(vals[0])
@@ -165,7 +166,6 @@ def landscape_2d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
 
 def layerwise(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """Top eigenvalue, trace and spectral distance to the full Hessian of each block (top-level modules or all)."""
-    from ..analysis.layerwise import layerwise as per_block
 
     return per_block(
         H, blocks=budget.blocks, k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .._collective import check_arguments
 from ._linear_map import as_linear_map
+from .lanczos import lanczos
 from .probes import MIN_CALIBRATED, check_seed, gather, mean_stderr, mine, probe_comm, probes, warn_uncalibrated
 
 __all__ = ["SpectralDensity", "density", "spectral_distance"]
@@ -197,7 +198,6 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
     SpectralDensity
     """
     check_arguments("density", A, comm, num_probes=num_probes, num_steps=num_steps, seed=seed, sigma=sigma, grid=grid, check_symmetric=check_symmetric)  # noqa: E501
-    from .lanczos import lanczos
 
     for name, value in (("num_probes", num_probes), ("num_steps", num_steps)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
