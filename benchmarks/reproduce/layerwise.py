@@ -39,7 +39,8 @@ def run(quick: bool = False, log=print) -> Verdict:
     import torch
 
     import hessop
-    from hessop.analysis.layerwise import layerwise, spectral_distances
+    from hessop.analysis.layerwise import layerwise
+    from hessop.solvers.density import spectral_distance
 
     start = time.perf_counter()
     model, x, y, final = _network(quick)
@@ -49,7 +50,8 @@ def run(quick: bool = False, log=print) -> Verdict:
     # The shape-only comparison reuses the same densities, each divided by its own largest |eigenvalue|.
     shape_rows = []
     for r in raw.rows:
-        w1, js = spectral_distances(raw.densities[r.block], raw.full_density, "top")
+        w1, js = (spectral_distance(raw.densities[r.block], raw.full_density, m, scale="top")
+                  for m in ("wasserstein", "jensen-shannon"))
         shape_rows.append(replace(r, wasserstein_to_full=w1, jensen_shannon_to_full=js))
     results = {"none": raw, "top": replace(raw, rows=shape_rows, scale="top")}
     names = [r.block for r in results["none"].rows]
@@ -98,7 +100,7 @@ def run(quick: bool = False, log=print) -> Verdict:
     verdict = ("reproduced" if hits == 4 and strict >= 2 else "partly reproduced" if hits >= 2 else "not reproduced")
     body = f"""MLP 64-32-32-32-32-32-10 (tanh, {H.shape[0]:,} parameters) trained on the first 500 digits
 (final training loss {final:.3f}). `hessop.analysis.layerwise(H, "modules", density_steps={steps},
-num_probes={probes})` compares raw eigenvalues ("raw"); `hessop.analysis.layerwise.spectral_distances(block, full,
+num_probes={probes})` compares raw eigenvalues ("raw"); `hessop.spectral_distance(block, full, metric,
 scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape"). Full network: top eigenvalue {fullrow.top_eigenvalue:.3g}, trace {fullrow.trace:.3g}.
 
 | layer | parameters | top eigenvalue | trace | W1 (raw) | JS (raw) | W1 (shape) | JS (shape) |

@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from ..solvers import spectral_distance
+from ..solvers.density import SCALES, spectral_distance
 from .blocks import block_groups, renamed_keyword, resolve_blocks
 from .results import LayerwiseRow
 from .spectrum import BlockSpectrum, block_spectrum, density_from_dict, density_to_dict
 
 __all__ = ["layerwise", "LayerwiseResult", "LayerwiseRow", "spectral_distances", "block_groups"]
 
-SCALES = ("none", "top")
 
 
 @dataclass(frozen=True)
@@ -121,29 +120,12 @@ def _fmt(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def _scaled(rho: Any, scale: str) -> Any:
-    """The density with its eigenvalue axis divided by its largest ``|λ|`` (``scale="top"``)."""
-    if scale == "none":
-        return rho
-    top = float(np.max(np.abs(rho.nodes[rho.weights > 0]), initial=0.0))
-    if top == 0.0:
-        return rho
-    return dataclasses.replace(rho, nodes=rho.nodes / top, sigma=rho.sigma / top, grid=rho.grid / top,
-                               values=rho.values * top)
-
-
 def spectral_distances(rho_a: Any, rho_b: Any, scale: str = "none") -> tuple[float, float]:
-    """Wasserstein-1 and Jensen-Shannon distances between two spectral densities.
-
-    Both are probability measures (SLQ weights sum to one per probe), so blocks of
-    different sizes compare by the distribution of their eigenvalues;
-    ``scale="top"`` first divides each one's eigenvalues by its largest ``|λ|``.
-    See :func:`hessop.solvers.density.spectral_distance`.
-    """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
-    a, b = _scaled(rho_a, scale), _scaled(rho_b, scale)
-    return spectral_distance(a, b, "wasserstein"), spectral_distance(a, b, "jensen-shannon")
+    """Deprecated: ``(spectral_distance(a, b, "wasserstein", scale=...), spectral_distance(a, b, "jensen-shannon", ...))``."""
+    warnings.warn("spectral_distances(a, b, scale) is spectral_distance(a, b, metric, scale=scale), one metric a call",
+                  DeprecationWarning, stacklevel=2)
+    return (spectral_distance(rho_a, rho_b, "wasserstein", scale=scale),
+            spectral_distance(rho_a, rho_b, "jensen-shannon", scale=scale))
 
 
 def _row(name: str, b: BlockSpectrum, g: BlockSpectrum | None = None, **distances: float) -> LayerwiseRow:
@@ -222,7 +204,8 @@ def layerwise(
         for name, params in tqdm(chosen.items(), disable=not progress, desc="layer-wise", unit="block"):
             b = block_spectrum(H.restrict(*params), **budgets)
             spent += b.num_matvecs
-            w1, js = spectral_distances(b.density, full_rho, scale)
+            w1 = spectral_distance(b.density, full_rho, "wasserstein", scale=scale)
+            js = spectral_distance(b.density, full_rho, "jensen-shannon", scale=scale)
             g = None
             if ggn is not None:
                 g = block_spectrum(ggn.restrict(*params), **budgets, with_density=False)

@@ -11,6 +11,7 @@ of neural-network Hessians by Ghorbani, Krishnan & Xiao 2019 (ICML).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -272,7 +273,7 @@ def _smooth(nodes: np.ndarray, weights: np.ndarray, t: np.ndarray, sigma: float)
     return out.reshape(t.shape)
 
 
-def spectral_distance(a, b, metric: str = "wasserstein", sigma: float | None = None) -> float:
+def spectral_distance(a, b, metric: str = "wasserstein", sigma: float | None = None, scale: str = "none") -> float:
     """A distance between two spectral densities (or a density and exact eigenvalues).
 
     Parameters
@@ -290,8 +291,17 @@ def spectral_distance(a, b, metric: str = "wasserstein", sigma: float | None = N
         Kernel width for Jensen-Shannon. Default: the larger width of the SLQ
         densities among ``a`` and ``b`` (exact eigenvalues adopt the other side's
         width, so both are smoothed alike).
+    scale : {"none", "top"}
+        ``"top"`` first divides each density's eigenvalue axis by its largest
+        ``|λ|``, so the distance compares shapes only (blocks of different
+        magnitude, as in the layer-wise analysis). Both measures are probability
+        measures either way: operators of different sizes compare by the
+        distribution of their eigenvalues.
     """
-    a, b = (x if isinstance(x, SpectralDensity) else SpectralDensity.from_eigenvalues(x) for x in (a, b))
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
+    a, b = (_scaled(x if isinstance(x, SpectralDensity) else SpectralDensity.from_eigenvalues(x), scale)
+            for x in (a, b))
     if metric == "wasserstein":
         return float(scipy.stats.wasserstein_distance(a.nodes.ravel(), b.nodes.ravel(),
                                                       a.weights.ravel(), b.weights.ravel()))
@@ -303,3 +313,18 @@ def spectral_distance(a, b, metric: str = "wasserstein", sigma: float | None = N
         t = np.linspace(lo, hi, min(max(4096, math.ceil(4 * (hi - lo) / s)), 2**16))
         return float(scipy.spatial.distance.jensenshannon(a.evaluate(t, s), b.evaluate(t, s), base=2))
     raise ValueError(f"unknown metric {metric!r}; use 'wasserstein' or 'jensen-shannon'")
+
+
+SCALES = ("none", "top")
+"""How :func:`spectral_distance` scales the eigenvalue axes before comparing."""
+
+
+def _scaled(rho: SpectralDensity, scale: str) -> SpectralDensity:
+    """The density with its eigenvalue axis divided by its largest ``|λ|`` (``scale="top"``)."""
+    if scale == "none":
+        return rho
+    top = float(np.max(np.abs(rho.nodes[rho.weights > 0]), initial=0.0))
+    if top == 0.0:
+        return rho
+    return dataclasses.replace(rho, nodes=rho.nodes / top, sigma=rho.sigma / top, grid=rho.grid / top,
+                               values=rho.values * top)
