@@ -1,0 +1,93 @@
+"""Products over kept first-order graphs only: the per-call work reduced to the backward passes.
+
+Once every batch's first-order graph is kept (:mod:`hessop.backends._torch_graphs`)
+and the first product has passed its checks, a double-backward product is one
+backward pass per batch. The general path around it (reading every parameter and
+buffer of the model to key the graph cache, the attention-kernel context, a
+zero-filled accumulator, per-parameter casts) cost about 0.3 ms per call, 40% of
+the backward pass on a 2,410-parameter MLP. :class:`KeptProducts` is the
+product over the kept graphs with that work taken out:
+
+* whether the graphs are still valid is read from a snapshot of the model: every
+  module's ``_modules``, ``_parameters`` and ``_buffers`` entries (the objects
+  themselves, so a replaced module or parameter is seen) and each tensor's data
+  pointer and version counter (so ``p.data = ...`` and any in-place change are
+  seen), the same things that key the graph cache;
+* no forward pass runs, so no attention-kernel context is needed (the kernels
+  were chosen when the graphs were built);
+* one batch is flattened by concatenation; several add into one accumulator.
+
+Anything the snapshot does not match sends the call back to the general path,
+which rebuilds the graphs and a new :class:`KeptProducts`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._torch_hvp import FirstOrderGraph
+
+
+def snapshot(model: nn.Module) -> list[tuple]:
+    """``(owner dict, name, object, data pointer or None, version or None)`` for every module, parameter, buffer."""
+    entries: list[tuple] = []
+    for module in model.modules():
+        for table in (module._modules, module._parameters, module._buffers):
+            for name, obj in table.items():
+                if isinstance(obj, torch.Tensor):
+                    entries.append((table, name, obj, obj.data_ptr(), obj._version))
+                else:
+                    entries.append((table, name, obj, None, None))
+    return entries
+
+
+def unchanged(entries: list[tuple]) -> bool:
+    """Whether the model still holds the same objects with the same data and versions as ``entries``."""
+    for table, name, obj, ptr, version in entries:
+        if table.get(name) is not obj:
+            return False
+        if ptr is not None and (obj._version != version or obj.data_ptr() != ptr):
+            return False
+    return True
+
+
+class KeptProducts:
+    """``Σ_b w_b H_b V`` over kept first-order graphs (module docstring).
+
+    Parameters
+    ----------
+    model : the network whose state the graphs were built at (snapshotted here)
+    graphs : each batch's kept graph, with its weight
+    sizes, shapes : the flat vector's split into parameter tensors
+    same_dtype : whether every differentiated parameter has the vectors' dtype (no casts)
+    """
+
+    def __init__(self, model: nn.Module, graphs: Sequence[tuple[FirstOrderGraph, float]],
+                 sizes: list[int], shapes: list[tuple], same_dtype: bool):
+        self.model = model
+        self.entries = snapshot(model)
+        self.graphs = list(graphs)
+        self.sizes = sizes
+        self.shapes = shapes
+        self.same_dtype = same_dtype
+
+    def valid(self) -> bool:
+        """The graphs still describe the model (eval mode, nothing replaced or changed)."""
+        return not self.model.training and unchanged(self.entries)
+
+    def vector(self, v: torch.Tensor) -> torch.Tensor:
+        """``Σ_b w_b H_b v`` for a vector ``v`` of the parameters' dtype."""
+        vs = tuple(p.view(*s) for p, s in zip(torch.split_with_sizes(v, self.sizes), self.shapes))
+        if len(self.graphs) == 1:
+            graph, weight = self.graphs[0]
+            out = torch.cat([p.view(-1) for p in graph.hvp(vs)])
+            return out.mul_(weight) if weight != 1.0 else out
+        acc = torch.zeros_like(v)
+        views = [p.view(*s) for p, s in zip(torch.split_with_sizes(acc, self.sizes), self.shapes)]
+        for graph, weight in self.graphs:
+            for view, part in zip(views, graph.hvp(vs)):
+                view.add_(part, alpha=weight)
+        return acc
