@@ -80,10 +80,10 @@ class KeptProducts:
 
     def vector(self, v: torch.Tensor) -> torch.Tensor:
         """``Σ_b w_b H_b v`` for a vector ``v`` of the parameters' dtype."""
-        vs = tuple(p.view(*s) for p, s in zip(torch.split_with_sizes(v, self.sizes), self.shapes))
+        vs = tuple(p.reshape(s) for p, s in zip(torch.split_with_sizes(v, self.sizes), self.shapes))
         if len(self.graphs) == 1:
             graph, weight = self.graphs[0]
-            out = torch.cat([p.view(-1) for p in graph.hvp(vs)])
+            out = torch.cat([p.reshape(-1) for p in graph.hvp(vs)])
             return out.mul_(weight) if weight != 1.0 else out
         acc = torch.zeros_like(v)
         views = [p.view(*s) for p, s in zip(torch.split_with_sizes(acc, self.sizes), self.shapes)]
