@@ -8,8 +8,10 @@ Inductor fuses (generated C++/OpenMP on the CPU, Triton on CUDA). Everything tha
 changes between calls (the differentiated parameters, the other parameters and
 buffers, the batch, the vector) is an argument of the compiled function, never
 a constant of the trace, so the operator follows the model as it trains and one
-compilation serves every batch of the same shapes (a batch of another shape
-compiles once more).
+compilation serves every batch of the same shapes. Shapes are static
+(``dynamic=False``): a batch of another shape compiles once more. (With
+torch's automatic dynamic shapes, the recompilation that a second shape or
+layout triggers fails inside forward-mode AD on symbolic strides, torch 2.13.)
 
 The first product compares the compiled product of the first batch with the
 eager one (forward over reverse, the same vector) and refuses a difference
@@ -59,7 +61,7 @@ class CompiledProduct:
                     for c in range(vs[0].shape[0])]
             return tuple(torch.stack(parts) for parts in zip(*cols))
         if self.fn is None:
-            self.fn = torch.compile(_product)
+            self.fn = torch.compile(_product, dynamic=False)
         try:
             return self.fn(self.model, self.names, self.output, self.loss, params, vs, state, args, kwargs, target)
         except Exception as err:  # the compiler's own errors are of many types (BackendCompilerFailed, ...)
