@@ -158,3 +158,19 @@ def test_compiled_products_equal_eager_and_dense():
         np.testing.assert_allclose(out, expected @ x.numpy(), atol=1e-12 * scale * 3, rtol=0)
         np.testing.assert_allclose(out, _apply(eager, x), atol=1e-13 * scale * 3, rtol=0)
     assert H.backend.chosen == {"vector": "compiled", "block": "compiled"}
+
+
+def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):
+    """Repeatability is checked by a second forward pass, not by a second first-order graph and product."""
+    from hessop.backends import _torch_hvp
+
+    built = []
+    init = _torch_hvp.FirstOrderGraph.__init__
+    monkeypatch.setattr(_torch_hvp.FirstOrderGraph, "__init__", lambda self, *a: built.append(1) or init(self, *a))
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    H = make_operator(model, loss, data)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = dense_hessian(model, loss, data) @ v.numpy()
+    np.testing.assert_allclose(_apply(H, v), expected, atol=1e-12 * np.abs(expected).max(), rtol=0)
+    assert len(built) == len(data)  # one graph per batch, kept

@@ -25,10 +25,16 @@ product over the kept graphs with that work taken out:
 
 Anything the snapshot does not match sends the call back to the general path,
 which rebuilds the graphs and a new :class:`KeptProducts`.
+
+The first product over a kept graph checks repeatability with a second forward
+pass (:func:`check_repeatable_loss`) instead of a second product on a graph
+built afresh: a forward pass that draws random numbers (dropout in train mode,
+noise layers) gives another loss, and the product built on it another matrix.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -120,3 +126,17 @@ def backward(graph: FirstOrderGraph, v: tuple[torch.Tensor, ...]) -> tuple[torch
         _direct = False
         return graph.hvp(v)
     return tuple(torch.zeros_like(vi) if o is None else o for o, vi in zip(out, v))
+
+
+def check_repeatable_loss(kept: torch.Tensor, again: torch.Tensor, index: int) -> None:
+    """The kept graph's loss of batch ``index`` and a fresh forward pass's must agree to rounding."""
+    a, b = float(kept.detach()), float(again.detach())
+    eps = float(torch.finfo(kept.dtype).eps)
+    if a == b or abs(a - b) <= math.sqrt(eps) * max(abs(a), abs(b)):
+        return
+    raise RuntimeError(
+        f"the curvature-vector product is not repeatable: two forward passes over batch {index} gave losses "
+        f"{abs(a - b) / max(abs(a), abs(b)):.2g} apart (relative), so the operator is a random matrix and no "
+        "eigenvalue, trace or density of it would mean anything. Likely causes: dropout in train mode or a "
+        "random layer in forward(); call model.eval() (check_determinism=False does not allow this)"
+    )

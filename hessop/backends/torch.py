@@ -79,7 +79,7 @@ from ._torch_data import Batches, arguments, check_loader, check_train_mode, tar
 from ._torch_compiled import CompiledProduct, check_compiled
 from ._torch_graphs import GraphCache, budget_of
 from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
-from ._torch_kept import KeptProducts
+from ._torch_kept import KeptProducts, check_repeatable_loss
 from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
 from ._torch_strategy import choose
 from ._torch_params import reduction_of, select_params
@@ -326,8 +326,8 @@ class TorchBackend(Backend):
         for index, x, y, c in self._iter("Hessian-vector product"):
             count += c
             parts = self._product(index, x, y, vs, batched)
-            if not self._repeatable:  # the first product: the same vector again on a fresh pass must agree
-                check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
+            if not self._repeatable:  # the first product: a fresh pass must agree
+                self._check_repeatable(index, x, y, vs, batched, parts)
                 self._repeatable = True
             for view, part in zip(views, parts):
                 view.add_(part, alpha=self._weight(c))
@@ -336,6 +336,17 @@ class TorchBackend(Backend):
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
             self._raise_nonfinite_product(vs, batched)
         return acc
+
+    def _check_repeatable(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, parts: Tensors) -> None:
+        """The same vector again on a fresh pass must give the same product; over a kept graph, a fresh
+        forward pass must give the same loss (:func:`._torch_kept.check_repeatable_loss`, one pass, not three)."""
+        graph = self._graphs.graphs.get(index) if self.curvature == "hessian" else None
+        if graph is not None and self.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
+            _, _, f = self._closures(x, y)
+            with torch.no_grad():
+                check_repeatable_loss(graph.loss, f(tuple(self._current())), index)
+            return
+        check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
 
     def _raise_nonfinite_product(self, vs: Tensors, batched: bool) -> None:
         """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
