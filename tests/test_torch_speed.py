@@ -174,3 +174,28 @@ def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):
     expected = dense_hessian(model, loss, data) @ v.numpy()
     np.testing.assert_allclose(_apply(H, v), expected, atol=1e-12 * np.abs(expected).max(), rtol=0)
     assert len(built) == len(data)  # one graph per batch, kept
+
+
+@pytest.mark.parametrize("case", ["cnn", "regression"])
+def test_linearized_products_match_dense_and_are_kept_until_the_model_changes(case, monkeypatch):
+    from test_torch_backend import _regression
+
+    from hessop.backends import _torch_linearized
+
+    built = []
+    linearize = _torch_linearized._linearized_gradient
+    monkeypatch.setattr(_torch_linearized, "_linearized_gradient", lambda *a: built.append(1) or linearize(*a))
+    model, data = _cnn() if case == "cnn" else _regression()
+    loss = nn.CrossEntropyLoss() if case == "cnn" else nn.MSELoss()
+    H = make_operator(model, loss, data, hvp="linearize")
+    gen = torch.Generator().manual_seed(5)
+    for step in range(1 if case == "cnn" else 2):  # the regression model also checks a new linearisation
+        expected = dense_hessian(model, loss, data)
+        scale = np.abs(expected).max()
+        for x in (torch.randn(H.shape[0], dtype=torch.float64, generator=gen),
+                  torch.randn(H.shape[0], 3, dtype=torch.float64, generator=gen)):
+            np.testing.assert_allclose(_apply(H, x), expected @ x.numpy(), atol=1e-12 * scale * 3, rtol=0)
+        assert len(built) == len(data) * (step + 1)  # once per batch, until the parameters change
+        with torch.no_grad():
+            next(model.parameters()).mul_(1.25)
+    assert H.backend.chosen == {"vector": "linearize", "block": "linearize"}

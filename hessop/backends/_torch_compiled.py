@@ -31,6 +31,15 @@ import torch
 from torch.func import functional_call
 
 from ._torch_hvp import Tensors, forward_over_reverse
+from ._torch_losses import logits_of, loss_of_model
+
+
+def _identity(out: Any) -> Any:
+    return out
+
+
+def _own_loss(out: Any, target: Any) -> torch.Tensor:
+    return loss_of_model(out)
 
 
 def _product(model, names, output, loss, params, vs, state, args, kwargs, target) -> Tensors:
@@ -46,13 +55,23 @@ class CompiledProduct:
     Parameters
     ----------
     model : the network; names : the differentiated parameters' names
-    output : reads the loss's input from the model's output (logits)
-    loss : ``loss(output, target)``, the loss of the model's output
+    loss : ``loss(output, target)`` of the model's output (its logits), or None: the loss the model returns
     """
 
-    def __init__(self, model: torch.nn.Module, names: Sequence[str], output: Callable, loss: Callable):
-        self.model, self.names, self.output, self.loss = model, list(names), output, loss
+    def __init__(self, model: torch.nn.Module, names: Sequence[str], loss: Callable | None):
+        self.model, self.names = model, list(names)
+        self.output = logits_of if loss is not None else _identity
+        self.loss = loss if loss is not None else _own_loss
         self.fn: Callable | None = None
+
+    def run(self, params: Tensors, vs: Tensors, state: dict, args: tuple, kwargs: dict, target: Any, batched: bool,
+            check: int | None = None) -> Tensors:
+        """The product; with ``check`` (a batch index, at the first product) first compared with the eager one."""
+        call = (state, args, kwargs, target)
+        if check is not None:
+            first = tuple(v[0] for v in vs) if batched else vs
+            check_compiled(self(params, first, *call, False), self.eager(params, first, *call), check)
+        return self(params, vs, *call, batched)
 
     def __call__(self, params: Tensors, vs: Tensors, state: dict, args: tuple, kwargs: dict, target: Any,
                  batched: bool) -> Tensors:

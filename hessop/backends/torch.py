@@ -17,6 +17,10 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
     ``is_grads_batched``.
 ``"forward-over-reverse"``
     ``jvp`` of ``grad``; a block through ``vmap``.
+``"linearize"``
+    each batch's gradient linearised once (``torch.func.linearize``) and kept, for a
+    list of batches, while the model is unchanged; a product is then one tangent
+    pass (:mod:`hessop.backends._torch_linearized`). Never chosen by ``"auto"``.
 ``"finite-difference"``
     a central difference of two gradient passes (an approximation, for models
     whose second derivative torch cannot take: fused kernels, checkpointing).
@@ -76,16 +80,17 @@ from ._torch_checks import (
     raise_nonfinite,
 )
 from ._torch_data import Batches, arguments, check_loader, check_train_mode, target_of
-from ._torch_compiled import CompiledProduct, check_compiled
+from ._torch_compiled import CompiledProduct
 from ._torch_graphs import GraphCache, budget_of
 from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
 from ._torch_kept import KeptProducts, check_repeatable_loss
+from ._torch_linearized import Linearized
 from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
 from ._torch_strategy import choose
 from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
 
-HVP_CHOICES = ("auto", *STRATEGIES, *INEXACT, *ALIASES)
+HVP_CHOICES = ("auto", *STRATEGIES, "linearize", *INEXACT, *ALIASES)
 _ALL = {**STRATEGIES, **INEXACT}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -107,7 +112,7 @@ class TorchBackend(Backend):
     curvature : {"hessian", "ggn", "residual"}
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
-    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse", "finite-difference"}
+    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse", "linearize", "finite-difference"}
         How Hessian-vector products are computed (module docstring).
     reduction : {"mean", "sum"}, optional
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
@@ -213,6 +218,7 @@ class TorchBackend(Backend):
         self._graphs = GraphCache(self.graph_budget)
         self._kept: KeptProducts | None = None  # the vector products over kept graphs, once all are kept
         self._compiled: CompiledProduct | None = None
+        self._linearized = Linearized(self.model)
 
     def _current(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -380,6 +386,12 @@ class TorchBackend(Backend):
     def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
         if name == "compiled":
             return self._run_compiled(index, x, y, vs, batched, fresh)
+        if name == "linearize":  # the first product's check compares with a plain forward-over-reverse product
+            _, _, f = self._closures(x, y)
+            if fresh:
+                return _ALL["forward-over-reverse"](f, self._current(), target_of(x, y), vs, batched)
+            return self._linearized.product(index, f, tuple(self._current()), target_of(x, y), vs, batched,
+                                            keep=self.batches.is_list)
         graph = self._graph(index, x, y) if name.startswith("double-backward") and not fresh else None
         if graph is not None:
             return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
@@ -387,20 +399,12 @@ class TorchBackend(Backend):
         return _ALL[name](f, self._current(), target_of(x, y), vs, batched)
 
     def _run_compiled(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool) -> Tensors:
-        """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product's check): eager."""
+        """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager."""
         if self._compiled is None:
-            output = logits_of if self.loss_fn is not None else (lambda out: out)
-            loss = self.loss_fn if self.loss_fn is not None else (lambda out, target: loss_of_model(out))
-            self._compiled = CompiledProduct(self.model, self.param_names, output, loss)
+            self._compiled = CompiledProduct(self.model, self.param_names, self.loss_fn)
         args, kwargs = arguments(x)
-        call = (self._fixed(), args, kwargs, target_of(x, y))
-        params = tuple(self._current())
-        if not fresh:
-            return self._compiled(params, vs, *call, batched)
-        # the first product: the eager product of the same vector must agree, then the compiled one is repeated
-        first = tuple(v[0] for v in vs) if batched else vs
-        check_compiled(self._compiled(params, first, *call, False), self._compiled.eager(params, first, *call), index)
-        return self._compiled(params, vs, *call, batched)
+        return self._compiled.run(tuple(self._current()), vs, self._fixed(), args, kwargs, target_of(x, y), batched,
+                                  check=index if fresh else None)
 
     def _choose(self, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
         """The strategy for vectors or for blocks: the user's, the compiled product, or ``auto``'s choice."""
