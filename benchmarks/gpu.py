@@ -14,9 +14,10 @@ cupy
     ``hessop.eigsh(H, k=5)`` (eigenvalues and seconds).
 products
     on a ResNet-18-size network (the CIFAR ResNet at width 104: about 11.4 M parameters, as ResNet-18's
-    11.7 M) and on GPT-2 small (``GPTConfig.gpt2_small()``, 124 M): a gradient pass, ``H.apply(v)``
-    eager (``hvp="auto"``, its choice recorded) and compiled (``compile=True``), each as a multiple of the
-    gradient; the first compiled product (compilation and the eager check) reported apart.
+    11.7 M) and on GPT-2 small (``GPTConfig.gpt2_small()``, 124 M, 8 sequences of 128 tokens): a gradient
+    pass, ``H.apply(v)`` eager (``hvp="auto"``, its choice recorded), linearised (``hvp="linearize"``) and
+    compiled (``compile=True``), each as a multiple of the gradient; the first linearised and compiled
+    products (tracing, compilation and the eager check) reported apart.
 spectrum
     on the ResNet-18-size network: top-20 eigenvalues by ``hessop.eigsh`` (thick restart) against
     PyHessian's algorithm, deflated power iteration (``hessop.eigsh(method="power")`` with PyHessian's
@@ -190,6 +191,17 @@ def products(run: Run) -> dict:
         eager_s = timed(run, lambda: eager.apply(v))
         row = {"model": label, "n": eager.shape[0], "gradient_s": gradient, "eager_s": eager_s,
                "eager_x": eager_s / gradient, "eager_strategy": eager.backend.chosen.get("vector")}
+        if run.left() < 120 and not run.dry:
+            row["linearized"] = f"skipped: {run.left():.0f} s left"
+        else:
+            linearized = hessop.hessian(model, loss, data, hvp="linearize")
+            start = time.perf_counter()
+            linearized.apply(v)
+            run.sync()
+            row["linearize_s"] = time.perf_counter() - start
+            row["linearized_s"] = timed(run, lambda: linearized.apply(v))
+            row["linearized_x"] = row["linearized_s"] / gradient
+            del linearized
         if run.left() < 60 and not run.dry:
             row["compiled"] = f"skipped: {run.left():.0f} s left"
         else:
@@ -248,13 +260,14 @@ def table(record: dict) -> str:
         lines += ["", f"GPU tests: `{tests_entry['summary']}` (exit code {tests_entry['returncode']})"]
     prod = record["sections"].get("products", {}).get("rows", [])
     if prod:
-        lines += ["", "| model | n | gradient | eager HVP | compiled HVP | compile time | compiled vs eager |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| model | n | gradient | eager HVP | linearized HVP | compiled HVP | linearize time | "
+                  "compile time | compiled vs eager |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in prod:
-            comp = (f"{r['compiled_s'] * 1e3:.1f} ms ({r['compiled_x']:.2f}x)" if "compiled_s" in r
-                    else r.get("compiled", ""))
+            cell = lambda k: (f"{r[k + '_s'] * 1e3:.1f} ms ({r[k + '_x']:.2f}x)" if k + "_s" in r  # noqa: E731
+                              else r.get(k, ""))
             lines.append(f"| {r['model']} | {r['n']} | {r['gradient_s'] * 1e3:.1f} ms | {r['eager_s'] * 1e3:.1f} ms "
-                         f"({r['eager_x']:.2f}x, {r['eager_strategy']}) | {comp} | {r.get('compile_s', float('nan')):.1f} s"
+                         f"({r['eager_x']:.2f}x, {r['eager_strategy']}) | {cell('linearized')} | {cell('compiled')} | "
+                         f"{r.get('linearize_s', float('nan')):.1f} s | {r.get('compile_s', float('nan')):.1f} s"
                          f" | {r.get('compiled_vs_eager_rel', float('nan')):.1e} |")
     spec = record["sections"].get("spectrum", {}).get("rows", [])
     if spec:

@@ -29,7 +29,7 @@ def test_dry_run_writes_json_and_table(tmp_path, no_compiler):
     rows = sections["products"]["rows"]
     assert [r["model"] for r in rows] == ["ResNet-18 size (CIFAR ResNet, width 104)", "GPT-2 small"]
     for r in rows:
-        assert r["compiled_vs_eager_rel"] < 1e-5 and r["eager_x"] > 0 and r["compiled_x"] > 0
+        assert r["compiled_vs_eager_rel"] < 1e-5 and r["eager_x"] > 0 and r["compiled_x"] > 0 and r["linearized_x"] > 0
     spec = {(r["task"], r["solver"]): r for r in sections["spectrum"]["rows"]}
     top = spec[("top-3", "hessop thick-restart")]
     power = spec[("top-3", "power iteration (PyHessian's algorithm)")]
