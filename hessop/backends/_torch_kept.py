@@ -90,6 +90,15 @@ class KeptProducts:
         self.sizes = sizes
         self.shapes = shapes
         self.same_dtype = same_dtype
+        self.layout = []  # (shape, contiguous strides, offset) of each parameter in the flat vector
+        offset = 0
+        for size, shape in zip(sizes, shapes):
+            strides, step = [], 1
+            for d in reversed(shape):
+                strides.insert(0, step)
+                step *= d
+            self.layout.append((tuple(shape), tuple(strides), offset))
+            offset += size
 
     def valid(self) -> bool:
         """The graphs still describe the model (eval mode, nothing replaced or changed)."""
@@ -97,7 +106,11 @@ class KeptProducts:
 
     def vector(self, v: torch.Tensor) -> torch.Tensor:
         """``Σ_b w_b H_b v`` for a vector ``v`` of the parameters' dtype."""
-        vs = tuple(p.reshape(s) for p, s in zip(torch.split_with_sizes(v, self.sizes), self.shapes))
+        if v.stride(0) == 1 and type(v) is torch.Tensor:  # parameter-shaped views without splitting
+            base = v.storage_offset()
+            vs = tuple(v.as_strided(shape, stride, base + offset) for shape, stride, offset in self.layout)
+        else:
+            vs = tuple(p.reshape(s) for p, s in zip(torch.split_with_sizes(v, self.sizes), self.shapes))
         if len(self.graphs) == 1:
             graph, weight = self.graphs[0]
             out = torch.cat([p.reshape(-1) for p in backward(graph, vs)])
@@ -114,9 +127,9 @@ _direct = _engine_run_backward is not None
 
 
 def backward(graph: FirstOrderGraph, v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """``graph.hvp(v)`` for one vector of plain tensors, through the autograd engine directly (module docstring)."""
+    """``graph.hvp(v)`` for one vector of plain tensors (the caller's check), through the autograd engine directly (module docstring)."""
     global _direct
-    if not (_direct and graph.live and all(type(t) is torch.Tensor for t in v)):
+    if not (_direct and graph.live):
         return graph.hvp(v)
     grads = tuple(graph.grads)
     try:

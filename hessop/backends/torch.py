@@ -298,7 +298,7 @@ class TorchBackend(Backend):
     # -- products ------------------------------------------------------------------------------
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         kept = self._kept
-        if kept is not None and V.ndim == 1 and kept.valid():
+        if kept is not None and V.ndim == 1 and type(V) is torch.Tensor and kept.valid():
             out = kept.vector(V)
             if math.isfinite(float(out.sum())):
                 return out
