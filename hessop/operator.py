@@ -97,7 +97,8 @@ class HessianOperator(LinearOperator):
                 f"vector dtype {V.dtype} does not match the operator's {self.native_dtype}; "
                 f"cast it first (e.g. xp.astype(v, H.native_dtype))"
             )
-        if str(device_of(V)) != str(self.device):
+        same = getattr(V, "device", None) == self.device  # a torch vector: one comparison of devices
+        if not same and str(device_of(V)) != str(self.device):  # other namespaces, in their own terms
             raise ValueError(f"vector is on device {device_of(V)} but the operator is on {self.device}; move it first")
 
     # -- scipy host path ---------------------------------------------------------------
