@@ -215,7 +215,7 @@ def products(run: Run) -> dict:
             row["compiled_s"] = timed(run, lambda: compiled.apply(v))
             row["compiled_x"] = row["compiled_s"] / gradient
         rows.append(row)
-        del model, data, eager
+        model = data = eager = compiled = None  # free the device memory before the next model
         if run.device.startswith("cuda"):
             torch.cuda.empty_cache()
     return {"rows": rows}

@@ -22,7 +22,8 @@ First product
 Compiled (``--compile``)
     per model: a gradient pass (``torch.autograd.grad`` of each batch's loss), ``H.apply(v)`` with
     ``hvp="auto"`` (kept graphs), with ``graph_cache=False`` (every product redoes each batch's forward
-    pass), with ``hvp="linearize"`` and with ``compile=True``; fastest of ``--repeats`` interleaved repeats, ``x grad`` the
+    pass), with ``hvp="linearize"`` and with ``compile=True``; fastest of ``--repeats`` interleaved repeats,
+    ``x grad`` the
     ratio to the gradient row; compile time (the first compiled product, which also runs the eager
     check) and linearize time (the first linearized product) reported apart. Inductor caches what it
     compiled on disk (``/tmp/torchinductor_$USER``): a second run compiles faster than the first.
@@ -191,7 +192,8 @@ def compiled(names: list[str], repeats: int, log: Callable[[str], None]) -> list
         g = best["gradient"]
         rows.append(dict(model=label, n=ops["compiled"].shape[0], gradient_s=g,
                          **{f"{k}_s": best[k] for k in ops}, **{f"{k}_x": best[k] / g for k in ops},
-                         compile_s=firsts["compiled"], linearize_s=firsts["linearized"], first_eager_over_steady=firsts["eager, kept graphs"]
+                         compile_s=firsts["compiled"], linearize_s=firsts["linearized"],
+                         first_eager_over_steady=firsts["eager, kept graphs"]
                          / best["eager, kept graphs"], compiled_vs_eager_rel=err))
     return rows
 
@@ -199,7 +201,8 @@ def compiled(names: list[str], repeats: int, log: Callable[[str], None]) -> list
 # -- reporting -----------------------------------------------------------------------------------
 
 def overhead_table(results: dict[str, dict]) -> str:
-    lines = ["| tree | hessop H.apply(v) | baseline | ratio | ratio (CPU time) | fixed per call | first product | first / steady | "
+    lines = ["| tree | hessop H.apply(v) | baseline | ratio | ratio (CPU time) | fixed per call | first product | "
+             "first / steady | "
              "second operator's first / steady |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for tree, r in results.items():
         lines.append(f"| {tree} | {r['hessop_s'] * 1e3:.3f} ms | {r['baseline_s'] * 1e3:.3f} ms | {r['ratio']:.3f} | "
@@ -212,7 +215,8 @@ def overhead_table(results: dict[str, dict]) -> str:
 
 def compiled_table(rows: list[dict]) -> str:
     lines = ["| model | n | gradient | eager, kept graphs | eager, no graph cache | linearized | compiled | "
-             "linearize time | compile time | compiled vs eager (rel.) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "linearize time | compile time | compiled vs eager (rel.) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cell = lambda k: f"{r[k + '_s'] * 1e3:.2f} ms ({r[k + '_x']:.2f}x)"  # noqa: E731
         lines.append(f"| {r['model']} | {r['n']} | {r['gradient_s'] * 1e3:.2f} ms | {cell('eager, kept graphs')} | "
@@ -227,7 +231,8 @@ def _before(rev: str, calls: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "hessop"], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        env = {**os.environ, "HESSOP_SPEED_TREE": tmp, "PYTHONPATH": tmp + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        path = tmp + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = {**os.environ, "HESSOP_SPEED_TREE": tmp, "PYTHONPATH": path}
         out = subprocess.run([sys.executable, __file__, "--json", "--calls", str(calls)], env=env, check=True,
                              capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -127,7 +127,8 @@ _direct = _engine_run_backward is not None
 
 
 def backward(graph: FirstOrderGraph, v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """``graph.hvp(v)`` for one vector of plain tensors (the caller's check), through the autograd engine directly (module docstring)."""
+    """``graph.hvp(v)`` for one vector of plain tensors (the caller's check), through the autograd engine
+    directly (module docstring)."""
     global _direct
     if not (_direct and graph.live):
         return graph.hvp(v)
