@@ -23,7 +23,7 @@ def test_dry_run_writes_json_and_table(tmp_path, no_compiler):
     saved = json.loads((tmp_path / "gpu.json").read_text())
     assert saved["dry_run"] and saved["device"] == "cpu"
     sections = saved["sections"]
-    assert list(sections) == ["tests", "cupy", "products", "spectrum"]
+    assert list(sections) == ["tests", "cupy", "spectrum", "products"]
     assert "dry run" in sections["tests"]["skipped"] and "skipped" in sections["cupy"]
     assert "error" not in sections["products"] and "error" not in sections["spectrum"], record
     rows = sections["products"]["rows"]
@@ -46,7 +46,7 @@ def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path, no_compil
     monkeypatch.setattr(gpu, "spectrum", lambda run: {"rows": []})
     saved = gpu.main(["--dry-run", "--out", str(tmp_path)])
     assert saved["sections"]["products"]["error"].startswith("ZeroDivisionError")
-    assert "rows" in saved["sections"]["spectrum"]
+    assert "rows" in saved["sections"]["spectrum"] and list(saved["sections"])[-1] == "products"
     assert "ZeroDivisionError" in (tmp_path / "gpu.md").read_text()
 
 
