@@ -161,8 +161,8 @@ NOTES = (
     "iteration). curvlinops has no eigensolver of its own: its rows run ARPACK on `to_scipy()`. PyHessian 0.1's "
     "density calls `torch.eig`, removed from PyTorch 2, so the benchmark supplies it from `torch.linalg.eigh`. "
     "hessop runs with `hvp=\"double-backward\"` (the algorithm the others use); its default `hvp=\"auto\"` "
-    "times every strategy at the first product of each new block shape, several products' worth of one-off "
-    "cost per shape that is not in these tables. Time ratios are against hessop on the same task; a case "
+    "takes the same for vectors over a kept graph and times the block strategies once per operator, a "
+    "one-off cost that is not in these tables. Time ratios are against hessop on the same task; a case "
     "whose first run took over a minute is not repeated. On ResNet20 only one product, the top eigenvalue and "
     "Hutchinson's trace are run, and a case whose first run took over 10 s is not repeated.")
 

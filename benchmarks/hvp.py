@@ -126,7 +126,7 @@ def measure_torch(names: list[str], batch_size: int, num_batches: int, block: in
         cases.append(("hvp double-backward, no graph cache", lambda: uncached.apply(v), 1))
         cases.append((f"hvp auto [{auto.backend.chosen['vector']}]", lambda: auto.apply(v), 1))
         cases += [(f"block of {block} {s} (per vector)", (lambda H=H: H.apply(V)), block) for s, H in ops.items()]
-        cases.append((f"block of {block} auto [{auto.backend.chosen[f'block of {block}']}] (per vector)",
+        cases.append((f"block of {block} auto [{auto.backend.chosen['block']}] (per vector)",
                       lambda: auto.apply(V), block))
         ggn = hessian(model, loss, data, curvature="ggn")
         cases.append(("ggn-vector", lambda: ggn.apply(v), 1))

@@ -44,7 +44,8 @@ def hessian(
     **options
         Passed to the backend (for PyTorch: ``params``, ``hvp``, ``reduction``,
         ``check_determinism``, ``progress``, ``graph_cache``, ``weight_fn``,
-        ``graph_cache_bytes``; for JAX: ``model_fn``, ``hvp``,
+        ``graph_cache_bytes``, ``compile`` (``True``: each batch's Hessian product through
+        ``torch.compile``, checked against the eager product at the first product); for JAX: ``model_fn``, ``hvp``,
         ``reduction``, ``weight_fn``). ``weight_fn(batch)``, the same in both, is the number of loss terms a
         batch's mean is over (tokens, for a language model). With JAX and ``model_fn``, ``loss`` is
         ``loss_fn(outputs, targets)`` and batches are ``(inputs, targets)``, as

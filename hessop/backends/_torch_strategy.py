@@ -1,11 +1,17 @@
-"""Which Hessian-vector product strategy ``hvp="auto"`` uses: the fastest exact one that runs on the model.
+"""Which Hessian-vector product strategy ``hvp="auto"`` uses: one choice for vectors, one for blocks.
 
-Each exact strategy runs twice on the first batch, exactly as a real product
-would (with the batch's kept first-order graph when it fits the budget); the
-second run is timed. A strategy that fails on the model (an op without a
-``vmap`` rule, a forward-mode rule, or a second derivative) is skipped. When
-none runs, the finite difference of gradients is used, with a warning that
-says what each exact strategy met.
+Each choice is made once per operator, at the first product of its kind, and
+holds for every later one (a block's choice for blocks of every width):
+
+* a vector whose batch keeps its first-order graph takes ``"double-backward"``
+  without timing: its product is one backward pass over the kept graph, and
+  every other strategy redoes the forward pass and the gradient first;
+* otherwise the exact strategies that apply are timed once on the first batch,
+  one warm-up run and one timed run each (for a block with a kept graph only
+  the two that use it: the column loop and ``is_grads_batched``). A strategy
+  that fails on the model (an op without a ``vmap`` rule, a forward-mode rule,
+  or a second derivative) is skipped. When none runs, the finite difference of
+  gradients is used, with a warning that says what each exact strategy met.
 """
 
 from __future__ import annotations
@@ -15,6 +21,18 @@ import warnings
 from typing import Callable, Iterable
 
 import torch
+
+from ._torch_hvp import STRATEGIES
+
+
+def choose(run: Callable[[str], object], batched: bool, kept: bool, device: torch.device) -> str:
+    """The strategy for vectors (``batched=False``) or blocks, ``kept``: the first batch's graph is kept."""
+    if kept and not batched:
+        return "double-backward"
+    names = [n for n in STRATEGIES if batched or not n.endswith("vmap")]  # the same for one vector
+    if kept:
+        names = [n for n in names if n.startswith("double-backward")]
+    return fastest(run, names, device)
 
 
 def fastest(run: Callable[[str], object], names: Iterable[str], device: torch.device) -> str:

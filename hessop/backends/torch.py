@@ -17,15 +17,27 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
     ``is_grads_batched``.
 ``"forward-over-reverse"``
     ``jvp`` of ``grad``; a block through ``vmap``.
+``"linearize"``
+    each batch's gradient linearised once (``torch.func.linearize``) and kept, for a
+    list of batches, while the model is unchanged; a product is then one tangent
+    pass (:mod:`hessop.backends._torch_linearized`). Never chosen by ``"auto"``.
 ``"finite-difference"``
     a central difference of two gradient passes (an approximation, for models
     whose second derivative torch cannot take: fused kernels, checkpointing).
 ``"auto"`` (default)
-    at the first product of each shape (one vector, or a block of k), runs every
-    exact strategy twice on the first batch, times the second run and keeps the
-    fastest for the rest of the operator's life. A strategy that fails on the
-    model (e.g. an op without a ``vmap`` rule) is skipped; when all fail,
-    ``"finite-difference"`` is used, with a warning that says why.
+    one choice for vectors and one for blocks (of any width), each made at the
+    first product of its kind and kept for the operator's life
+    (:mod:`hessop.backends._torch_strategy`): a vector over a kept first-order
+    graph takes ``"double-backward"`` without timing anything (one backward pass,
+    which no other strategy can undercut); otherwise the exact strategies are
+    timed once on the first batch (for blocks with a kept graph, only the two
+    that use it). A strategy that fails on the model (e.g. an op without a
+    ``vmap`` rule) is skipped; when all fail, ``"finite-difference"`` is used,
+    with a warning that says why.
+
+``compile=True`` runs each batch's Hessian product through ``torch.compile``
+(:mod:`hessop.backends._torch_compiled`); ``"auto"`` never compiles by itself,
+since compiling costs seconds to minutes.
 
 Products run with attention kernels that have second derivatives
 (:mod:`hessop.backends._torch_attention`), so models using
@@ -41,7 +53,8 @@ batch's first-order graph (forward pass and gradient with ``create_graph=True``)
 is built once and reused by every product until a parameter or buffer changes
 in place, for as many batches as fit the ``graph_cache_bytes`` budget
 (:mod:`hessop.backends._torch_graphs`): a kept batch then costs one backward
-pass per product, the others are recomputed (see ``docs/performance.md``).
+pass per product, the others are recomputed (see ``docs/performance.md``). Once every batch's graph is kept, a
+vector's product skips the general path's per-call work (:mod:`hessop.backends._torch_kept`).
 
 float16/bfloat16 models: vectors, products and sums over batches are float32;
 each batch's product runs in the model's dtype on the vector cast to it.
@@ -50,6 +63,7 @@ each batch's product runs in the model's dtype on the vector cast to it.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -66,14 +80,17 @@ from ._torch_checks import (
     raise_nonfinite,
 )
 from ._torch_data import Batches, arguments, check_loader, check_train_mode, target_of
+from ._torch_compiled import CompiledProduct
 from ._torch_graphs import GraphCache, budget_of
 from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
+from ._torch_kept import KeptProducts, check_repeatable_loss
+from ._torch_linearized import Linearized
 from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
-from ._torch_strategy import fastest
+from ._torch_strategy import choose
 from ._torch_params import reduction_of, select_params
 from .base import CURVATURES, Backend
 
-HVP_CHOICES = ("auto", *STRATEGIES, *INEXACT, *ALIASES)
+HVP_CHOICES = ("auto", *STRATEGIES, "linearize", *INEXACT, *ALIASES)
 _ALL = {**STRATEGIES, **INEXACT}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -95,7 +112,7 @@ class TorchBackend(Backend):
     curvature : {"hessian", "ggn", "residual"}
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
-    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse", "finite-difference"}
+    hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse", "linearize", "finite-difference"}
         How Hessian-vector products are computed (module docstring).
     reduction : {"mean", "sum"}, optional
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
@@ -110,6 +127,9 @@ class TorchBackend(Backend):
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
         Keep batches' first-order graphs across products (module docstring) under ``graph_cache_bytes``
         (default: min(2 GiB, free memory / 4); ``True``: no limit; ``False`` or 0: keep none).
+    compile : bool
+        Run each batch's Hessian product through ``torch.compile`` (:mod:`._torch_compiled`); the first
+        product compares it with the eager product. Not with ``curvature="ggn"`` or a named ``hvp``.
     """
 
     def __init__(
@@ -127,6 +147,7 @@ class TorchBackend(Backend):
         graph_cache: bool | str = "auto",
         graph_cache_bytes: int | None = None,
         weight_fn: Callable[[Any], Any] | None = None,
+        compile: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -138,6 +159,14 @@ class TorchBackend(Backend):
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
         if hvp not in HVP_CHOICES:
             raise ValueError(f"unknown hvp strategy {hvp!r}; choose one of {HVP_CHOICES}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, not {compile!r}")
+        if compile and (curvature == "ggn" or hvp not in ("auto", "forward-over-reverse")):
+            raise ValueError(
+                "compile=True compiles the Hessian's forward-over-reverse product; leave hvp='auto' "
+                f"(got hvp={hvp!r}, curvature={curvature!r}) or pass compile=False"
+            )
+        self.compile = bool(compile)
         self.graph_budget = budget_of(graph_cache, graph_cache_bytes)
         self.model = model
         self.loss_fn = None if loss is None else adapt_loss(loss)
@@ -187,6 +216,9 @@ class TorchBackend(Backend):
         self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
         self._param_dtypes = [t.dtype for t in tensors]
         self._graphs = GraphCache(self.graph_budget)
+        self._kept: KeptProducts | None = None  # the vector products over kept graphs, once all are kept
+        self._compiled: CompiledProduct | None = None
+        self._linearized = Linearized(self.model)
 
     def _current(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -265,8 +297,31 @@ class TorchBackend(Backend):
 
     # -- products ------------------------------------------------------------------------------
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
+        kept = self._kept
+        if kept is not None and V.ndim == 1 and type(V) is torch.Tensor and kept.valid():
+            out = kept.vector(V)
+            if math.isfinite(float(out.sum())):
+                return out
+            self._kept = None  # the general path finds the batch whose product is not finite
         with exact_attention():  # attention kernels with second derivatives, for the products only
-            return self._hvp_sum(V)
+            out = self._hvp_sum(V)
+        if V.ndim == 1:
+            self._kept = self._kept_products()
+        return out
+
+    def _kept_products(self) -> KeptProducts | None:
+        """Products over the kept graphs, when every batch's graph is kept and no cast is needed."""
+        if not (self.curvature == "hessian" and self.batches.is_list and self._repeatable
+                and self.chosen.get("vector") == "double-backward" and not self.model.training
+                and all(d == self.dtype for d in self._param_dtypes)):
+            return None
+        graphs = []
+        for index, _, _, count in self.batches.weighted():
+            graph = self._graphs.graphs.get(index)
+            if graph is None:
+                return None
+            graphs.append((graph, float(self._weight(count))))
+        return KeptProducts(self.model, graphs, self.param_sizes, self.param_shapes, True)
 
     def _hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         batched = V.ndim == 2
@@ -277,8 +332,8 @@ class TorchBackend(Backend):
         for index, x, y, c in self._iter("Hessian-vector product"):
             count += c
             parts = self._product(index, x, y, vs, batched)
-            if not self._repeatable:  # the first product: the same vector again on a fresh pass must agree
-                check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
+            if not self._repeatable:  # the first product: a fresh pass must agree
+                self._check_repeatable(index, x, y, vs, batched, parts)
                 self._repeatable = True
             for view, part in zip(views, parts):
                 view.add_(part, alpha=self._weight(c))
@@ -287,6 +342,17 @@ class TorchBackend(Backend):
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
             self._raise_nonfinite_product(vs, batched)
         return acc
+
+    def _check_repeatable(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, parts: Tensors) -> None:
+        """The same vector again on a fresh pass must give the same product; over a kept graph, a fresh
+        forward pass must give the same loss (:func:`._torch_kept.check_repeatable_loss`, one pass, not three)."""
+        graph = self._graphs.graphs.get(index) if self.curvature == "hessian" else None
+        if graph is not None and self.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
+            _, _, f = self._closures(x, y)
+            with torch.no_grad():
+                check_repeatable_loss(graph.loss, f(tuple(self._current())), index)
+            return
+        check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
 
     def _raise_nonfinite_product(self, vs: Tensors, batched: bool) -> None:
         """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
@@ -313,25 +379,43 @@ class TorchBackend(Backend):
         return ggn(model_fn, loss_of_output, self._current(), target_of(x, y), vs, batched)
 
     def _hessian(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
-        key = f"block of {vs[0].shape[0]}" if batched else "vector"
+        key = "block" if batched else "vector"
         name = self.chosen.get(key) or self._choose(key, index, x, y, vs, batched)
         return self._run(name, index, x, y, vs, batched, fresh)
 
     def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
+        if name == "compiled":
+            return self._run_compiled(index, x, y, vs, batched, fresh)
+        if name == "linearize":  # the first product's check compares with a plain forward-over-reverse product
+            _, _, f = self._closures(x, y)
+            if fresh:
+                return _ALL["forward-over-reverse"](f, self._current(), target_of(x, y), vs, batched)
+            return self._linearized.product(index, f, tuple(self._current()), target_of(x, y), vs, batched,
+                                            keep=self.batches.is_list)
         graph = self._graph(index, x, y) if name.startswith("double-backward") and not fresh else None
         if graph is not None:
             return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
         _, _, f = self._closures(x, y)
         return _ALL[name](f, self._current(), target_of(x, y), vs, batched)
 
+    def _run_compiled(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool) -> Tensors:
+        """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager."""
+        if self._compiled is None:
+            self._compiled = CompiledProduct(self.model, self.param_names, self.loss_fn)
+        args, kwargs = arguments(x)
+        return self._compiled.run(tuple(self._current()), vs, self._fixed(), args, kwargs, target_of(x, y), batched,
+                                  check=index if fresh else None)
+
     def _choose(self, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
-        """The strategy for products of this shape: the user's, or the fastest on the first batch."""
-        if self.hvp != "auto":
+        """The strategy for vectors or for blocks: the user's, the compiled product, or ``auto``'s choice."""
+        if self.compile:
+            self.chosen[key] = "compiled"
+        elif self.hvp != "auto":
             self.chosen[key] = self.hvp
-            return self.hvp
-        candidates = [n for n in STRATEGIES if batched or not n.endswith("vmap")]  # the same for one vector
-        run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
-        self.chosen[key] = fastest(run, candidates, self.device)
+        else:
+            kept = self._graph(index, x, y) is not None and index in self._graphs.graphs
+            run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
+            self.chosen[key] = choose(run, batched, kept, self.device)
         return self.chosen[key]
 
     def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
