@@ -109,7 +109,8 @@ class TorchBackend(Backend):
         Show a progress bar over the batches of each product.
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
         Keep batches' first-order graphs across products (module docstring) under ``graph_cache_bytes``
-        (default: min(2 GiB, free memory / 4); ``True``: no limit; ``False`` or 0: keep none).
+        (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`._torch_graphs`;
+        ``True``: no limit; ``False`` or 0: keep none).
     """
 
     def __init__(
