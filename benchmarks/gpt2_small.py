@@ -1,0 +1,178 @@
+"""GPT-2 small on this machine: one Hessian-vector product against one gradient pass, and the top eigenvalue.
+
+    python benchmarks/gpt2_small.py                   # 124M parameters, batch 4 x 128 tokens (about 8 min)
+    python benchmarks/gpt2_small.py --layers 2 --no-eigsh      # a quick look at a smaller depth
+
+The model is :meth:`hessop.models.gpt.GPTConfig.gpt2_small` (12 layers, width 768, 50,257 tokens,
+head tied to the token embedding; 124,439,808 parameters) at its GPT-2 initialisation, float32,
+eval mode, on one batch of random token ids with their next tokens as targets, and the mean
+token cross-entropy (``nn.CrossEntropyLoss()`` on ``(B, T, V)`` logits).
+
+Rows (each its own operator, built and measured one after the other in this one process):
+
+gradient
+    plain PyTorch: ``torch.autograd.grad`` of the loss in every parameter (the baseline).
+hvp <strategy>, graph cache off
+    ``hessop.hessian(..., hvp=strategy, graph_cache=False).apply(v)``: every product is a
+    complete one (forward, first backward with ``create_graph``, second backward).
+hvp default
+    ``hessop.hessian(model, loss, data)`` as a user gets it: ``hvp="auto"`` (the strategy it chose in
+    brackets) and the default graph cache, which keeps the batch's first-order graph when it fits its
+    budget; a product then costs one backward pass through the kept graph.
+
+``time`` is the fastest of ``--repeats`` calls after a first one (the first product of an operator
+also chooses the strategy and checks repeatability: its time is the ``first call`` column).
+``peak`` is the process's peak resident memory during one call above the memory held before it
+(the kernel's ``VmHWM``, :class:`benchmarks._tools.PeakRSS`); ``held`` is what the operator keeps
+between calls (a kept graph); ``peak + held`` is what a product needs on top of the model and data,
+the number compared with the gradient's peak.
+
+The top eigenvalue is ``hessop.eigsh(H, k=1, tol=1e-3)`` on the default operator; its residual is
+re-measured with one more product, ``||H x - λ x|| / |λ|``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import hessop  # noqa: E402
+from benchmarks._tools import PeakRSS, markdown_table, rss_bytes, threads, trim_heap  # noqa: E402
+from hessop.models.gpt import GPT, GPTConfig  # noqa: E402
+
+MIB = 2**20
+
+
+def problem(layers: int, batch: int, tokens: int, seed: int = 0):
+    """GPT-2 small (``layers`` of its 12 blocks), one batch of random ids and next tokens, the loss."""
+    full = GPTConfig.gpt2_small()
+    config = GPTConfig(full.vocab_size, full.block_size, layers, full.n_head, full.n_embd, tie_head=True)
+    model = GPT(config, seed=seed).eval()
+    ids = torch.randint(0, config.vocab_size, (batch, tokens + 1), generator=torch.Generator().manual_seed(seed))
+    return model, [(ids[:, :-1], ids[:, 1:])], nn.CrossEntropyLoss()
+
+
+def measure(call, repeats: int) -> dict:
+    """The first call's time, one call's peak RSS growth, and the fastest of ``repeats`` more calls."""
+    gc.collect()
+    trim_heap()
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    gc.collect()
+    with PeakRSS() as mem:
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {"first": first, "seconds": min(times) if times else first, "peak": mem.peak}
+
+
+def gradient_row(model, data, loss, repeats: int) -> dict:
+    x, y = data[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def call():
+        with torch.enable_grad():
+            logits = model(x)
+            return torch.autograd.grad(loss(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), params)
+
+    return {"row": "gradient", **measure(call, repeats), "held": 0}
+
+
+def hvp_row(label: str, model, data, loss, repeats: int, **options) -> tuple[dict, object]:
+    gc.collect()
+    trim_heap()
+    before = rss_bytes()
+    H = hessop.hessian(model, loss, data, **options)
+    v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(1))
+    out = measure(lambda: H.apply(v), repeats)
+    gc.collect()
+    trim_heap()
+    held = max(rss_bytes() - before, 0)
+    chosen = H.backend.chosen.get("vector", "")
+    kept = H.backend._graphs.used
+    row = {"row": label + (f" [{chosen}]" if options.get("hvp", "auto") == "auto" else ""), **out,
+           "held": held, "kept": kept}
+    return row, H
+
+
+def top_eigenvalue(H, tol: float) -> dict:
+    start = time.perf_counter()
+    before = H.num_matvecs
+    r = hessop.eigsh(H, k=1, tol=tol)
+    seconds = time.perf_counter() - start
+    lam = float(r.eigenvalues[0])
+    x = r.eigenvectors[:, 0]
+    hx = H.apply(x)
+    measured = float(torch.linalg.vector_norm(hx - lam * x) / abs(lam) / torch.linalg.vector_norm(x))
+    return {"eigenvalue": lam, "residual": float(r.residual_norms[0]), "measured": measured,
+            "converged": bool(r.converged[0]), "matvecs": r.num_matvecs, "seconds": seconds,
+            "stopped": r.stopped, "products": H.num_matvecs - before}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2, help="timed calls after the first and the memory call")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads (0: leave as is)")
+    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--no-eigsh", action="store_true")
+    ap.add_argument("--strategies", nargs="*", default=["double-backward", "forward-over-reverse"])
+    args = ap.parse_args(argv)
+    began, load = time.perf_counter(), os.getloadavg()[0]
+    model, data, loss = problem(args.layers, args.batch, args.tokens)
+    n = sum(p.numel() for p in model.parameters())
+    base = rss_bytes()
+    rows = []
+    with threads(args.threads):
+        rows.append(gradient_row(model, data, loss, args.repeats))
+        print(rows[-1], flush=True)
+        for name in args.strategies:
+            row, H = hvp_row(f"hvp {name}, graph cache off", model, data, loss, args.repeats,
+                             hvp=name, graph_cache=False)
+            rows.append(row)
+            print(row, flush=True)
+            del H
+        row, H = hvp_row("hvp default", model, data, loss, args.repeats)
+        rows.append(row)
+        print(row, flush=True)
+        top = None if args.no_eigsh else top_eigenvalue(H, args.tol)
+    g = rows[0]
+    table = [[r["row"], f"{r['first']:.1f}", f"{r['seconds']:.2f}", f"{r['seconds'] / g['seconds']:.2f}",
+              f"{r['peak'] / MIB:.0f}", f"{r['held'] / MIB:.0f}",
+              f"{(r['peak'] + r['held']) / (g['peak'] + g['held']):.2f}"] for r in rows]
+    header = ["", "first call (s)", "time (s)", "time / gradient", "peak (MiB)", "held (MiB)",
+              "(peak + held) / gradient's"]
+    cmd = "python benchmarks/gpt2_small.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    print()
+    print(f"`{cmd}`: n = {n:,}, batch {args.batch} x {args.tokens} tokens, float32, "
+          f"{args.threads or torch.get_num_threads()} intra-op threads, RSS of model and data {base / MIB:.0f} MiB; "
+          f"1-minute load average {load:.1f} before, {os.getloadavg()[0]:.1f} after; "
+          f"{time.perf_counter() - began:.0f} s in all.")
+    print()
+    print(markdown_table(header, table))
+    if top is not None:
+        print()
+        print(f"Top eigenvalue (`hessop.eigsh(H, k=1, tol={args.tol:g})`): {top['eigenvalue']:.6g}, relative "
+              f"residual {top['residual']:.1e} (re-measured with one more product: {top['measured']:.1e}), "
+              f"converged {top['converged']}, {top['matvecs']} products, {top['seconds']:.0f} s.")
+    print(f"torch {torch.__version__}, numpy {np.__version__}, hessop {hessop.__version__}")
+
+
+if __name__ == "__main__":
+    main()
