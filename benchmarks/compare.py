@@ -199,7 +199,8 @@ NOTES = (
     "times every strategy at the first product of each new block shape, several products' worth of one-off "
     "cost per shape that is not in these tables. Time ratios are against hessop on the same task; a case "
     "whose first run took over a minute is not repeated. On ResNet20 only one product, the top eigenvalue and "
-    "Hutchinson's trace are run, and a case whose first run took over 10 s is not repeated.")
+    "Hutchinson's trace are run, and a case whose first run took over 10 s is not repeated; on the "
+    "character-level GPT one product, the top eigenvalue and Hutch++'s trace.")
 
 
 def model_block(res: dict, repeats: int, versions: dict) -> str:
