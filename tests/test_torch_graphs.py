@@ -36,3 +36,21 @@ def test_default_budget_reserves_a_products_working_memory(monkeypatch):
     H = _operator()
     torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
     assert H.backend._graphs.budget == 0 and not H.backend._graphs.graphs
+
+
+def test_graphs_kept_while_timing_are_dropped_when_auto_picks_a_strategy_without_them(monkeypatch):
+    from hessop.backends import torch as backend
+
+    timed = backend.fastest
+    monkeypatch.setattr(backend, "fastest", lambda *a: (timed(*a), "forward-over-reverse")[1])
+    torch.manual_seed(0)
+    model = MLP(8, 3, (16,)).double().eval()
+    data = random_batches((8,), [16, 16], seed=1)
+    H = hessop.hessian(model, nn.CrossEntropyLoss(), data)  # hvp="auto", the default cache
+    exact = hessop.hessian(model, nn.CrossEntropyLoss(), data, hvp="double-backward", graph_cache=False)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(H.apply(v), exact.apply(v), rtol=1e-12, atol=1e-12)
+    assert H.backend.chosen == {"vector": "forward-over-reverse"}
+    assert not H.backend._graphs.graphs and H.backend._graphs.used == 0  # the timing's graph is not held
+    H.apply(v)
+    assert not H.backend._graphs.graphs

@@ -333,6 +333,8 @@ class TorchBackend(Backend):
         candidates = [n for n in STRATEGIES if batched or not n.endswith("vmap")]  # the same for one vector
         run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
         self.chosen[key] = fastest(run, candidates, self.device)
+        if not any(n.startswith("double-backward") for n in self.chosen.values()):
+            self._graphs.clear(None)  # graphs the timing kept that no chosen strategy reads: free their memory
         return self.chosen[key]
 
     def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
