@@ -15,15 +15,20 @@ gradient
 hvp <strategy>, graph cache off
     ``hessop.hessian(..., hvp=strategy, graph_cache=False).apply(v)``: every product is a
     complete one (forward, first backward with ``create_graph``, second backward).
+hvp double-backward, graph kept
+    ``hvp="double-backward"`` with the default graph cache: the batch's first-order graph is kept
+    (when it fits the budget) and a product is one backward pass through it.
 hvp default
     ``hessop.hessian(model, loss, data)`` as a user gets it: ``hvp="auto"`` (the strategy it chose in
     brackets) and the default graph cache, which keeps the batch's first-order graph when it fits its
     budget; a product then costs one backward pass through the kept graph.
 
-``time`` is the fastest of ``--repeats`` calls after a first one and a memory-measuring one. The
-first product of an operator also chooses the strategy (``auto`` runs each exact one twice) and
-checks that a product is repeatable by computing it twice: the ``first call`` columns. The
-gradient's first call does no one-off work and counts among its timings.
+Each row makes a first call and a memory-measuring call when it is built; ``time`` is then the
+fastest of ``--repeats`` interleaved rounds (every row once, then every row again), so that drifts
+of the shared machine's load fall on every row alike. The first product of an operator also chooses
+the strategy (``auto`` runs each exact one twice) and checks that a product is repeatable by
+computing it twice: the ``first call`` columns. The gradient's first call does no one-off work and
+counts among its timings.
 ``peak`` is the process's peak resident memory during one call above the memory held before it
 (the kernel's ``VmHWM``, :class:`benchmarks._tools.PeakRSS`); ``held`` is what stays between calls
 (the vector ``v`` and a kept graph); ``peak + held`` is what a product needs on top of the model
@@ -67,8 +72,8 @@ def problem(layers: int, batch: int, tokens: int, seed: int = 0):
     return model, [(ids[:, :-1], ids[:, 1:])], nn.CrossEntropyLoss()
 
 
-def measure(call, repeats: int, first_counts: bool = False) -> dict:
-    """The first call's time and peak RSS growth, another call's peak, and the fastest of ``repeats`` more calls."""
+def measure(call) -> dict:
+    """The first call's time and peak RSS growth, and a second call's peak (timing rounds come later)."""
     gc.collect()
     with PeakRSS() as first_mem:
         start = time.perf_counter()
@@ -77,17 +82,10 @@ def measure(call, repeats: int, first_counts: bool = False) -> dict:
     gc.collect()
     with PeakRSS() as mem:
         call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    if first_counts or not times:  # a call with no one-off work: its first run is as good a timing as any
-        times.append(first)
-    return {"first": first, "first_peak": first_mem.peak, "seconds": min(times), "peak": mem.peak}
+    return {"first": first, "first_peak": first_mem.peak, "peak": mem.peak, "call": call, "times": []}
 
 
-def gradient_row(model, data, loss, repeats: int) -> dict:
+def gradient_row(model, data, loss) -> dict:
     x, y = data[0]
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -96,24 +94,36 @@ def gradient_row(model, data, loss, repeats: int) -> dict:
             logits = model(x)
             return torch.autograd.grad(loss(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), params)
 
-    return {"row": "gradient", **measure(call, repeats, first_counts=True), "held": 0}
+    row = {"row": "gradient", **measure(call), "held": 0}
+    row["times"].append(row["first"])  # no one-off work in a gradient's first call
+    return row
 
 
-def hvp_row(label: str, model, data, loss, repeats: int, **options) -> tuple[dict, object]:
+def hvp_row(label: str, model, data, loss, **options) -> tuple[dict, object]:
     gc.collect()
     trim_heap()
     before = rss_bytes()
     H = hessop.hessian(model, loss, data, **options)
     v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(1))
-    out = measure(lambda: H.apply(v), repeats)
+    out = measure(lambda: H.apply(v))
     gc.collect()
     trim_heap()
     held = max(rss_bytes() - before, 0)
     chosen = H.backend.chosen.get("vector", "")
-    kept = H.backend._graphs.used
     row = {"row": label + (f" [{chosen}]" if options.get("hvp", "auto") == "auto" else ""), **out,
-           "held": held, "kept": kept}
+           "held": held, "kept": H.backend._graphs.used}
     return row, H
+
+
+def timing_rounds(rows: list[dict], repeats: int) -> None:
+    """``repeats`` rounds of one call of every row in turn (interleaved: load drifts fall on all rows alike)."""
+    for _ in range(repeats):
+        for row in rows:
+            start = time.perf_counter()
+            row["call"]()
+            row["times"].append(time.perf_counter() - start)
+    for row in rows:
+        row["seconds"] = min(row["times"])
 
 
 def top_eigenvalue(H, tol: float, ncv: int, certify: bool) -> dict:
@@ -135,7 +145,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=1, help="timed calls after the first and the memory call")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds after each row's first and "
+                    "memory-measuring calls")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads (0: leave as is)")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--ncv", type=int, default=8, help="eigsh's basis size: ncv vectors of 4 n bytes (498 MB each)")
@@ -151,17 +162,24 @@ def main(argv=None) -> None:
     base = rss_bytes()
     rows = []
     with threads(args.threads):
-        rows.append(gradient_row(model, data, loss, args.repeats))
-        print(rows[-1], flush=True)
+        rows.append(gradient_row(model, data, loss))
+        print({k: v for k, v in rows[-1].items() if k != "call"}, flush=True)
+        operators = []
         for name in args.strategies:
-            row, H = hvp_row(f"hvp {name}, graph cache off", model, data, loss, args.repeats,
-                             hvp=name, graph_cache=False)
+            row, H = hvp_row(f"hvp {name}, graph cache off", model, data, loss, hvp=name, graph_cache=False)
             rows.append(row)
-            print(row, flush=True)
-            del H
-        row, H = hvp_row("hvp default", model, data, loss, args.repeats)
+            operators.append(H)
+            print({k: v for k, v in row.items() if k != "call"}, flush=True)
+        row, H = hvp_row("hvp double-backward, graph kept", model, data, loss, hvp="double-backward")
         rows.append(row)
-        print(row, flush=True)
+        operators.append(H)
+        print({k: v for k, v in row.items() if k != "call"}, flush=True)
+        row, H = hvp_row("hvp default", model, data, loss)
+        rows.append(row)
+        print({k: v for k, v in row.items() if k != "call"}, flush=True)
+        timing_rounds(rows, args.repeats)
+        print([(r["row"], [round(t, 2) for t in r["times"]]) for r in rows], flush=True)
+        del operators
         top = None if args.no_eigsh else top_eigenvalue(H, args.tol, args.ncv, args.certify)
     g = rows[0]
     table = [[r["row"], f"{r['first']:.1f}", f"{r['first_peak'] / MIB:.0f}", f"{r['seconds']:.2f}",
