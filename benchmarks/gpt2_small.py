@@ -1,6 +1,6 @@
 """GPT-2 small on this machine: one Hessian-vector product against one gradient pass, and the top eigenvalue.
 
-    python benchmarks/gpt2_small.py                   # 124M parameters, batch 4 x 128 tokens (about 8 min)
+    python benchmarks/gpt2_small.py                   # 124M parameters, batch 4 x 128 tokens (7 min at load 2-3)
     python benchmarks/gpt2_small.py --layers 2 --no-eigsh      # a quick look at a smaller depth
 
 The model is :meth:`hessop.models.gpt.GPTConfig.gpt2_small` (12 layers, width 768, 50,257 tokens,
@@ -35,10 +35,11 @@ counts among its timings.
 and data, the number compared with the gradient's peak.
 
 The top eigenvalue is ``hessop.eigsh(H, k=1, tol=1e-3, ncv=8, certify=False, max_matvecs=60)`` on
-the double-backward operator with its kept graph; its residual is re-measured with one more product, ``||H x - λ x|| / |λ|``. At this size
-the solver's basis is the memory that counts: ``ncv`` vectors of 498 MB (the default ``ncv=20``
-holds 10 GB), and certification from a fresh vector (``--certify``) about doubles the products
-(33 against 61 on a 3.4M-parameter GPT-2-shaped model, ``tol=1e-3``, ``ncv=8``).
+the double-backward operator with its kept graph; its residual is re-measured with one more product,
+``||H x - λ x|| / |λ|``. At this size the solver's basis is the memory that counts: ``ncv`` vectors
+of 498 MB (the default ``ncv=20`` holds 10 GB), and certification from a fresh vector
+(``--certify``) about doubles the products (33 against 61 on a 3.4M-parameter GPT-2-shaped model,
+``tol=1e-3``, ``ncv=8``).
 """
 
 from __future__ import annotations

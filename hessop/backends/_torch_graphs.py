@@ -16,7 +16,7 @@ parameter-shaped parts, the batch's product and the sum over batches are four
 parameter-sized buffers, and the second backward pass through a kept graph
 allocates about the graph's size again (1.2x on GPT-2 small, batch 4 x 128,
 whose graph holds 1458 MiB: ``benchmarks/gpt2_small.py``). GPT-2 small thus
-keeps that graph where about 9.3 GB are free once it is built (five times its
+keeps that graph where about 9.6 GB are free once it is built (five times its
 size, and four buffers of 498 MB), and recomputes it at each product below.
 
 A graph's size is the bytes of the distinct tensor storages its nodes saved
