@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -47,18 +48,38 @@ def run_compare(models, repeats: int, write: bool, threads: int = 1) -> None:
         os.makedirs(CACHE, exist_ok=True)
         with open(os.path.join(CACHE, f"compare-{name}.md"), "w") as f:
             f.write(text)
+        published = _published_blocks()
         parts = [compare.NOTES, ""]
         for key in compare.PROBLEMS:
             path = os.path.join(CACHE, f"compare-{key}.md")
             if os.path.exists(path):
                 with open(path) as f:
                     parts.append(f.read())
+            elif key in published:  # run on another machine or day: keep the block the page shows
+                parts.append(published[key])
             else:
                 parts.append(f"### {key}\n\nNot run yet: `python -m benchmarks compare {key}`.\n")
         replace_section(PERFORMANCE, SECTION, "\n".join(parts))
         log(f"wrote {name} into the '{SECTION[3:]}' section of {PERFORMANCE}")
 
     compare.main(argv, log=log, on_block=save)
+
+
+def _published_blocks() -> dict[str, str]:
+    """The per-model blocks the comparison section of docs/performance.md shows now, by model key."""
+    with open(PERFORMANCE) as f:
+        text = f.read()
+    start = text.find(SECTION)
+    if start < 0:
+        return {}
+    end = text.find("\n## ", start + len(SECTION))
+    section = text[start:] if end < 0 else text[start:end + 1]
+    blocks = {}
+    for chunk in section.split("\n### ")[1:]:
+        command = re.search(r"`python -m benchmarks compare (\S+)", chunk)  # the heading is the problem's name
+        if command and "Not run yet" not in chunk:
+            blocks[command.group(1).rstrip("`")] = "### " + chunk.rstrip("\n") + "\n"
+    return blocks
 
 
 def run_reproductions(names, quick: bool, write: bool) -> None:

@@ -39,6 +39,9 @@ class Problem:
     trace: float | None = None
     truth_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    math_attention: bool = False
+    """The model calls ``F.scaled_dot_product_attention``: the other tools' double backward needs
+    ``sdpa_kernel(SDPBackend.MATH)`` around them (the fused CPU kernel has no second derivative)."""
 
     @property
     def num_params(self) -> int:
@@ -210,3 +213,32 @@ def resnet20(batch: int = 16) -> Problem:
     train(model, x, y, steps=1, lr=1e-3)  # one step so BatchNorm running statistics describe the data
     return Problem("resnet20", f"ResNet20 at initialisation, {batch} synthetic 32x32 images, BatchNorm in eval mode",
                    model, torch.nn.CrossEntropyLoss(), x, y)
+
+
+class TokenCrossEntropy(__import__("torch").nn.CrossEntropyLoss):
+    """The mean cross-entropy over all tokens: ``(B, T, V)`` logits and ``(B, T)`` targets, flattened.
+
+    torch's own ``nn.CrossEntropyLoss`` reads class scores from dimension 1; the other tools call
+    ``loss(model(x), y)`` as is, so the language-model layout is flattened here for all of them alike.
+    """
+
+    def forward(self, logits, targets):
+        return super().forward(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def gpt_char(layers: int = 2, width: int = 64, batch: int = 16, length: int = 64) -> Problem:
+    """A character-level GPT (``layers`` x ``width``, SDPA attention, about 0.1M parameters) trained
+    briefly on the standard library's source text, on ``batch`` windows of ``length`` characters."""
+    import torch
+
+    from hessop.cli.lm import CharData, lm_model, stdlib_text, train_lm
+
+    torch.manual_seed(4)
+    data = CharData.from_text(stdlib_text(100_000))
+    model = lm_model(data, block_size=length, n_layer=layers, n_embd=width, n_head=4, seed=4)
+    trained = train_lm(model, data, steps=150, batch_size=32, seed=4)
+    x, y = data.windows(batch, length, seed=5)
+    return Problem("gpt-char", f"character-level GPT ({layers} layers, width {width}, 4 heads, vocabulary "
+                   f"{len(data.vocab)}), trained 150 AdamW steps (training loss {trained['train_loss']:.3f}), "
+                   f"{batch} windows of {length} characters of the standard library's source",
+                   model, TokenCrossEntropy(), x, y, math_attention=True)

@@ -100,6 +100,19 @@ def test_replace_section_keeps_the_rest(tmp_path):
     assert path.read_text() == "# T\n\n## A\n\nold a\n\n## B (cmd)\n\nnew b\n\n## C\n\nc\n"
 
 
+def test_a_comparison_of_one_model_keeps_the_other_models_published_blocks(tmp_path, monkeypatch):
+    import benchmarks.__main__ as bench
+
+    page = tmp_path / "performance.md"
+    page.write_text(f"# P\n\n{bench.SECTION}\n\nnotes\n\n### two-layer-15010 — n = 15,010\n\n"
+                    "`python -m benchmarks compare two-layer --repeats 3` table\n\n### cnn-bn\n\n"
+                    "Not run yet: `python -m benchmarks compare cnn-bn`.\n\n## Next\n\nrest\n")
+    monkeypatch.setattr(bench, "PERFORMANCE", str(page))
+    blocks = bench._published_blocks()
+    assert list(blocks) == ["two-layer"]  # keyed by the command, not by the heading; placeholders dropped
+    assert blocks["two-layer"].startswith("### two-layer-15010") and "## Next" not in blocks["two-layer"]
+
+
 def test_quick_figures_do_not_overwrite_the_docs(tmp_path, monkeypatch):
     from benchmarks.reproduce._common import IMG, figure_path
 

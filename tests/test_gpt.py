@@ -53,3 +53,28 @@ def test_stdlib_text_is_deterministic_and_split():
     x, y = data.windows(4, 16, seed=3)
     assert x.shape == y.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
     assert "".join(data.vocab[i] for i in x[0]) in text
+
+
+def test_a_tied_head_is_one_parameter_whose_hessian_sums_both_uses():
+    """GPT-2 ties the head to the token embedding: the operator is Aᵀ H A of the untied model's dense Hessian H."""
+    config = GPTConfig(vocab_size=7, block_size=6, n_layer=1, n_head=2, n_embd=4, tie_head=True)
+    tied = GPT(config, seed=3).double().eval()
+    untied = GPT(GPTConfig(**{**config.__dict__, "tie_head": False}), seed=3).double().eval()
+    with torch.no_grad():
+        untied.load_state_dict(tied.state_dict())  # head.weight is a separate copy of wte.weight now
+    assert untied.head.weight.data_ptr() != untied.wte.weight.data_ptr()
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randint(0, 7, (2, 6), generator=g), torch.randint(0, 7, (2, 6), generator=g))]
+    loss = torch.nn.CrossEntropyLoss()
+    H = hessop.hessian(tied, loss, batches)
+    names = [n for n, _ in untied.named_parameters()]
+    assert names[-1] == "head.weight" and [n for n, _ in tied.named_parameters()] == names[:-1]
+    big = dense_hessian(untied, lambda o, y: loss(o.reshape(-1, o.shape[-1]), y.reshape(-1)), batches)
+    n = H.shape[0]
+    A = np.zeros((n + 7 * 4, n))  # untied parameters = A @ tied parameters: the head copies wte
+    A[:n, :n] = np.eye(n)
+    A[n:, :7 * 4] = np.eye(7 * 4)  # wte comes first in both
+    truth = A.T @ big @ A
+    np.testing.assert_allclose(np.asarray(H.to_dense()), truth, atol=1e-10 * np.abs(truth).max())
+    # The head's share is far above the tolerance: an operator that dropped it (or counted one use) would fail.
+    assert np.abs(truth - big[:n, :n]).max() > 1e-4 * np.abs(truth).max()

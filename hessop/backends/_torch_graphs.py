@@ -9,6 +9,16 @@ total stays under a budget in bytes; the batches beyond it are recomputed at
 every product as without a cache. All graphs are dropped together when a
 parameter or buffer of the model changes in place (the caller's ``key``).
 
+The default budget is a quarter of the memory left free once the first graph
+is built, less what a product needs beside the kept graphs (:func:`reserve`),
+and at most 2 GiB. That working memory grows with the model: the vector, its
+parameter-shaped parts, the batch's product and the sum over batches are four
+parameter-sized buffers, and the second backward pass through a kept graph
+allocates about the graph's size again (1.2x on GPT-2 small, batch 4 x 128,
+whose graph holds 1458 MiB: ``benchmarks/gpt2_small.py``). GPT-2 small thus
+keeps that graph where about 9.6 GB are free once it is built (five times its
+size, and four buffers of 498 MB), and recomputes it at each product below.
+
 A graph's size is the bytes of the distinct tensor storages its nodes saved
 (read from the nodes' ``_saved_*`` attributes after it is built) plus its
 gradient, the model's own parameters and buffers excluded: an estimate of the
@@ -27,7 +37,8 @@ import torch
 
 from ._torch_hvp import FirstOrderGraph
 
-DEFAULT_CAP = 2 << 30  # bytes: the default budget is the smaller of this and a quarter of the free memory
+DEFAULT_CAP = 2 << 30  # bytes: the default budget is at most this (module docstring)
+WORKING_BUFFERS = 4  # parameter-sized buffers a product allocates beside the graphs (module docstring)
 
 
 class GraphCache:
@@ -66,7 +77,7 @@ class GraphCache:
             return graph
         graph, size = _measured(build, exclude)
         if self.budget is None:
-            self.budget = default_budget(graph.params[0].device)
+            self.budget = default_budget(graph.params[0].device, reserve(graph, size))
         if self.used + size <= self.budget:
             self.graphs[index] = graph
             self.used += size
@@ -122,13 +133,19 @@ def _measured(build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tens
     return graph, sum(sizes.values()) + sum(g.numel() * g.element_size() for g in graph.grads)
 
 
-def default_budget(device: torch.device) -> int:
-    """The smaller of 2 GiB and a quarter of the device's free memory (of the host's, for the CPU)."""
+def reserve(graph: FirstOrderGraph, size: int) -> int:
+    """Bytes a product needs beside the kept graphs: four parameter-sized buffers and one graph's size again."""
+    param_bytes = sum(p.numel() * p.element_size() for p in graph.params)
+    return WORKING_BUFFERS * param_bytes + size
+
+
+def default_budget(device: torch.device, reserved: int = 0) -> int:
+    """The smaller of 2 GiB and a quarter of the device's free memory (the host's, for the CPU) less ``reserved``."""
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = _host_available()
-    return min(DEFAULT_CAP, free // 4)
+    return min(DEFAULT_CAP, max(free - reserved, 0) // 4)
 
 
 def _host_available() -> int:

@@ -126,7 +126,8 @@ class TorchBackend(Backend):
         Show a progress bar over the batches of each product.
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
         Keep batches' first-order graphs across products (module docstring) under ``graph_cache_bytes``
-        (default: min(2 GiB, free memory / 4); ``True``: no limit; ``False`` or 0: keep none).
+        (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`._torch_graphs`;
+        ``True``: no limit; ``False`` or 0: keep none).
     compile : bool
         Run each batch's Hessian product through ``torch.compile`` (:mod:`._torch_compiled`); the first
         product compares it with the eager product. Not with ``curvature="ggn"`` or a named ``hvp``.
@@ -416,6 +417,8 @@ class TorchBackend(Backend):
             kept = self._graph(index, x, y) is not None and index in self._graphs.graphs
             run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
             self.chosen[key] = choose(run, batched, kept, self.device)
+            if not any(n.startswith("double-backward") for n in self.chosen.values()):
+                self._graphs.clear(None)  # graphs the timing kept that no chosen strategy reads: free their memory
         return self.chosen[key]
 
     def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
