@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import hessop
-from hessop.backends import _torch_graphs
+from hessop.backends.torch import graphs as torch_graphs
 from hessop.models.small import MLP, random_batches
 
 
@@ -26,13 +26,13 @@ def test_default_budget_reserves_a_products_working_memory(monkeypatch):
     # Free memory where a quarter covers the graph but not once the product's working memory is set aside:
     # the graph is recomputed at each product (a budget of free / 4 alone kept it).
     for free, keeps in [(4 * size + 2 * params, False), (4 * size + reserved, True)]:
-        monkeypatch.setattr(_torch_graphs, "_host_available", lambda free=free: free)
+        monkeypatch.setattr(torch_graphs, "_host_available", lambda free=free: free)
         H = _operator()
         for _ in range(2):
             torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
-        assert H.backend._graphs.budget == min(_torch_graphs.DEFAULT_CAP, (free - reserved) // 4)
+        assert H.backend._graphs.budget == min(torch_graphs.DEFAULT_CAP, (free - reserved) // 4)
         assert bool(H.backend._graphs.graphs) == keeps
-    monkeypatch.setattr(_torch_graphs, "_host_available", lambda: reserved // 2)  # less free than the reserve
+    monkeypatch.setattr(torch_graphs, "_host_available", lambda: reserved // 2)  # less free than the reserve
     H = _operator()
     torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
     assert H.backend._graphs.budget == 0 and not H.backend._graphs.graphs

@@ -35,7 +35,7 @@ class Batches:
     """The data as a re-iterable sequence of ``(x, y)`` batches on the parameters' device.
 
     A dict batch is held as ``(batch, None)``. ``count(x, y)`` gives a batch's
-    weight (its number of loss terms, :mod:`hessop.backends._torch_weights`);
+    weight (its number of loss terms, :mod:`hessop.backends.torch.losses`);
     batches of weight zero are skipped.
     """
 

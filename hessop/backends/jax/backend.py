@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .base import CURVATURES, Backend
+from ..base import CURVATURES, Backend
 
 HVP_MODES = ("auto", "jvp", "linearize")
 

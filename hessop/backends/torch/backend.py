@@ -7,7 +7,7 @@ evaluated at other parameter values, without touching the model. Parameters and
 buffers are read live at every product: the operator follows the model as it
 trains.
 
-Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
+Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends.torch.hvp`:
 
 ``"double-backward"``
     reverse over reverse; a block as one second pass per column over a shared
@@ -20,14 +20,14 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
 ``"linearize"``
     each batch's gradient linearised once (``torch.func.linearize``) and kept, for a
     list of batches, while the model is unchanged; a product is then one tangent
-    pass (:mod:`hessop.backends._torch_linearized`). Never chosen by ``"auto"``.
+    pass (:mod:`hessop.backends.torch.linearized`). Never chosen by ``"auto"``.
 ``"finite-difference"``
     a central difference of two gradient passes (an approximation, for models
     whose second derivative torch cannot take: fused kernels, checkpointing).
 ``"auto"`` (default)
     one choice for vectors and one for blocks (of any width), each made at the
     first product of its kind and kept for the operator's life
-    (:mod:`hessop.backends._torch_strategy`): a vector over a kept first-order
+    (:mod:`hessop.backends.torch.strategy`): a vector over a kept first-order
     graph takes ``"double-backward"`` without timing anything (one backward pass,
     which no other strategy can undercut); otherwise the exact strategies are
     timed once on the first batch (for blocks with a kept graph, only the two
@@ -36,25 +36,25 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
     with a warning that says why.
 
 ``compile=True`` runs each batch's Hessian product through ``torch.compile``
-(:mod:`hessop.backends._torch_compiled`); ``"auto"`` never compiles by itself,
+(:mod:`hessop.backends.torch.compiled`); ``"auto"`` never compiles by itself,
 since compiling costs seconds to minutes.
 
 Products run with attention kernels that have second derivatives
-(:mod:`hessop.backends._torch_attention`), so models using
+(:mod:`hessop.backends.torch.attention`), so models using
 ``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` or
 ``nn.TransformerEncoder`` work unchanged. The first product multiplies the
 first batch twice and refuses a product that is not repeatable
-(:mod:`hessop.backends._torch_checks`). Batches of any structure and the weight
-of each batch (tokens for language models): :mod:`hessop.backends._torch_data`,
-:mod:`hessop.backends._torch_losses`.
+(:mod:`hessop.backends.torch.checks`). Batches of any structure and the weight
+of each batch (tokens for language models): :mod:`hessop.backends.torch.data`,
+:mod:`hessop.backends.torch.losses`.
 
 With the double-backward strategies and data given as a list of batches, each
 batch's first-order graph (forward pass and gradient with ``create_graph=True``)
 is built once and reused by every product until a parameter or buffer changes
 in place, for as many batches as fit the ``graph_cache_bytes`` budget
-(:mod:`hessop.backends._torch_graphs`): a kept batch then costs one backward
+(:mod:`hessop.backends.torch.graphs`): a kept batch then costs one backward
 pass per product, the others are recomputed (see ``docs/performance.md``). Once every batch's graph is kept, a
-vector's product skips the general path's per-call work (:mod:`hessop.backends._torch_kept`).
+vector's product skips the general path's per-call work (:mod:`hessop.backends.torch.kept`).
 
 float16/bfloat16 models: vectors, products and sums over batches are float32;
 each batch's product runs in the model's dtype on the vector cast to it.
@@ -70,25 +70,25 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .._array import namespace
-from ._torch_attention import exact_attention
-from ._torch_checks import (
+from ..._array import namespace
+from .attention import exact_attention
+from .checks import (
     check_finite_batch,
     check_finite_model,
     check_first_batch,
     check_repeatable_product,
     raise_nonfinite,
 )
-from ._torch_data import Batches, arguments, check_loader, check_train_mode, target_of
-from ._torch_compiled import CompiledProduct
-from ._torch_graphs import GraphCache, budget_of
-from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
-from ._torch_kept import KeptProducts, check_repeatable_loss
-from ._torch_linearized import Linearized
-from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
-from ._torch_strategy import choose
-from ._torch_params import reduction_of, select_params
-from .base import CURVATURES, Backend
+from .data import Batches, arguments, check_loader, check_train_mode, target_of
+from .compiled import CompiledProduct
+from .graphs import GraphCache, budget_of
+from .hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
+from .kept import KeptProducts, check_repeatable_loss
+from .linearized import Linearized
+from .losses import Counter, adapt_loss, logits_of, loss_of_model
+from .strategy import choose
+from .params import reduction_of, select_params
+from ..base import CURVATURES, Backend
 
 HVP_CHOICES = ("auto", *STRATEGIES, "linearize", *INEXACT, *ALIASES)
 _ALL = {**STRATEGIES, **INEXACT}
@@ -108,7 +108,7 @@ class TorchBackend(Backend):
         logits); ``None``: the loss the model returns (``output.loss``).
     data : DataLoader, list of batches, or one batch
         All the data; every product passes over it once. A batch is ``(x, y)``
-        or a dict of the model's keyword arguments (:mod:`._torch_data`).
+        or a dict of the model's keyword arguments (:mod:`.data`).
     curvature : {"hessian", "ggn", "residual"}
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
@@ -118,7 +118,7 @@ class TorchBackend(Backend):
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
     weight_fn : callable, optional
         ``weight_fn(batch)``: the number of loss terms a batch's mean is over (default:
-        non-ignored targets for cross-entropy and NLL, else samples; :mod:`._torch_losses`).
+        non-ignored targets for cross-entropy and NLL, else samples; :mod:`.losses`).
     check_determinism : bool
         Refuse train-mode dropout and BatchNorm, random forward passes and shuffling loaders when the
         operator is built. Whatever it says, the first product refuses a product that is not repeatable.
@@ -126,10 +126,10 @@ class TorchBackend(Backend):
         Show a progress bar over the batches of each product.
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
         Keep batches' first-order graphs across products (module docstring) under ``graph_cache_bytes``
-        (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`._torch_graphs`;
+        (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`.graphs`;
         ``True``: no limit; ``False`` or 0: keep none).
     compile : bool
-        Run each batch's Hessian product through ``torch.compile`` (:mod:`._torch_compiled`); the first
+        Run each batch's Hessian product through ``torch.compile`` (:mod:`.compiled`); the first
         product compares it with the eager product. Not with ``curvature="ggn"`` or a named ``hvp``.
     """
 
@@ -346,7 +346,7 @@ class TorchBackend(Backend):
 
     def _check_repeatable(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, parts: Tensors) -> None:
         """The same vector again on a fresh pass must give the same product; over a kept graph, a fresh
-        forward pass must give the same loss (:func:`._torch_kept.check_repeatable_loss`, one pass, not three)."""
+        forward pass must give the same loss (:func:`.kept.check_repeatable_loss`, one pass, not three)."""
         graph = self._graphs.graphs.get(index) if self.curvature == "hessian" else None
         if graph is not None and self.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
             _, _, f = self._closures(x, y)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ._torch_data import first_tensor
+from .data import first_tensor
 
 TOKEN_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
 

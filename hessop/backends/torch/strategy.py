@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ._torch_hvp import STRATEGIES
+from .hvp import STRATEGIES
 
 
 def choose(run: Callable[[str], object], batched: bool, kept: bool, device: torch.device) -> str:

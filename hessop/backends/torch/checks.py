@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ._torch_data import check_repeatable_forward
+from .data import check_repeatable_forward
 
 
 def check_finite_model(model: nn.Module) -> None:
