@@ -39,10 +39,10 @@ def test_default_budget_reserves_a_products_working_memory(monkeypatch):
 
 
 def test_graphs_kept_while_timing_are_dropped_when_auto_picks_a_strategy_without_them(monkeypatch):
-    from hessop.backends import torch as backend
+    from hessop.backends.torch import strategy
 
-    timed = backend.fastest
-    monkeypatch.setattr(backend, "fastest", lambda *a: (timed(*a), "forward-over-reverse")[1])
+    chosen = strategy.choose  # auto's own choice runs (timing keeps the first graph); then forward-over-reverse wins
+    monkeypatch.setattr(strategy, "choose", lambda *a: (chosen(*a), "forward-over-reverse")[1])
     torch.manual_seed(0)
     model = MLP(8, 3, (16,)).double().eval()
     data = random_batches((8,), [16, 16], seed=1)
