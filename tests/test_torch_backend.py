@@ -109,7 +109,7 @@ def test_hessian_matches_dense(case, strategy):
 def test_double_backward_blocks_are_a_column_loop_matching_dense(case, graph_cache, monkeypatch):
     """hvp="double-backward" multiplies a block column by column over one first-order graph (faster on CPU than
     is_grads_batched, the "double-backward-vmap" strategy); both, and the former name, equal the dense product."""
-    from hessop.backends._torch_hvp import FirstOrderGraph
+    from hessop.backends.torch.hvp import FirstOrderGraph
 
     make, make_loss = CASES[case]
     model, data = make()

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import hessop
-from hessop.backends import _torch_graphs
+from hessop.backends.torch import graphs as torch_graphs
 from hessop.models.small import MLP, random_batches
 
 
@@ -26,22 +26,23 @@ def test_default_budget_reserves_a_products_working_memory(monkeypatch):
     # Free memory where a quarter covers the graph but not once the product's working memory is set aside:
     # the graph is recomputed at each product (a budget of free / 4 alone kept it).
     for free, keeps in [(4 * size + 2 * params, False), (4 * size + reserved, True)]:
-        monkeypatch.setattr(_torch_graphs, "_host_available", lambda free=free: free)
+        monkeypatch.setattr(torch_graphs, "_host_available", lambda free=free: free)
         H = _operator()
         for _ in range(2):
             torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
-        assert H.backend._graphs.budget == min(_torch_graphs.DEFAULT_CAP, (free - reserved) // 4)
+        assert H.backend._graphs.budget == min(torch_graphs.DEFAULT_CAP, (free - reserved) // 4)
         assert bool(H.backend._graphs.graphs) == keeps
-    monkeypatch.setattr(_torch_graphs, "_host_available", lambda: reserved // 2)  # less free than the reserve
+    monkeypatch.setattr(torch_graphs, "_host_available", lambda: reserved // 2)  # less free than the reserve
     H = _operator()
     torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
     assert H.backend._graphs.budget == 0 and not H.backend._graphs.graphs
 
 
 def test_graphs_kept_while_timing_are_dropped_when_auto_picks_a_strategy_without_them(monkeypatch):
-    from hessop.backends import torch as backend
+    from hessop.backends.torch import strategy
 
-    monkeypatch.setattr(backend, "choose", lambda *a: "forward-over-reverse")  # as timing may choose
+    chosen = strategy.choose  # auto's own choice runs (timing keeps the first graph); then forward-over-reverse wins
+    monkeypatch.setattr(strategy, "choose", lambda *a: (chosen(*a), "forward-over-reverse")[1])
     torch.manual_seed(0)
     model = MLP(8, 3, (16,)).double().eval()
     data = random_batches((8,), [16, 16], seed=1)

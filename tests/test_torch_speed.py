@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from hessop.backends import _torch_strategy
+from hessop.backends.torch import strategy as torch_strategy
 from hessop.backends.torch import TorchBackend
 from hessop.factory import hessian as make_operator
 
@@ -70,8 +70,8 @@ def test_auto_times_once_for_vectors_and_once_for_blocks(monkeypatch):
     model, data = _cnn()
     loss = nn.CrossEntropyLoss()
     timed = []
-    fastest = _torch_strategy.fastest
-    monkeypatch.setattr(_torch_strategy, "fastest", lambda run, names, device: timed.append(list(names)) or
+    fastest = torch_strategy.fastest
+    monkeypatch.setattr(torch_strategy, "fastest", lambda run, names, device: timed.append(list(names)) or
                         fastest(run, names, device))
     H = make_operator(model, loss, data)
     expected = dense_hessian(model, loss, data)
@@ -95,8 +95,8 @@ def test_auto_without_kept_graphs_times_the_exact_strategies_once(monkeypatch):
     model, data = _mlp()
     loss = nn.CrossEntropyLoss()
     timed = []
-    fastest = _torch_strategy.fastest
-    monkeypatch.setattr(_torch_strategy, "fastest", lambda run, names, device: timed.append(list(names)) or
+    fastest = torch_strategy.fastest
+    monkeypatch.setattr(torch_strategy, "fastest", lambda run, names, device: timed.append(list(names)) or
                         fastest(run, names, device))
     H = make_operator(model, loss, data, graph_cache=False)
     gen = torch.Generator().manual_seed(2)
@@ -162,11 +162,11 @@ def test_compiled_products_equal_eager_and_dense():
 
 def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):
     """Repeatability is checked by a second forward pass, not by a second first-order graph and product."""
-    from hessop.backends import _torch_hvp
+    from hessop.backends.torch import hvp as torch_hvp
 
     built = []
-    init = _torch_hvp.FirstOrderGraph.__init__
-    monkeypatch.setattr(_torch_hvp.FirstOrderGraph, "__init__", lambda self, *a: built.append(1) or init(self, *a))
+    init = torch_hvp.FirstOrderGraph.__init__
+    monkeypatch.setattr(torch_hvp.FirstOrderGraph, "__init__", lambda self, *a: built.append(1) or init(self, *a))
     model, data = _mlp()
     loss = nn.CrossEntropyLoss()
     H = make_operator(model, loss, data)
@@ -180,11 +180,11 @@ def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):
 def test_linearized_products_match_dense_and_are_kept_until_the_model_changes(case, monkeypatch):
     from test_torch_backend import _regression
 
-    from hessop.backends import _torch_linearized
+    from hessop.backends.torch import linearized as torch_linearized
 
     built = []
-    linearize = _torch_linearized._linearized_gradient
-    monkeypatch.setattr(_torch_linearized, "_linearized_gradient", lambda *a: built.append(1) or linearize(*a))
+    linearize = torch_linearized._linearized_gradient
+    monkeypatch.setattr(torch_linearized, "_linearized_gradient", lambda *a: built.append(1) or linearize(*a))
     model, data = _cnn() if case == "cnn" else _regression()
     loss = nn.CrossEntropyLoss() if case == "cnn" else nn.MSELoss()
     H = make_operator(model, loss, data, hvp="linearize")

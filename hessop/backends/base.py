@@ -7,10 +7,26 @@ of all processes with one all-reduce and divides by the global sample count, so
 unequal batches and unequal shards are exact and every backend is data-parallel
 for free.
 
-For a loss with ``reduction="mean"`` each batch's product is weighted by its
-number of samples (``Σ_b n_b · H_b v``) and :attr:`local_count` is ``Σ_b n_b``;
-for ``reduction="sum"`` batches add up unweighted and the operator does not
-divide (:attr:`normalize` is False).
+Data rules (every backend; stated here once)
+--------------------------------------------
+* **Forms accepted.** ``data`` is one batch, a ``list`` of batches, or any other
+  iterable of batches. A list (and one batch, held as a list of one) is kept and
+  read at every product; a re-iterable source such as a ``DataLoader`` is
+  iterated afresh at every product and must yield the same batches each time.
+* **One-shot iterators.** An iterator or generator (``iter(data) is data``)
+  cannot be read twice, so it is read once when the operator is built and kept
+  as a list of batches.
+* **Batch weights.** A batch's weight ``w_b`` is the number of loss terms its
+  mean is over: ``weight_fn(batch)`` when given (e.g. the non-padding tokens of
+  a language-model batch), else a framework default (samples, or non-ignored
+  targets: each backend says which). Batches of weight zero add nothing.
+* **The mean over everything.** For a loss with ``reduction="mean"`` each
+  batch's product is weighted by its weight (``Σ_b w_b · C_b v``) and
+  :attr:`Backend.local_count` is ``Σ_b w_b``; the operator divides the sum over
+  all ranks by the total over all ranks, so it is the curvature of the mean over
+  all loss terms of all the data on all ranks, whatever the batch and shard
+  sizes. For ``reduction="sum"`` batches add up unweighted and the operator does
+  not divide (:attr:`Backend.normalize` is False).
 """
 
 from __future__ import annotations

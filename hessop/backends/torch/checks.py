@@ -9,20 +9,28 @@
   batch must give the same product; a model that draws random numbers in its
   forward pass (dropout in train mode) makes the operator a random matrix,
   on which every solver would report meaningless results as converged.
-* :func:`raise_nonfinite`: the first batch whose loss, gradient or product is
-  NaN or infinite.
+* :func:`check_repeatable`: the first product's check of each batch, a second
+  product on a fresh pass, or over a kept graph a second forward pass whose loss
+  must agree (:func:`.kept.check_repeatable_loss`, one pass, not three).
+* :func:`raise_nonfinite` and :func:`raise_nonfinite_product`: the first batch
+  whose loss, gradient or product is NaN or infinite.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ._torch_data import check_repeatable_forward
+from .data import check_repeatable_forward
+from .kept import check_repeatable_loss
+
+if TYPE_CHECKING:
+    from .backend import TorchBackend
+    from .hvp import Tensors
 
 
 def check_finite_model(model: nn.Module) -> None:
@@ -117,3 +125,28 @@ def raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
             f"the {what} of batch {index} is NaN or infinite; check that batch's data and the model's "
             "parameters (a diverged model, a log of zero, an overflow in low precision)"
         )
+
+
+def check_repeatable(backend: "TorchBackend", index: int, x: Any, y: Any, vs: "Tensors", batched: bool,
+                     parts: "Tensors") -> None:
+    """The same vector again on a fresh pass must give the same product ``parts``; over a kept graph, a fresh
+    forward pass must give the same loss (:func:`.kept.check_repeatable_loss`, one pass, not three)."""
+    graph = backend._graphs.graphs.get(index) if backend.curvature == "hessian" else None
+    if graph is not None and backend.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
+        _, _, f = backend._closures(x, y)
+        with torch.no_grad():
+            check_repeatable_loss(graph.loss, f(tuple(backend._current())), index)
+        return
+    check_repeatable_product(parts, backend._product(index, x, y, vs, batched, fresh=True), index)
+
+
+def raise_nonfinite_product(backend: "TorchBackend", vs: "Tensors", batched: bool) -> None:
+    """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
+    flags = []
+    for index, x, y in backend.batches:
+        parts = backend._product(index, x, y, vs, batched)
+        flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
+    raise_nonfinite(flags, f"{backend.curvature}-vector product")
+    raise FloatingPointError(
+        f"the {backend.curvature}-vector product overflowed while adding up the batches; use a float64 model"
+    )

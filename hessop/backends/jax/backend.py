@@ -11,24 +11,19 @@ Two ways to state the loss
 
 Data and weighting
 ------------------
-``data`` is a ``list`` of batches, one batch (a ``tuple``, ``dict`` or array), or
-any other iterable of batches (re-iterated on every product when it can be, such as
-a ``DataLoader``; a one-shot iterator or generator is read once and kept, as in the
-PyTorch backend). A batch's weight is the number of loss terms its mean is over:
-``weight_fn(batch)`` (the same argument as in the PyTorch backend: e.g. the
-non-padding tokens of a language-model batch), by default the leading dimension
-of its first leaf. With ``reduction="mean"`` (the default) ``loss_fn`` averages
-over its batch and batches are weighted by those counts, so the operator is the
-Hessian of the mean loss over all the loss terms of all the data; with
-``reduction="sum"`` batch losses add up. ``batch_size_fn``, the former name of
+The data forms, one-shot iterators, batch weights (``weight_fn``) and the mean over
+all loss terms follow the backend contract, :mod:`hessop.backends.base`. Here a
+batch is any pytree (a ``tuple``, ``dict`` or array; with ``model_fn`` an
+``(inputs, targets)`` pair) and its default weight is the leading dimension of its
+first leaf (:mod:`hessop.backends.jax.data`). With ``reduction="mean"`` (the
+default) ``loss_fn`` averages over its batch. ``batch_size_fn``, the former name of
 ``weight_fn``, still works and warns.
 
 Parameters and dtypes
 ---------------------
 Parameter names are the pytree key paths joined by ``"."`` (``{"layer1": {"w": ...}}``
-gives ``"layer1.w"``; list and tuple positions are numbers, a bare array is
-``"params"``), so ``H.restrict("layer1")`` selects a sub-dictionary as it selects a
-PyTorch module. The vectors have the parameters' dtype (float32 for float16 and
+gives ``"layer1.w"``), so ``H.restrict("layer1")`` selects a sub-dictionary as it
+selects a PyTorch module (:mod:`hessop.backends.jax.params`). The vectors have the parameters' dtype (float32 for float16 and
 bfloat16 models). JAX computes in float32 unless the user enables 64-bit mode
 (``jax.config.update("jax_enable_x64", True)``); this backend never flips that
 global switch and refuses float64 parameters while it is off.
@@ -48,15 +43,16 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import array_api_compat
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .base import CURVATURES, Backend
+from ..base import CURVATURES, Backend
+from .data import Batches
+from .params import as_float_leaf, module_of, path_name
 
 HVP_MODES = ("auto", "jvp", "linearize")
 
@@ -71,7 +67,7 @@ class JaxBackend(Backend):
     params : pytree
         The point at which the curvature is taken; every leaf a floating array.
     data : list, batch or iterable
-        The batches the loss is averaged (or summed) over.
+        The batches the loss is averaged (or summed) over (forms and weights: :mod:`hessop.backends.base`).
     curvature : {"hessian", "ggn", "residual"}
         The Hessian, the generalised Gauss-Newton matrix, or the Hessian minus the GGN.
     model_fn : callable, optional
@@ -127,11 +123,11 @@ class JaxBackend(Backend):
         paths_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(params)
         if not paths_leaves:
             raise ValueError("params holds no arrays; pass the pytree of the model's parameters")
-        self._all_names = [_path_name(path) for path, _ in paths_leaves]
-        self._all_leaves = [_as_float_leaf(name, leaf) for name, (_, leaf) in zip(self._all_names, paths_leaves)]
+        self._all_names = [path_name(path) for path, _ in paths_leaves]
+        self._all_leaves = [as_float_leaf(name, leaf) for name, (_, leaf) in zip(self._all_names, paths_leaves)]
         self._device = next(iter(self._all_leaves[0].devices()))
 
-        self._data = _Data(data, self._device, weight_fn, model_fn is not None)
+        self._data = Batches(data, self._device, weight_fn, model_fn is not None)
         if hvp == "linearize" and not self._data.cached:
             raise ValueError("hvp='linearize' caches one linearisation per batch; pass the data as a list of batches")
         if hvp == "auto":
@@ -159,7 +155,7 @@ class JaxBackend(Backend):
         self.param_names = [self._all_names[i] for i in self._active]
         self.param_sizes = [int(self._all_leaves[i].size) for i in self._active]
         self.param_shapes = [tuple(self._all_leaves[i].shape) for i in self._active]
-        self.module_names = [_module_of(name) for name in self.param_names]
+        self.module_names = [module_of(name) for name in self.param_names]
         self.dtype = self._flat.dtype
         self.xp = array_api_compat.array_namespace(self._flat)
         self.device = array_api_compat.device(self._flat)
@@ -290,117 +286,3 @@ class JaxBackend(Backend):
             raise FloatingPointError(
                 f"loss_fn returned {value} on the first batch; check the parameters (initialisation) and the data"
             )
-
-
-class _Data:
-    """The batches: kept as a list of device arrays when possible, else re-iterated each pass."""
-
-    def __init__(self, data: Any, device, weight_fn, pairs: bool):
-        self._device, self._weight_fn, self._pairs = device, weight_fn, pairs
-        if isinstance(data, list):
-            batches: Iterable | None = data
-        elif isinstance(data, (tuple, dict)) or hasattr(data, "shape"):
-            batches = [data]
-        elif isinstance(data, Iterable):
-            batches = list(data) if iter(data) is data else None
-        else:
-            raise TypeError(
-                f"data must be a list of batches, one batch (tuple, dict or array) or an iterable of batches, "
-                f"not {type(data).__name__}"
-            )
-        self._source = data
-        self.cached = batches is not None
-        if self.cached:
-            self._batches = [self._prepare(b) for b in batches]
-            if not self._batches:
-                raise ValueError("data holds no batches; pass at least one batch")
-            self.first = self._batches[0]
-            self._structure = jax.tree_util.tree_structure(self.first)
-            for batch in self._batches[1:]:
-                self._check(batch)
-        else:
-            first = next(iter(data), None)
-            if first is None:
-                raise ValueError("data holds no batches; pass at least one batch")
-            self.first = self._prepare(first)
-            self._structure = jax.tree_util.tree_structure(self.first)
-        self.total = sum(self.count(b) for b in self)
-
-    def __len__(self) -> int:
-        if not self.cached:
-            raise TypeError("the number of batches of a re-iterable data source is not known in advance")
-        return len(self._batches)
-
-    def _prepare(self, batch):
-        if self._pairs and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError(
-                f"with model_fn every batch must be an (inputs, targets) pair; got a {type(batch).__name__}"
-            )
-        return jax.tree_util.tree_map(lambda a: _to_device(a, self._device), batch)
-
-    def __iter__(self):
-        if self.cached:
-            yield from self._batches
-            return
-        for batch in self._source:
-            batch = self._prepare(batch)
-            self._check(batch)
-            yield batch
-
-    def _check(self, batch) -> None:
-        structure = jax.tree_util.tree_structure(batch)
-        if structure != self._structure:
-            raise ValueError(
-                f"batches change structure: the first is {self._structure} but another is {structure}; "
-                "every batch must have the same (nested) layout"
-            )
-
-    def count(self, batch) -> float:
-        if self._weight_fn is not None:
-            return float(self._weight_fn(batch))
-        leaves = jax.tree_util.tree_leaves(batch)
-        if not leaves or not getattr(leaves[0], "ndim", 0):
-            raise ValueError(
-                "cannot count the samples of a batch whose first leaf is not an array with a leading batch "
-                "dimension; pass weight_fn=lambda batch: ..."
-            )
-        return int(leaves[0].shape[0])
-
-
-def _to_device(a, device):
-    if isinstance(a, jax.Array) or not hasattr(a, "__array__"):
-        return a
-    return jax.device_put(np.asarray(a), device)
-
-
-def _path_name(path) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return ".".join(parts) if parts else "params"
-
-
-def _module_of(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _as_float_leaf(name: str, leaf):
-    if not hasattr(leaf, "dtype"):  # a Python number: JAX's default dtype for it
-        leaf = jnp.asarray(leaf)
-    dtype = leaf.dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"parameter {name!r} has dtype {dtype}; every params leaf must be a floating array "
-            "(move integer state such as step counters out of the params pytree)"
-        )
-    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
-        raise TypeError(
-            f"parameter {name!r} is float64 but JAX's 64-bit mode is off, so JAX would compute in float32; "
-            "enable it with jax.config.update('jax_enable_x64', True) or cast the parameters to float32"
-        )
-    return leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)

@@ -1,6 +1,6 @@
 """Products over kept first-order graphs only: the per-call work reduced to the backward passes.
 
-Once every batch's first-order graph is kept (:mod:`hessop.backends._torch_graphs`)
+Once every batch's first-order graph is kept (:mod:`hessop.backends.torch.graphs`)
 and the first product has passed its checks, a double-backward product is one
 backward pass per batch. The general path around it (reading every parameter and
 buffer of the model to key the graph cache, the attention-kernel context, a
@@ -40,7 +40,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._torch_hvp import FirstOrderGraph
+from .hvp import FirstOrderGraph
 
 try:
     from torch.autograd.graph import _engine_run_backward

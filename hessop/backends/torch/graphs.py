@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ._torch_hvp import FirstOrderGraph
+from .hvp import FirstOrderGraph
 
 DEFAULT_CAP = 2 << 30  # bytes: the default budget is at most this (module docstring)
 WORKING_BUFFERS = 4  # parameter-sized buffers a product allocates beside the graphs (module docstring)

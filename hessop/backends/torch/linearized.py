@@ -12,7 +12,7 @@ backend's ``hvp="linearize"``.
 The price is the tracing (seconds per batch on the CPU, where a product takes
 milliseconds) and the memory of the kept values, about that of a kept
 first-order graph. For a list of batches each batch's linearisation is kept
-while the model is unchanged (the test of :mod:`hessop.backends._torch_kept`:
+while the model is unchanged (the test of :mod:`hessop.backends.torch.kept`:
 the same modules, parameters and buffers, with the same data and versions) and
 in eval mode; with a ``DataLoader`` or a model in train mode it is rebuilt at
 every product, which only pays for blocks. ``hvp="auto"`` never chooses it.
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.func import grad, linearize
 
-from ._torch_hvp import Loss, Tensors
-from ._torch_kept import snapshot, unchanged
+from .hvp import Loss, Tensors
+from .kept import snapshot, unchanged
 
 
 class Linearized:

@@ -7,7 +7,7 @@ evaluated at other parameter values, without touching the model. Parameters and
 buffers are read live at every product: the operator follows the model as it
 trains.
 
-Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
+Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends.torch.hvp`:
 
 ``"double-backward"``
     reverse over reverse; a block as one second pass per column over a shared
@@ -20,14 +20,14 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
 ``"linearize"``
     each batch's gradient linearised once (``torch.func.linearize``) and kept, for a
     list of batches, while the model is unchanged; a product is then one tangent
-    pass (:mod:`hessop.backends._torch_linearized`). Never chosen by ``"auto"``.
+    pass (:mod:`hessop.backends.torch.linearized`). Never chosen by ``"auto"``.
 ``"finite-difference"``
     a central difference of two gradient passes (an approximation, for models
     whose second derivative torch cannot take: fused kernels, checkpointing).
 ``"auto"`` (default)
     one choice for vectors and one for blocks (of any width), each made at the
     first product of its kind and kept for the operator's life
-    (:mod:`hessop.backends._torch_strategy`): a vector over a kept first-order
+    (:mod:`hessop.backends.torch.strategy`): a vector over a kept first-order
     graph takes ``"double-backward"`` without timing anything (one backward pass,
     which no other strategy can undercut); otherwise the exact strategies are
     timed once on the first batch (for blocks with a kept graph, only the two
@@ -36,25 +36,27 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends._torch_hvp`:
     with a warning that says why.
 
 ``compile=True`` runs each batch's Hessian product through ``torch.compile``
-(:mod:`hessop.backends._torch_compiled`); ``"auto"`` never compiles by itself,
+(:mod:`hessop.backends.torch.compiled`); ``"auto"`` never compiles by itself,
 since compiling costs seconds to minutes.
 
 Products run with attention kernels that have second derivatives
-(:mod:`hessop.backends._torch_attention`), so models using
+(:mod:`hessop.backends.torch.attention`), so models using
 ``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` or
 ``nn.TransformerEncoder`` work unchanged. The first product multiplies the
 first batch twice and refuses a product that is not repeatable
-(:mod:`hessop.backends._torch_checks`). Batches of any structure and the weight
-of each batch (tokens for language models): :mod:`hessop.backends._torch_data`,
-:mod:`hessop.backends._torch_losses`.
+(:mod:`hessop.backends.torch.checks`). The data rules (forms accepted, one-shot
+iterators, batch weights through ``weight_fn``, the mean over all loss terms of
+all ranks) are the backend contract's, :mod:`hessop.backends.base`; batches of
+any structure: :mod:`hessop.backends.torch.data`; each batch's default weight
+(tokens for language models): :mod:`hessop.backends.torch.losses`.
 
 With the double-backward strategies and data given as a list of batches, each
 batch's first-order graph (forward pass and gradient with ``create_graph=True``)
 is built once and reused by every product until a parameter or buffer changes
 in place, for as many batches as fit the ``graph_cache_bytes`` budget
-(:mod:`hessop.backends._torch_graphs`): a kept batch then costs one backward
+(:mod:`hessop.backends.torch.graphs`): a kept batch then costs one backward
 pass per product, the others are recomputed (see ``docs/performance.md``). Once every batch's graph is kept, a
-vector's product skips the general path's per-call work (:mod:`hessop.backends._torch_kept`).
+vector's product skips the general path's per-call work (:mod:`hessop.backends.torch.kept`).
 
 float16/bfloat16 models: vectors, products and sums over batches are float32;
 each batch's product runs in the model's dtype on the vector cast to it.
@@ -70,29 +72,28 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .._array import namespace
-from ._torch_attention import exact_attention
-from ._torch_checks import (
+from ..._array import namespace
+from .attention import exact_attention
+from ..base import CURVATURES, Backend
+from .checks import (
     check_finite_batch,
     check_finite_model,
     check_first_batch,
-    check_repeatable_product,
+    check_repeatable,
     raise_nonfinite,
+    raise_nonfinite_product,
 )
-from ._torch_data import Batches, arguments, check_loader, check_train_mode, target_of
-from ._torch_compiled import CompiledProduct
-from ._torch_graphs import GraphCache, budget_of
-from ._torch_hvp import ALIASES, INEXACT, STRATEGIES, FirstOrderGraph, Tensors, ggn
-from ._torch_kept import KeptProducts, check_repeatable_loss
-from ._torch_linearized import Linearized
-from ._torch_losses import Counter, adapt_loss, logits_of, loss_of_model
-from ._torch_strategy import choose
-from ._torch_params import reduction_of, select_params
-from .base import CURVATURES, Backend
+from .compiled import CompiledProduct
+from .data import Batches, arguments, check_loader, check_train_mode, target_of
+from .graphs import GraphCache, budget_of
+from .hvp import ALIASES, INEXACT, STRATEGIES, Tensors, ggn
+from .kept import KeptProducts
+from .linearized import Linearized
+from .losses import Counter, adapt_loss, logits_of, loss_of_model
+from .params import device_and_dtype, flatten, param_views, reduction_of, select_params, split, tensors_of
+from .strategy import hessian
 
 HVP_CHOICES = ("auto", *STRATEGIES, "linearize", *INEXACT, *ALIASES)
-_ALL = {**STRATEGIES, **INEXACT}
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class TorchBackend(Backend):
@@ -107,8 +108,8 @@ class TorchBackend(Backend):
         (an output with ``logits``, as Hugging Face models return, passes its
         logits); ``None``: the loss the model returns (``output.loss``).
     data : DataLoader, list of batches, or one batch
-        All the data; every product passes over it once. A batch is ``(x, y)``
-        or a dict of the model's keyword arguments (:mod:`._torch_data`).
+        All the data (forms: :mod:`hessop.backends.base`); every product passes over it once.
+        A batch is ``(x, y)`` or a dict of the model's keyword arguments (:mod:`.data`).
     curvature : {"hessian", "ggn", "residual"}
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
@@ -118,7 +119,7 @@ class TorchBackend(Backend):
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
     weight_fn : callable, optional
         ``weight_fn(batch)``: the number of loss terms a batch's mean is over (default:
-        non-ignored targets for cross-entropy and NLL, else samples; :mod:`._torch_losses`).
+        non-ignored targets for cross-entropy and NLL, else samples; :mod:`.losses`).
     check_determinism : bool
         Refuse train-mode dropout and BatchNorm, random forward passes and shuffling loaders when the
         operator is built. Whatever it says, the first product refuses a product that is not repeatable.
@@ -126,10 +127,10 @@ class TorchBackend(Backend):
         Show a progress bar over the batches of each product.
     graph_cache : {"auto", True, False}, graph_cache_bytes : int, optional
         Keep batches' first-order graphs across products (module docstring) under ``graph_cache_bytes``
-        (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`._torch_graphs`;
+        (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`.graphs`;
         ``True``: no limit; ``False`` or 0: keep none).
     compile : bool
-        Run each batch's Hessian product through ``torch.compile`` (:mod:`._torch_compiled`); the first
+        Run each batch's Hessian product through ``torch.compile`` (:mod:`.compiled`); the first
         product compares it with the eager product. Not with ``curvature="ggn"`` or a named ``hvp``.
     """
 
@@ -192,28 +193,14 @@ class TorchBackend(Backend):
 
     # -- parameters ------------------------------------------------------------------------
     def _set_params(self, names: list[str]) -> None:
-        named = dict(self.model.named_parameters())
-        tensors = [named[n] for n in names]
+        tensors = tensors_of(self.model, names)
         self.param_names = names
         self.param_sizes = [int(t.numel()) for t in tensors]
         self.param_shapes = [tuple(t.shape) for t in tensors]
         self.module_names = [n.rpartition(".")[0] or n for n in names]
-        devices = {t.device for t in tensors}
-        if len(devices) > 1:
-            raise ValueError(
-                f"the parameters live on several devices {sorted(map(str, devices))}; "
-                "move the model to one device (model.to(device))"
-            )
-        self.device = tensors[0].device
-        floating = [t.dtype for t in tensors if t.dtype.is_floating_point]
-        if len(floating) < len(tensors):
-            bad = next(t.dtype for t in tensors if not t.dtype.is_floating_point)
-            raise TypeError(f"parameters of dtype {bad} cannot be differentiated; use a floating-point model")
-        dtype = floating[0]
-        for d in floating[1:]:
-            dtype = torch.promote_types(dtype, d)
+        self.device, dtype = device_and_dtype(tensors)
         self._data_dtype = dtype  # floating data is cast to the differentiated parameters' dtype
-        self.dtype = torch.float32 if dtype in _LOW_PRECISION else dtype
+        self.dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
         self._param_dtypes = [t.dtype for t in tensors]
         self._graphs = GraphCache(self.graph_budget)
@@ -235,25 +222,10 @@ class TorchBackend(Backend):
 
     def _split(self, V: torch.Tensor) -> Tensors:
         """A flat vector (n,) or block (n, k) as parameter-shaped tensors ((k, *shape) for a block)."""
-        if V.ndim == 1:
-            parts = torch.split(V, self.param_sizes)
-            return tuple(p.reshape(s).to(d) for p, s, d in zip(parts, self.param_shapes, self._param_dtypes))
-        k = V.shape[1]
-        parts = torch.split(V.T, self.param_sizes, dim=1)
-        return tuple(p.reshape(k, *s).to(d) for p, s, d in zip(parts, self.param_shapes, self._param_dtypes))
-
-    def _views(self, flat: torch.Tensor) -> Tensors:
-        """Parameter-shaped views into a flat vector (n,) or block (n, k) (the block index first)."""
-        if flat.ndim == 1:
-            return tuple(p.view(s) for p, s in zip(torch.split(flat, self.param_sizes), self.param_shapes))
-        k = flat.shape[1]
-        return tuple(p.view(k, *s) for p, s in zip(torch.split(flat.T, self.param_sizes, dim=1), self.param_shapes))
+        return split(V, self.param_sizes, self.param_shapes, self._param_dtypes)
 
     def _flatten(self, parts: Sequence[torch.Tensor], batched: bool) -> torch.Tensor:
-        if not batched:
-            return torch.cat([p.reshape(-1).to(self.dtype) for p in parts])
-        k = parts[0].shape[0]
-        return torch.cat([p.reshape(k, -1).to(self.dtype) for p in parts], dim=1).T
+        return flatten(parts, batched, self.dtype)
 
     def flat_params(self) -> torch.Tensor:
         return self._flatten(self._current(), False)
@@ -328,48 +300,26 @@ class TorchBackend(Backend):
         batched = V.ndim == 2
         vs = self._split(V)
         acc = torch.zeros(V.shape, dtype=V.dtype, device=V.device)  # contiguous, whatever V's strides
-        views = self._views(acc)  # parameter-shaped views: each batch adds in place, no concatenation
+        views = param_views(acc, self.param_sizes, self.param_shapes)  # each batch adds in place, no concatenation
         count = 0.0
         for index, x, y, c in self._iter("Hessian-vector product"):
             count += c
             parts = self._product(index, x, y, vs, batched)
             if not self._repeatable:  # the first product: a fresh pass must agree
-                self._check_repeatable(index, x, y, vs, batched, parts)
+                check_repeatable(self, index, x, y, vs, batched, parts)
                 self._repeatable = True
             for view, part in zip(views, parts):
                 view.add_(part, alpha=self._weight(c))
         self._check_count(count)
         # NaN and inf propagate into the sum: one cheap reduction, the full check only when it trips
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
-            self._raise_nonfinite_product(vs, batched)
+            raise_nonfinite_product(self, vs, batched)
         return acc
-
-    def _check_repeatable(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, parts: Tensors) -> None:
-        """The same vector again on a fresh pass must give the same product; over a kept graph, a fresh
-        forward pass must give the same loss (:func:`._torch_kept.check_repeatable_loss`, one pass, not three)."""
-        graph = self._graphs.graphs.get(index) if self.curvature == "hessian" else None
-        if graph is not None and self.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
-            _, _, f = self._closures(x, y)
-            with torch.no_grad():
-                check_repeatable_loss(graph.loss, f(tuple(self._current())), index)
-            return
-        check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
-
-    def _raise_nonfinite_product(self, vs: Tensors, batched: bool) -> None:
-        """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
-        flags = []
-        for index, x, y in self.batches:
-            parts = self._product(index, x, y, vs, batched)
-            flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
-        raise_nonfinite(flags, f"{self.curvature}-vector product")
-        raise FloatingPointError(
-            f"the {self.curvature}-vector product overflowed while adding up the batches; use a float64 model"
-        )
 
     def _product(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
         if self.curvature == "ggn":
             return self._ggn(x, y, vs, batched)
-        hv = self._hessian(index, x, y, vs, batched, fresh)
+        hv = hessian(self, index, x, y, vs, batched, fresh)
         if self.curvature == "residual":
             gv = self._ggn(x, y, vs, batched)
             return tuple(a - b for a, b in zip(hv, gv))
@@ -378,57 +328,6 @@ class TorchBackend(Backend):
     def _ggn(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
         model_fn, loss_of_output, _ = self._closures(x, y)
         return ggn(model_fn, loss_of_output, self._current(), target_of(x, y), vs, batched)
-
-    def _hessian(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
-        key = "block" if batched else "vector"
-        name = self.chosen.get(key) or self._choose(key, index, x, y, vs, batched)
-        return self._run(name, index, x, y, vs, batched, fresh)
-
-    def _run(self, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
-        if name == "compiled":
-            return self._run_compiled(index, x, y, vs, batched, fresh)
-        if name == "linearize":  # the first product's check compares with a plain forward-over-reverse product
-            _, _, f = self._closures(x, y)
-            if fresh:
-                return _ALL["forward-over-reverse"](f, self._current(), target_of(x, y), vs, batched)
-            return self._linearized.product(index, f, tuple(self._current()), target_of(x, y), vs, batched,
-                                            keep=self.batches.is_list)
-        graph = self._graph(index, x, y) if name.startswith("double-backward") and not fresh else None
-        if graph is not None:
-            return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
-        _, _, f = self._closures(x, y)
-        return _ALL[name](f, self._current(), target_of(x, y), vs, batched)
-
-    def _run_compiled(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool) -> Tensors:
-        """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager."""
-        if self._compiled is None:
-            self._compiled = CompiledProduct(self.model, self.param_names, self.loss_fn)
-        args, kwargs = arguments(x)
-        return self._compiled.run(tuple(self._current()), vs, self._fixed(), args, kwargs, target_of(x, y), batched,
-                                  check=index if fresh else None)
-
-    def _choose(self, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
-        """The strategy for vectors or for blocks: the user's, the compiled product, or ``auto``'s choice."""
-        if self.compile:
-            self.chosen[key] = "compiled"
-        elif self.hvp != "auto":
-            self.chosen[key] = self.hvp
-        else:
-            kept = self._graph(index, x, y) is not None and index in self._graphs.graphs
-            run = lambda name: self._run(name, index, x, y, vs, batched)  # noqa: E731
-            self.chosen[key] = choose(run, batched, kept, self.device)
-            if not any(n.startswith("double-backward") for n in self.chosen.values()):
-                self._graphs.clear(None)  # graphs the timing kept that no chosen strategy reads: free their memory
-        return self.chosen[key]
-
-    def _graph(self, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
-        """Batch ``index``'s first-order graph from the cache (module docstring); ``None``: recompute."""
-        if not self.batches.is_list:
-            return None
-        state = self._fixed()
-        key = tuple((t.data_ptr(), t._version) for t in state.values())
-        build = lambda: FirstOrderGraph(self._closures(x, y, state)[2], self._current(), target_of(x, y))  # noqa: E731
-        return self._graphs.get(index, key, build, state.values())
 
     def _check_count(self, count: float) -> None:
         if count != self.local_count:

@@ -1,9 +1,7 @@
 """How the PyTorch backend reads a loss: the model's output, token layouts, and each batch's weight.
 
-For a mean-reduced loss the operator is ``Σ_b w_b H_b / Σ_b w_b`` over all the
-batches of all the processes, where ``w_b`` is the number of loss terms batch
-``b``'s mean is over, so that the result is the Hessian of the mean over all
-the loss terms of all the data, whatever the batch lengths:
+A batch's weight ``w_b`` is the number of loss terms its mean is over (the rule
+and the mean over all ranks: :mod:`hessop.backends.base`). Here it is
 
 * ``weight_fn(batch)`` when given (``batch`` as the user gave it, on the device:
   an ``(x, y)`` pair or a dict);
@@ -30,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ._torch_data import first_tensor
+from .data import first_tensor
 
 TOKEN_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
 

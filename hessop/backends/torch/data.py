@@ -8,10 +8,9 @@ A batch is one of
   ``model(**batch)``; the loss as ``loss(output, batch)``, or, with ``loss=None``,
   the loss is the one the model returns (``output.loss`` or ``output["loss"]``).
 
-The data is one batch (a dict, or a pair whose second element is a tensor), a
-list of batches, or any re-iterable of batches such as a ``DataLoader``. A
-one-shot iterator (a generator) is read once when the operator is built and
-kept as a list, as in the JAX backend. Tensors at any depth of a batch (tuples,
+The data forms and the one-shot iterator rule are the backend contract's
+(:mod:`hessop.backends.base`); one batch here is a dict, or a pair whose second
+element is a tensor. Tensors at any depth of a batch (tuples,
 lists, dicts) are moved to the parameters' device and floating ones cast to the
 model's dtype; integer tensors (class indices, token ids, masks) keep theirs.
 
@@ -35,7 +34,7 @@ class Batches:
     """The data as a re-iterable sequence of ``(x, y)`` batches on the parameters' device.
 
     A dict batch is held as ``(batch, None)``. ``count(x, y)`` gives a batch's
-    weight (its number of loss terms, :mod:`hessop.backends._torch_weights`);
+    weight (its number of loss terms, :mod:`hessop.backends.torch.losses`);
     batches of weight zero are skipped.
     """
 
@@ -52,7 +51,7 @@ class Batches:
                 "data must be one batch ((x, y) or a dict), a list of batches or a DataLoader, "
                 f"not {type(data).__name__}"
             )
-        elif iter(data) is data:  # a one-shot iterator: read once and kept, as the JAX backend does
+        elif iter(data) is data:  # a one-shot iterator: read once and kept (hessop.backends.base)
             self.source = list(data)
         else:
             self.source = data

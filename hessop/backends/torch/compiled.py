@@ -1,7 +1,7 @@
 """Hessian-vector products compiled by ``torch.compile`` (``hessian(..., compile=True)``).
 
 The per-batch product is forward over reverse (``jvp`` of ``grad``, as
-:func:`hessop.backends._torch_hvp.forward_over_reverse`) of the loss of
+:func:`hessop.backends.torch.hvp.forward_over_reverse`) of the loss of
 ``functional_call(model, state, ...)``, traced whole by TorchDynamo, so the
 forward pass, the gradient and its directional derivative become one graph that
 Inductor fuses (generated C++/OpenMP on the CPU, Triton on CUDA). Everything that
@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.func import functional_call
 
-from ._torch_hvp import Tensors, forward_over_reverse
-from ._torch_losses import logits_of, loss_of_model
+from .hvp import Tensors, forward_over_reverse
+from .losses import logits_of, loss_of_model
 
 
 def _identity(out: Any) -> Any:
