@@ -144,3 +144,21 @@ class SpectralOperator(NativeOperator):
         """The matrix as a float64 host array."""
         Q = self.eigenvectors()
         return (Q * self.eigenvalues) @ Q.T
+
+
+def extreme_eigenvalues(eigenvalues, k: int, which: str = "LA") -> np.ndarray:
+    """The ``k`` wanted eigenvalues of a spectrum, in the order :func:`hessop.eigsh` returns them.
+
+    ``"LA"`` descending, ``"SA"`` ascending, ``"LM"`` by descending ``|λ|``,
+    ``"BE"`` the ``k // 2`` smallest ascending then the largest ascending.
+    """
+    eigs = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
+    if which == "LA":
+        return eigs[::-1][:k]
+    if which == "SA":
+        return eigs[:k]
+    if which == "LM":
+        return eigs[np.argsort(-np.abs(eigs), kind="stable")][:k]
+    if which == "BE":
+        return np.concatenate([eigs[: k // 2], eigs[eigs.size - (k - k // 2):]])
+    raise ValueError(f"unknown which {which!r}; choose one of 'LA', 'SA', 'LM', 'BE'")

@@ -40,24 +40,36 @@ LM_DEMO = {
 def demo(args: Any) -> int:
     """Run ``hessop demo`` with parsed options; returns the exit code."""
     if getattr(args, "task", "digits") == "lm":
-        return demo_lm(args)
-    steps, budget = chosen_steps(args)
+        problem = LM_DEMO[args.budget]
+        model = (f"GPT, {problem['n_layer']} layers, width {problem['n_embd']}, {problem['n_head']} heads, "
+                 f"context {problem['block_size']}")
+        described = {"task": "lm", "dataset": "Python standard-library source, characters", "model": model, **problem}
+        return _run_demo(args, described, "float32", _setup_lm)
     problem = DEMO[args.budget]
+    described = {
+        "dataset": "sklearn digits",
+        "model": f"MLP 64-{'-'.join(map(str, problem['hidden']))}-10 (tanh)",
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in problem.items()},
+    }
+    return _run_demo(args, described, "float64", _setup)
+
+
+def _run_demo(args: Any, described: dict, default_dtype: str, setup: Any) -> int:
+    """The run of either task: its configuration, the folder checks, then training and the steps."""
+    steps, budget = chosen_steps(args)
     comm = communicator(args.comm)
     prepare(args, comm)  # the report folder is writable and ours before training starts
     config = {
         "command": "demo",
-        "dataset": "sklearn digits",
-        "model": f"MLP 64-{'-'.join(map(str, problem['hidden']))}-10 (tanh)",
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in problem.items()},
-        "dtype": args.dtype or "float64",
+        **described,
+        "dtype": args.dtype or default_dtype,
         "seed": args.seed,
         "budget": budget.to_dict(),
         "steps": ["train", *steps],
         "ranks": comm.size,
     }
     session = Session(args, config, steps, budget, comm, extra_steps=1)
-    return run(session, lambda runner, state: _setup(session, runner, state))
+    return run(session, lambda runner, state: setup(session, runner, state))
 
 
 def _setup(session: Session, runner: Runner, state: RunState) -> Any:
@@ -90,29 +102,6 @@ def _setup(session: Session, runner: Runner, state: RunState) -> Any:
         "processes": session.comm.size,
     })
     return H
-
-
-def demo_lm(args: Any) -> int:
-    """Run ``hessop demo --task lm``: a character-level GPT; the layer-wise table is per transformer block."""
-    steps, budget = chosen_steps(args)
-    problem = LM_DEMO[args.budget]
-    comm = communicator(args.comm)
-    prepare(args, comm)
-    config = {
-        "command": "demo",
-        "task": "lm",
-        "dataset": "Python standard-library source, characters",
-        "model": (f"GPT, {problem['n_layer']} layers, width {problem['n_embd']}, {problem['n_head']} heads, "
-                  f"context {problem['block_size']}"),
-        **problem,
-        "dtype": args.dtype or "float32",
-        "seed": args.seed,
-        "budget": budget.to_dict(),
-        "steps": ["train", *steps],
-        "ranks": comm.size,
-    }
-    session = Session(args, config, steps, budget, comm, extra_steps=1)
-    return run(session, lambda runner, state: _setup_lm(session, runner, state))
 
 
 def _setup_lm(session: Session, runner: Runner, state: RunState) -> Any:
