@@ -33,12 +33,15 @@ class EigshResult:
         Estimated from the Krylov relation (no extra products) and never reported
         below the vectors' machine epsilon, the accuracy rounding lets a pair attain.
     converged : numpy.ndarray
-        ``residual_norms <= tol`` (bool).
+        ``residual_norms <= tol`` (bool), and, for every method but ``"power"``, the result
+        certified complete: no copy of a wanted eigenvalue missed (:mod:`.certify`). A
+        certification cut short by the budget, a callback or Ctrl-C leaves every pair False.
     num_matvecs : int
         Products spent by this call (symmetry probe included).
     method, which : str
     num_restarts : int
-        Restart cycles (thick-restart, block) or deflation steps (power).
+        Restart cycles (thick-restart, block) or deflation steps (power), plus the
+        certification rounds that found a missed copy (:mod:`.certify`).
     tol : float
         The tolerance actually used (after the precision floor).
     stopped : str

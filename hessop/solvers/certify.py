@@ -128,7 +128,7 @@ def _settled(mu: np.ndarray, done: np.ndarray, log_beta: float, threshold: float
              delta: float, dim: int) -> bool:
     """Whether the end of the complement on ``sign``'s side holds nothing beyond ``threshold + delta``.
 
-    Either its extreme Ritz pair has converged within ``2 delta`` of the threshold
+    Either its extreme Ritz pair has converged within ``3 delta`` of the threshold
     (a further copy of the least wanted value: the answer is the same), or the
     probability bound of :func:`miss_probability` is below :data:`MISS_PROBABILITY`.
     """
