@@ -156,7 +156,7 @@ def test_solver_arguments_are_compared_over_any_communicator(native_max):
 
     A = SpectralOperator(nn_like_spectrum(40))
     with pytest.raises(RankDisagreementError, match=r"called trace with different arguments \(seed; rank \d passed"):
-        run_threads(2, lambda c: trace(A, method="hutchinson", num_matvecs=8, seed=c.rank, comm=c),
+        run_threads(2, lambda c: trace(A, method="hutchinson", max_matvecs=8, seed=c.rank, comm=c),
                     ThreadComm if native_max else SumOnly)
 
 

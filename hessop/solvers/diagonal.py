@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._collective import check_arguments
+from .._renamed import renamed
 from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
@@ -69,7 +70,8 @@ class DiagonalResult:
     calibrated: bool = True
 
 
-def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
+@renamed(num_matvecs="max_matvecs")
+def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
              comm: Any = None, check_symmetric: bool = True, progress: bool = False,
              block_size: int = 16) -> DiagonalResult:
     """Estimate the diagonal of a symmetric operator from products with random vectors.
@@ -79,9 +81,10 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     A : operator
         Anything :func:`~hessop.solvers._linear_map.as_linear_map` accepts.
     method : {"xdiag", "hutchinson"}
-    num_matvecs : int
+    max_matvecs : int
         Budget of products (at least 2 for Hutchinson, 4 for XDiag, which uses
-        ``num_matvecs // 2`` test vectors).
+        ``max_matvecs // 2`` test vectors); the result's ``num_matvecs`` says how many were
+        spent. ``num_matvecs=`` is its deprecated name.
     probe : {"rademacher", "gaussian"}
         Rademacher probes make Hutchinson exact on a diagonal matrix.
     seed : int
@@ -104,9 +107,9 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     whose two products are done, or Hutchinson on the finished sketch products. With
     nothing finished, or in a multi-rank run, it propagates.
     """
-    check_arguments("diagonal", A, comm, method=method, num_matvecs=num_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
+    check_arguments("diagonal", A, comm, method=method, max_matvecs=max_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
-    budget = check_budget(num_matvecs, MINIMUM[method], f"diagonal(method={method!r})")
+    budget = check_budget(max_matvecs, MINIMUM[method], f"diagonal(method={method!r})")
     check_kind(probe)
     seed = check_seed(seed)
     if block_size < 1:
@@ -126,7 +129,7 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     key = "xdiag" if method == "xdiag" else "diagonal-hutchinson"
     calibrated = k >= MIN_CALIBRATED[key]
     if not calibrated:
-        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key])
+        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key], stacklevel=4)  # past @renamed
     return DiagonalResult(est, err, used, method, k, done, calibrated)
 
 

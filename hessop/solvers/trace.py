@@ -23,6 +23,7 @@ import scipy.stats
 from tqdm.auto import tqdm
 
 from .._collective import check_arguments
+from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
                      check_seed, gather, host64, loo_directions, mean_stderr, mine, pair_covariance, probe_comm, probes,
@@ -92,7 +93,8 @@ class TraceResult:
         return self.estimate - z * self.stderr, self.estimate + z * self.stderr
 
 
-def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | None = None,
+@renamed(num_matvecs="max_matvecs")
+def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
           probe: str = "rademacher", seed: int = 0, comm: Any = None, check_symmetric: bool = True,
           progress: bool = False, block_size: int = 16) -> TraceResult:
     """Estimate ``tr(A)`` of a symmetric operator from products with random vectors.
@@ -102,8 +104,9 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     A : operator
         Anything :func:`~hessop.solvers._linear_map.as_linear_map` accepts.
     method : {"xtrace", "hutch++", "hutchinson"}
-    num_matvecs : int
-        Budget of products (at least 2 for Hutchinson, 4 for Hutch++ and XTrace).
+    max_matvecs : int
+        Budget of products (at least 2 for Hutchinson, 4 for Hutch++ and XTrace); the result's
+        ``num_matvecs`` says how many were spent. ``num_matvecs=`` is its deprecated name.
     rtol : float in (0, 1), optional
         Adaptive mode: add probes (Hutchinson) or grow the sketch (Hutch++,
         XTrace, doubling it and reusing the products already made) until
@@ -141,9 +144,9 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     each sample changes when another test vector leaves the sketch (see
     :func:`~hessop.solvers.probes.pair_covariance`).
     """
-    check_arguments("trace", A, comm, method=method, num_matvecs=num_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
+    check_arguments("trace", A, comm, method=method, max_matvecs=max_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
-    budget = check_budget(num_matvecs, MINIMUM[method], f"trace(method={method!r})")
+    budget = check_budget(max_matvecs, MINIMUM[method], f"trace(method={method!r})")
     check_kind(probe)
     seed = check_seed(seed)
     if rtol is not None and not 0.0 < rtol < 1.0:
@@ -169,11 +172,12 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     estimate, stderr = _estimate(samples, cov)
     calibrated = samples.size >= MIN_CALIBRATED[used_method]
     if not calibrated:
-        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method])
+        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method],
+                          stacklevel=4)  # the caller of the @renamed wrapper
     if stop == "budget":
         warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {stderr / max(abs(estimate), 1e-300):.2g} of "
-                      f"the estimate after {used} products; raise num_matvecs (now {budget}) or loosen rtol",
-                      RuntimeWarning, stacklevel=2)
+                      f"the estimate after {used} products; raise max_matvecs (now {budget}) or loosen rtol",
+                      RuntimeWarning, stacklevel=3)
     return TraceResult(float(estimate), float(stderr), used, used_method, converged, samples, calibrated)
 
 
