@@ -68,10 +68,23 @@ class CurvatureTracker:
 
     Examples
     --------
-    >>> tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, batch), "track.jsonl", every=100)
-    >>> for step, (x, y) in enumerate(loader):
-    ...     train_step(x, y)
-    ...     tracker(step, loss=float(loss))
+    >>> import os, tempfile
+    >>> import torch, hessop
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model, loss_fn = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), nn.CrossEntropyLoss()
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "track.jsonl")
+    >>> tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, [(x, y)]), path, every=5, k=1)
+    >>> for step in range(10):
+    ...     opt.zero_grad()
+    ...     loss = loss_fn(model(x), y)
+    ...     loss.backward()
+    ...     opt.step()
+    ...     _ = tracker(step, loss=loss.item())        # measures at steps 0 and 5
+    >>> [(r.step, len(r.top_eigenvalues)) for r in read_track(path)]
+    [(0, 1), (5, 1)]
     """
 
     @renamed(trace_matvecs="trace_max_matvecs")

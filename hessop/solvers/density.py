@@ -197,6 +197,14 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
     Returns
     -------
     SpectralDensity
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> rho = density(SpectralOperator(np.arange(1.0, 101.0), seed=0), num_probes=4, num_steps=30)
+    >>> round(float(rho.cdf(50.5)), 1)          # half of the eigenvalues 1..100 lie below 50.5
+    0.5
     """
     check_arguments("density", A, comm, num_probes=num_probes, num_steps=num_steps, seed=seed, sigma=sigma, grid=grid, check_symmetric=check_symmetric)  # noqa: E501
 

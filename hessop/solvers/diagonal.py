@@ -106,6 +106,16 @@ def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = 
     estimate from the finished ones (``converged=False``): XDiag on the test vectors
     whose two products are done, or Hutchinson on the finished sketch products. With
     nothing finished, or in a multi-rank run, it propagates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.arange(1.0, 101.0), seed=0)
+    >>> d = diagonal(A, max_matvecs=60)
+    >>> exact = np.diag(A.to_dense())
+    >>> float(np.mean(np.abs(d.estimate - exact) <= 3 * d.stderr)) >= 0.95   # entries within 3 stderr
+    True
     """
     check_arguments("diagonal", A, comm, method=method, max_matvecs=max_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)

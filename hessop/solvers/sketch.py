@@ -93,6 +93,15 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
     Returns
     -------
     SketchResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.concatenate([[10.0, 9.0, 8.0], np.zeros(197)]), seed=0)   # rank 3
+    >>> s = sketch(A, d=10, refine=True)        # span(AΩ) is range(A): the Ritz values are exact
+    >>> s.eigenvalues[:3].round(6).tolist(), s.num_matvecs
+    ([10.0, 9.0, 8.0], 22)
     """
     check_arguments("sketch", A, None, d=d, kind=kind, seed=seed, refine=refine, check_symmetric=check_symmetric)
     kind = check_method(kind, KINDS)

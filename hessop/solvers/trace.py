@@ -143,6 +143,18 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
     1.7x (measured); the standard error adds their covariance, estimated from how
     each sample changes when another test vector leaves the sketch (see
     :func:`~hessop.solvers.probes.pair_covariance`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.arange(1.0, 101.0), seed=0)    # eigenvalues 1..100: trace 5050
+    >>> r = trace(A, max_matvecs=60)
+    >>> bool(abs(r.estimate - 5050) < 3 * r.stderr), r.num_matvecs   # 2 more: the symmetry check
+    (True, 62)
+    >>> r = trace(A, method="hutchinson", max_matvecs=2000, rtol=0.01)   # adaptive: stop at 1%
+    >>> r.converged, bool(r.stderr <= 0.01 * r.estimate), r.num_matvecs < 2000
+    (True, True, True)
     """
     check_arguments("trace", A, comm, method=method, max_matvecs=max_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
