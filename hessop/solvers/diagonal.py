@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .._collective import check_arguments
 from .._renamed import renamed
 from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
+from ._progress import Progress
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
                      check_seed, gather, host64, loo_directions, mine, probe_comm, probes, t_factor,
                      warn_uncalibrated)
@@ -93,8 +93,11 @@ def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = 
         Split Hutchinson probes across processes; all ranks get the same result.
         Ranks exchange per-entry sums and sums of squares (two length-``n``
         rows, one all-reduce), so results agree with a serial run to rounding.
-    check_symmetric, progress, block_size
+    check_symmetric, block_size
         As in :func:`~hessop.solvers.trace.trace`.
+    progress : bool
+        Show a progress bar: probes done out of the planned ``max_matvecs`` (Hutchinson), or
+        products done out of the ``2k`` of ``k`` test vectors (XDiag).
 
     Returns
     -------
@@ -131,10 +134,16 @@ def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = 
     overhead = lm.num_matvecs * comm.size
     start = lm.num_matvecs
     if method == "xdiag":
-        est, err, k, done, method = _xdiag(lm, min(budget // 2, lm.n), probe, seed, block_size)
+        k = min(budget // 2, lm.n)
+        with Progress(progress, "diagonal (xdiag)", "matvec", 2 * k) as bar:
+            lm = bar.ticking(lm)
+            est, err, k, done, method = _xdiag(lm, k, probe, seed, block_size)
+            if done:
+                bar.finish()
         used = lm.num_matvecs - start + overhead
     else:
-        est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, progress)
+        with Progress(progress, "diagonal (hutchinson)", "probe", budget) as bar:
+            est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, bar)
         used = k + overhead
     key = "xdiag" if method == "xdiag" else "diagonal-hutchinson"
     calibrated = k >= MIN_CALIBRATED[key]
@@ -143,19 +152,18 @@ def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = 
     return DiagonalResult(est, err, used, method, k, done, calibrated)
 
 
-def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: int, progress: bool):
+def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: int, bar: Progress):
     """Per-entry sums of ``z ⊙ Az`` and of its square, reduced over ranks once."""
     xp = lm.xp
     total, squares, count = lm.zeros((lm.n,)), lm.zeros((lm.n,)), 0
     done = True
     try:
-        with tqdm(total=m, disable=not progress, desc="diagonal (hutchinson)", unit="matvec") as bar:
-            for idx in blocks(mine(comm, 0, m), block_size):
-                Z = probes(lm, seed, idx, kind)
-                X = Z * lm(Z)
-                total, squares = total + xp.sum(X, axis=1), squares + xp.sum(X * X, axis=1)
-                count += len(idx)
-                bar.update(len(idx) * comm.size)
+        for idx in blocks(mine(comm, 0, m), block_size):
+            Z = probes(lm, seed, idx, kind)
+            X = Z * lm(Z)
+            total, squares = total + xp.sum(X, axis=1), squares + xp.sum(X * X, axis=1)
+            count += len(idx)
+            bar.advance(len(idx) * comm.size)
     except KeyboardInterrupt:
         if comm.size > 1 or count == 0:
             raise

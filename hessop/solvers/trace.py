@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.stats
-from tqdm.auto import tqdm
 
 from .._collective import check_arguments
 from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
+from ._progress import Progress
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
                      check_seed, gather, host64, loo_directions, mean_stderr, mine, pair_covariance, probe_comm, probes,
                      t_factor, warn_uncalibrated)
@@ -121,7 +121,9 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
     check_symmetric : bool
         Test symmetry with two products first.
     progress : bool
-        Show a progress bar.
+        Show a progress bar: probes (Hutchinson) or products (Hutch++, XTrace) done out of those
+        planned so far (an adaptive run plans round by round, never the whole budget up front),
+        and after each adaptive round the products spent and ``stderr / |estimate|`` against ``rtol``.
     block_size : int
         Probes per batched product.
 
@@ -171,13 +173,17 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
     comm = probe_comm(A, comm)
     lm = as_linear_map(A, check_symmetric=check_symmetric, seed=seed)
     overhead = lm.num_matvecs * comm.size
-    with tqdm(total=budget, disable=not progress, desc=f"trace ({method})", unit="matvec") as bar:
+    unit = "probe" if method == "hutchinson" else "matvec"
+    with Progress(progress, f"trace ({method})", unit) as bar:
         if method == "hutchinson":
             samples, stop = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
             cov, used_method = 0.0, method
         else:
             step = _xtrace_round if method == "xtrace" else _hutchpp_round
+            lm = bar.ticking(lm)
             samples, cov, stop, used_method = _sketched(lm, step, budget, rtol, probe, seed, bar, block_size)
+        if stop != "interrupt":
+            bar.finish()
     converged = stop == "converged"
     # one product per Hutchinson probe over all ranks; a single process counts its own (interrupted ones too)
     used = lm.num_matvecs if comm.size == 1 else samples.size + overhead
@@ -215,17 +221,19 @@ def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
     try:
         while size > 0:
             start = samples.size
+            bar.plan(start + size)
             local = np.zeros(size)
             for idx in blocks(mine(comm, start, start + size), block_size):
                 Z = probes(lm, seed, idx, kind)
                 local[np.asarray(idx) - start] = host64(lm.xp.sum(Z * lm(Z), axis=0))
                 if comm.size == 1:  # keep what is done in case of an interrupt
                     samples = np.concatenate([samples[:start], local[:idx[-1] + 1 - start]])
-                bar.update(len(idx) * comm.size)
+                bar.advance(len(idx) * comm.size)
             samples = np.concatenate([samples[:start], gather(comm, local)])
             if rtol is None:
                 return samples, "converged"
             mean, err = mean_stderr(samples)
+            bar.error(mean, err, rtol, lm.num_matvecs * comm.size)
             if err <= rtol * abs(mean):
                 return samples, "converged"
             wanted = samples.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
@@ -255,11 +263,10 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
     last, start = None, lm.num_matvecs
+    bar.plan(cost(k, 0) + (spare if step is _hutchpp_round else 0))  # XTrace leaves the spare products unspent
     try:
         while True:
-            before = lm.num_matvecs
             samples, cov, complete = step(lm, k, cache, kind, seed, spare, block_size)
-            bar.update(lm.num_matvecs - before)
             if not complete:  # interrupted inside the round: keep whichever has more test vectors
                 if last is None or samples.size > last[0].size:
                     last = (samples, cov)
@@ -268,6 +275,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
             if rtol is None:
                 return samples, cov, "converged", name
             mean, err = _estimate(samples, cov)
+            bar.error(mean, err, rtol, lm.num_matvecs)
             if err <= rtol * abs(mean):
                 return samples, cov, "converged", name
             have, left = cache["Y"].shape[1], budget - (lm.num_matvecs - start)
@@ -275,6 +283,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
             if k_next <= k:
                 return samples, cov, "budget", name
             k = k_next
+            bar.plan(lm.num_matvecs - start + cost(k, have))
     except KeyboardInterrupt:
         if last is not None:
             return last[0], last[1], "interrupt", name
