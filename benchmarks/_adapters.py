@@ -62,7 +62,7 @@ def hessop_tasks(problem, ks=(1, 20)) -> dict[str, Callable]:
         tasks[f"top{k}"] = counted(lambda k=k: {"eigenvalues": eigsh(H, k=k).eigenvalues})
     for method in ("xtrace", "hutch++", "hutchinson"):
         def tr(method=method):
-            r = trace(H, method=method, num_matvecs=TRACE_BUDGET, check_symmetric=False)
+            r = trace(H, method=method, max_matvecs=TRACE_BUDGET, check_symmetric=False)
             return {"trace": r.estimate, "stderr": r.stderr}
         tasks[f"trace:{method}"] = counted(tr)
 

@@ -91,14 +91,14 @@ def _calibrated(r) -> bool:
 def trace_runs(A, method, budget, seeds, rtol=None):
     exact = float(np.trace(A))
     for s in range(seeds):
-        r = trace(A, method=method, num_matvecs=budget, seed=s, check_symmetric=False, rtol=rtol)
+        r = trace(A, method=method, max_matvecs=budget, seed=s, check_symmetric=False, rtol=rtol)
         yield np.array([r.estimate - exact]), np.array([r.stderr]), _calibrated(r)
 
 
 def diagonal_runs(A, method, budget, seeds):
     exact = np.diag(A)
     for s in range(seeds):
-        r = diagonal(A, method=method, num_matvecs=budget, seed=s, check_symmetric=False)
+        r = diagonal(A, method=method, max_matvecs=budget, seed=s, check_symmetric=False)
         yield np.asarray(r.estimate) - exact, np.asarray(r.stderr), _calibrated(r)
 
 

@@ -38,7 +38,7 @@ def median_errors(A, exact: float, method: str, seeds: int) -> dict[int, tuple[f
     """For every budget on the grid: (median relative error, median reported relative stderr) over seeds."""
     out = {}
     if method == "hutchinson":  # probe i is the same whatever the budget: one run gives every prefix
-        runs = [trace(A, method=method, num_matvecs=GRID[-1], seed=s, check_symmetric=False).samples
+        runs = [trace(A, method=method, max_matvecs=GRID[-1], seed=s, check_symmetric=False).samples
                 for s in range(seeds)]
         for m in GRID:
             est = np.array([x[:m].mean() for x in runs])
@@ -46,7 +46,7 @@ def median_errors(A, exact: float, method: str, seeds: int) -> dict[int, tuple[f
             out[m] = float(np.median(np.abs(est - exact))) / abs(exact), float(np.median(se)) / abs(exact)
         return out
     for m in GRID:
-        runs = [trace(A, method=method, num_matvecs=m, seed=s, check_symmetric=False) for s in range(seeds)]
+        runs = [trace(A, method=method, max_matvecs=m, seed=s, check_symmetric=False) for s in range(seeds)]
         out[m] = (float(np.median([abs(r.estimate - exact) for r in runs])) / abs(exact),
                   float(np.median([r.stderr for r in runs])) / abs(exact))
         if out[m][0] <= 0.002:  # well past the target: larger budgets are not needed

@@ -244,7 +244,7 @@ def spectrum(run: Run) -> dict:
     trace_budget = 16 if run.dry else 192
     for method in ("xtrace", "hutchinson"):
         start = time.perf_counter()
-        res = hessop.trace(H, method=method, num_matvecs=trace_budget)
+        res = hessop.trace(H, method=method, max_matvecs=trace_budget)
         run.sync()
         rows.append({"task": "trace", "solver": method, "seconds": time.perf_counter() - start,
                      "matvecs": res.num_matvecs, "estimate": res.estimate, "stderr": res.stderr})

@@ -16,7 +16,7 @@ hvp: hessop's kept graph, backward only
 hvp: PyHessian
     ``hessian_vector_product(gradsH, params, v)`` on its kept graph (the same backward pass).
 trace:<method> hessop [strategy]
-    ``hessop.trace(H, method, num_matvecs=96, check_symmetric=False)`` against curvlinops'
+    ``hessop.trace(H, method, max_matvecs=96, check_symmetric=False)`` against curvlinops'
     ``xtrace``, ``hutchpp_trace`` and ``hutchinson_trace`` with 96 products.
 
 ``wall`` is ``time.perf_counter``, ``cpu`` is ``time.process_time`` (every thread of the process):
@@ -79,7 +79,7 @@ def cases(problem, tasks: list[str], hvps: list[str]) -> list[tuple[str, Callabl
         if f"trace:{method}" not in tasks:
             continue
         out += [(f"trace:{method} hessop [{s}]",
-                 lambda m=method, G=G: trace(G, method=m, num_matvecs=TRACE_BUDGET, check_symmetric=False))
+                 lambda m=method, G=G: trace(G, method=m, max_matvecs=TRACE_BUDGET, check_symmetric=False))
                 for s, G in ops.items()]
         if curvlinops is not None:
             out.append((f"trace:{method} curvlinops", lambda f=getattr(curvlinops, name): f(C, TRACE_BUDGET)))

@@ -25,18 +25,18 @@ from benchmarks import _adapters  # noqa: E402
 from benchmarks.compare import PROBLEMS  # noqa: E402
 
 
-def hessop_draws(H, seeds, num_matvecs: int, method: str) -> list[tuple[float, float]]:
+def hessop_draws(H, seeds, max_matvecs: int, method: str) -> list[tuple[float, float]]:
     """(estimate, standard error) of ``hessop.trace`` for each seed."""
     from hessop.solvers.trace import trace
 
     out = []
     for seed in seeds:
-        r = trace(H, method=method, num_matvecs=num_matvecs, seed=seed, check_symmetric=False)
+        r = trace(H, method=method, max_matvecs=max_matvecs, seed=seed, check_symmetric=False)
         out.append((float(r.estimate), float(r.stderr)))
     return out
 
 
-def pyhessian_draws(problem, H, seeds, num_matvecs: int) -> tuple[float, list[tuple[float, float]]]:
+def pyhessian_draws(problem, H, seeds, max_matvecs: int) -> tuple[float, list[tuple[float, float]]]:
     """The relative difference of PyHessian's product from hessop's (``H``), and its Hutchinson draws."""
     cls = _adapters._pyhessian()
     ph = cls(problem.model, problem.loss, data=problem.data, cuda=False)
@@ -50,7 +50,7 @@ def pyhessian_draws(problem, H, seeds, num_matvecs: int) -> tuple[float, list[tu
     out = []
     for seed in seeds:
         torch.manual_seed(seed)
-        s = ph.trace(maxIter=num_matvecs, tol=float("-inf"))  # exactly num_matvecs products
+        s = ph.trace(maxIter=max_matvecs, tol=float("-inf"))  # exactly max_matvecs products
         out.append((float(np.mean(s)), float(np.std(s, ddof=1) / np.sqrt(len(s)))))
     return difference, out
 
@@ -70,11 +70,11 @@ def main(argv=None, log=print) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problem", default="resnet20", choices=list(PROBLEMS))
     ap.add_argument("--seeds", type=int, default=4, help="draws per estimator (seeds 0, 1, ...)")
-    ap.add_argument("--num-matvecs", type=int, default=96)
+    ap.add_argument("--max-matvecs", type=int, default=96)
     ap.add_argument("--methods", nargs="*", default=["hutchinson", "xtrace"])
     args = ap.parse_args(argv)
-    if args.seeds < 1 or args.num_matvecs < 3:
-        ap.error("--seeds must be at least 1 and --num-matvecs at least 3")
+    if args.seeds < 1 or args.max_matvecs < 3:
+        ap.error("--seeds must be at least 1 and --max-matvecs at least 3")
     import hessop
 
     problem = PROBLEMS[args.problem]()
@@ -82,10 +82,10 @@ def main(argv=None, log=print) -> dict:
     seeds = range(args.seeds)
     results = {}
     for method in args.methods:
-        results[f"hessop {method}"] = hessop_draws(H, seeds, args.num_matvecs, method)
+        results[f"hessop {method}"] = hessop_draws(H, seeds, args.max_matvecs, method)
         log(f"hessop {method}: {summary(results[f'hessop {method}'])}")
     try:
-        difference, results["pyhessian hutchinson"] = pyhessian_draws(problem, H, seeds, args.num_matvecs)
+        difference, results["pyhessian hutchinson"] = pyhessian_draws(problem, H, seeds, args.max_matvecs)
     except _adapters.Missing:
         log("PyHessian is not installed: its draws are skipped (benchmarks/setup_env.sh)")
     else:

@@ -173,7 +173,7 @@ def fig_resnet_switches_density(out: Path) -> None:
         model, probe, acc = trained_resnet(bn, res)
         H = hessop.hessian(model, LOSS, probe)
         top = eigsh(H, k=1, seed=SEED)
-        tr = trace(H, num_matvecs=S.switch_matvecs, seed=SEED)
+        tr = trace(H, max_matvecs=S.switch_matvecs, seed=SEED)
         rho = density(H, num_probes=2, num_steps=S.switch_steps, seed=SEED)
         plot_density(rho, ax, label=f"BN {_onoff(bn)}, residual {_onoff(res)}", title=None)
         _log(f"| {_onoff(bn)} | {_onoff(res)} | {acc:.3f} | {H.loss():.4f} | {top.eigenvalues[0]:.3g} | "
@@ -186,7 +186,7 @@ def fig_layerwise_stages(out: Path) -> None:
     model, probe, _ = trained_resnet(True, True)
     H = hessop.hessian(model, LOSS, probe)
     G = hessop.hessian(model, LOSS, probe, curvature="ggn")
-    res = layerwise(H, "stages", k=1, trace_matvecs=S.layer_matvecs, density_steps=S.layer_steps, num_probes=2,
+    res = layerwise(H, "stages", k=1, trace_max_matvecs=S.layer_matvecs, density_steps=S.layer_steps, num_probes=2,
                     ggn=G, seed=SEED)
     print(res.to_markdown(), flush=True)
     _log(f"sum of stage traces {sum(r.trace for r in res.rows):.4g}")
@@ -198,7 +198,7 @@ def fig_gauss_newton(out: Path) -> None:
     H = hessop.hessian(model, LOSS, probe)
     G = hessop.hessian(model, LOSS, probe, curvature="ggn")
     gn = gauss_newton_decomposition(H, G, blocks=["stage1", "stage2", "stage3"], k=1,
-                                    trace_matvecs=S.gn_matvecs, density_steps=S.gn_steps, num_probes=1, seed=SEED)
+                                    trace_max_matvecs=S.gn_matvecs, density_steps=S.gn_steps, num_probes=1, seed=SEED)
     print(gn.to_markdown(), flush=True)
     savefig(gn.plot(), out / "gauss_newton.png")
 
@@ -208,7 +208,7 @@ def htr_runs():
     """The two runs of examples/htr_training.py (plain, then HTR on all layers), their tracking files kept."""
     folder = tempfile.mkdtemp(prefix="hessop-htr-")
     args = SimpleNamespace(model="mlp", layers="all", every=1, seed=SEED, lr=0.05, batch_size=64, out=folder,
-                           epochs=S.htr_epochs, track_every=S.htr_track_every, trace_matvecs=S.htr_final_matvecs)
+                           epochs=S.htr_epochs, track_every=S.htr_track_every, trace_max_matvecs=S.htr_final_matvecs)
     runs = [HTR.run(args, 0.0, data(), "plain"), HTR.run(args, 1e-3, data(), "htr")]
     for r in runs:
         _log(f"| {r['run']} | {r['gamma']:g} | {r['test_accuracy']:.3f} | {r['train_loss']:.4f} | "

@@ -69,7 +69,7 @@ def run(args, gamma: float, data, tag: str) -> dict:
     if os.path.exists(path):
         os.remove(path)
     tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, probe), path, every=args.track_every,
-                               unit="epoch", k=1, trace_matvecs=40, seed=args.seed)
+                               unit="epoch", k=1, trace_max_matvecs=40, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     step, start = 0, time.perf_counter()
     for epoch in range(args.epochs + 1):
@@ -86,7 +86,7 @@ def run(args, gamma: float, data, tag: str) -> dict:
             step += 1
     seconds = time.perf_counter() - start
     H = hessop.hessian(model, loss_fn, [(x_tr, y_tr)])
-    tr = trace(H, num_matvecs=args.trace_matvecs, seed=args.seed)
+    tr = trace(H, max_matvecs=args.trace_max_matvecs, seed=args.seed)
     top = eigsh(H, k=1, seed=args.seed)
     return {
         "run": tag,
@@ -135,7 +135,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--track-every", type=int, default=3, help="record curvature every this many epochs")
-    p.add_argument("--trace-matvecs", type=int, default=100, help="budget of the final trace estimate")
+    p.add_argument("--trace-max-matvecs", type=int, default=100, help="budget of the final trace estimate")
     p.add_argument("--out", default="htr_runs", help="folder for the tracking files and the figure")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)

@@ -45,9 +45,13 @@ def to_cupy(H: Any):
 
     Examples
     --------
-    >>> import cupyx.scipy.sparse.linalg as csl
-    >>> vals, vecs = csl.eigsh(to_cupy(H), k=5, which="LA")
-    >>> top = from_cupy(vecs[:, -1], H)           # a native torch/JAX vector
+    With ``H`` an operator on a CUDA device (these lines need a GPU and CuPy, so the doctest skips them):
+
+    >>> import cupyx.scipy.sparse.linalg as csl                      # doctest: +SKIP
+    >>> vals, vecs = csl.eigsh(to_cupy(H), k=5, which="LA")          # doctest: +SKIP
+    >>> top = from_cupy(vecs[:, -1], H)                               # doctest: +SKIP
+
+    ``top`` is then a native torch/JAX vector sharing the CuPy buffer.
     """
     key = check_gpu_operator(H)
     cupy = import_cupy()

@@ -50,6 +50,28 @@ def hessian(
         batch's mean is over (tokens, for a language model). With JAX and ``model_fn``, ``loss`` is
         ``loss_fn(outputs, targets)`` and batches are ``(inputs, targets)``, as
         with PyTorch; the GGN and residual curvatures need that form.
+
+    Examples
+    --------
+    >>> import torch, scipy.sparse.linalg
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    >>> x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
+    >>> H = hessian(model, nn.CrossEntropyLoss(), [(x, y)])
+    >>> H.shape, H.dtype
+    ((26, 26), dtype('float32'))
+    >>> params = [p.detach() for p in model.parameters()]     # against the dense autograd Hessian
+    >>> def loss_of(*ps):
+    ...     out = torch.func.functional_call(model, dict(zip(dict(model.named_parameters()), ps)), (x,))
+    ...     return nn.functional.cross_entropy(out, y)
+    >>> blocks = torch.autograd.functional.hessian(loss_of, tuple(params))
+    >>> dense = torch.cat([torch.cat([b.reshape(p.numel(), q.numel()) for b, q in zip(row, params)], 1)
+    ...                    for row, p in zip(blocks, params)])
+    >>> v = torch.randn(26)
+    >>> bool(torch.allclose(H.apply(v), dense @ v, atol=1e-5))
+    True
+    >>> top = scipy.sparse.linalg.eigsh(H, k=1, which="LA")[0]   # scipy works on it unchanged
     """
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")

@@ -167,7 +167,7 @@ def test_solvers_match_dense(case):
     import scipy.sparse.linalg
 
     np.testing.assert_allclose(np.sort(scipy.sparse.linalg.eigsh(case.H, k=3, which="LA")[0]), exact[-3:], rtol=1e-8)
-    t = trace(case.H, num_matvecs=24, seed=3)
+    t = trace(case.H, max_matvecs=24, seed=3)
     assert t.stderr > 0
     assert abs(t.estimate - np.trace(case.dense)) <= 4 * t.stderr
 

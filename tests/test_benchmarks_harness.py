@@ -156,7 +156,7 @@ def test_trace_draws_are_the_seeded_estimates_with_their_spread():
     from benchmarks.trace_draws import main, summary
 
     lines = []
-    res = main(["--problem", "mlp-digits", "--seeds", "2", "--num-matvecs", "12", "--methods", "hutchinson"],
+    res = main(["--problem", "mlp-digits", "--seeds", "2", "--max-matvecs", "12", "--methods", "hutchinson"],
                log=lines.append)
     (a, sa), (b, sb) = res["hessop hutchinson"]
     assert a != b and sa > 0 and sb > 0  # two different draws, each with its own standard error

@@ -61,7 +61,7 @@ def test_callable_operator_runs_the_generic_solvers():
     assert C.device == "cpu" and C.native_dtype == np.float64 and C.shape == (40, 40)
     res = eigsh(C, k=3, which="LA", tol=1e-10)
     np.testing.assert_allclose(res.eigenvalues, op.eigenvalues[::-1][:3], rtol=1e-9)
-    t = trace(C, num_matvecs=20, seed=0)
+    t = trace(C, max_matvecs=20, seed=0)
     assert 0 < t.stderr and abs(t.estimate - op.eigenvalues.sum()) <= 4 * t.stderr
     vals = scipy.sparse.linalg.eigsh(C, k=2, which="SA")[0]  # and it is a scipy LinearOperator too
     np.testing.assert_allclose(np.sort(vals), op.eigenvalues[:2], rtol=1e-9)

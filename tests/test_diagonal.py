@@ -21,7 +21,7 @@ def test_estimate_within_its_stderr(name, method):
     lam = nn_like_spectrum(150, seed=1)
     A = operator(lam, name)
     for seed in range(2):
-        r = diagonal(A, method=method, num_matvecs=40, seed=seed)
+        r = diagonal(A, method=method, max_matvecs=40, seed=seed)
         xp = NAMESPACES[name][0]
         assert type(r.estimate) is (np.ndarray if xp is None else type(xp.asarray([1.0])))  # native, not host
         est, err = to_numpy(r.estimate).astype(float), to_numpy(r.stderr).astype(float)
@@ -34,7 +34,7 @@ def test_estimate_within_its_stderr(name, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_stderr_is_honest_over_seeds(method):
     A = operator(nn_like_spectrum(150, seed=4))
-    runs = [diagonal(A, method=method, num_matvecs=30, seed=s, check_symmetric=False) for s in range(30)]
+    runs = [diagonal(A, method=method, max_matvecs=30, seed=s, check_symmetric=False) for s in range(30)]
     est = np.stack([r.estimate for r in runs])
     reported = np.sqrt(np.mean(np.stack([r.stderr for r in runs]) ** 2, axis=0))
     ratio = est.std(axis=0, ddof=1) / reported
@@ -44,17 +44,17 @@ def test_stderr_is_honest_over_seeds(method):
 
 def test_hutchinson_is_exact_on_a_diagonal_matrix():
     d = np.linspace(-1.0, 3.0, 40)
-    r = diagonal(np.diag(d), method="hutchinson", num_matvecs=4)
+    r = diagonal(np.diag(d), method="hutchinson", max_matvecs=4)
     np.testing.assert_allclose(r.estimate, d, atol=1e-14)
     np.testing.assert_allclose(r.stderr, 0.0, atol=1e-14)
 
 
 def test_xdiag_exact_on_low_rank_and_beats_hutchinson():
     A = operator(low_rank_spectrum(150, rank=6))
-    r = diagonal(A, method="xdiag", num_matvecs=30)
+    r = diagonal(A, method="xdiag", max_matvecs=30)
     np.testing.assert_allclose(r.estimate, exact(A), atol=1e-10)
     B = operator(nn_like_spectrum(150, seed=2))
-    err = {m: np.sqrt(np.mean([(diagonal(B, method=m, num_matvecs=60, seed=s).estimate - exact(B)) ** 2
+    err = {m: np.sqrt(np.mean([(diagonal(B, method=m, max_matvecs=60, seed=s).estimate - exact(B)) ** 2
                                for s in range(4)])) for m in METHODS}
     assert err["xdiag"] < err["hutchinson"] / 5
 
@@ -62,8 +62,8 @@ def test_xdiag_exact_on_low_rank_and_beats_hutchinson():
 @pytest.mark.parametrize("size", [2, 3])
 def test_probe_parallel_matches_serial(size):
     A = operator(nn_like_spectrum(150, seed=5))
-    serial = diagonal(A, method="hutchinson", num_matvecs=25, seed=3, block_size=4)
-    results, calls = run_ranks(size, lambda c: diagonal(A, method="hutchinson", num_matvecs=25, seed=3, comm=c,
+    serial = diagonal(A, method="hutchinson", max_matvecs=25, seed=3, block_size=4)
+    results, calls = run_ranks(size, lambda c: diagonal(A, method="hutchinson", max_matvecs=25, seed=3, comm=c,
                                                         block_size=3))
     for r in results:
         np.testing.assert_allclose(r.estimate, serial.estimate, rtol=1e-12, atol=1e-12)
@@ -74,8 +74,8 @@ def test_probe_parallel_matches_serial(size):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(num_matvecs=1), ValueError, ">= 2"),
-    (dict(method="xdiag", num_matvecs=3), ValueError, ">= 4"),
+    (dict(max_matvecs=1), ValueError, ">= 2"),
+    (dict(method="xdiag", max_matvecs=3), ValueError, ">= 4"),
     (dict(method="exact"), ValueError, "unknown method"),
     (dict(probe="uniform"), ValueError, "unknown probe"),
     (dict(method="xdiag", comm=object()), ValueError, "hutchinson"),
@@ -93,5 +93,5 @@ def test_nan_raises(method):
 
 def test_interrupt_returns_partial_average():
     A = Flaky(nn_like_spectrum(60), fail_at=3, failure="interrupt")
-    r = diagonal(A, method="hutchinson", num_matvecs=40, block_size=4, check_symmetric=False)
+    r = diagonal(A, method="hutchinson", max_matvecs=40, block_size=4, check_symmetric=False)
     assert not r.converged and r.num_probes == 8 and np.all(np.isfinite(r.stderr))

@@ -156,7 +156,7 @@ def test_solver_arguments_are_compared_over_any_communicator(native_max):
 
     A = SpectralOperator(nn_like_spectrum(40))
     with pytest.raises(RankDisagreementError, match=r"called trace with different arguments \(seed; rank \d passed"):
-        run_threads(2, lambda c: trace(A, method="hutchinson", num_matvecs=8, seed=c.rank, comm=c),
+        run_threads(2, lambda c: trace(A, method="hutchinson", max_matvecs=8, seed=c.rank, comm=c),
                     ThreadComm if native_max else SumOnly)
 
 
@@ -342,7 +342,7 @@ def test_one_ranks_bad_data_or_arguments_fail_on_every_rank(tmp_path):
         "eigsh_which": ("RankDisagreementError", "called eigsh with different arguments (which;"),
         "eigsh_tol": ("RankDisagreementError", "called eigsh with different arguments (tol;"),
         "eigsh_budget": ("RankDisagreementError", "called eigsh with different arguments (max_matvecs;"),
-        "trace_budget": ("RankDisagreementError", "called trace with different arguments (num_matvecs;"),
+        "trace_budget": ("RankDisagreementError", "called trace with different arguments (max_matvecs;"),
         "density_seed": ("RankDisagreementError", "called density with different arguments (seed;"),
         "eigsh_seed_no_symmetry_check": ("RankDisagreementError", "called eigsh with different arguments (seed;"),
     }

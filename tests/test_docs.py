@@ -3,17 +3,22 @@
 Each ```` ```python ```` block of the pages below runs in order, the blocks of a
 page sharing one namespace, in a fresh temporary folder. A block whose first
 line is ``# not run: <reason>`` is skipped (the convention is stated in
-``docs/index.md``).
+``docs/index.md``). The ``>>>`` examples of the package's docstrings run as
+doctests (lines that need a GPU, MPI or a download say ``# doctest: +SKIP``);
+``hessop/backends`` is left to the backend tests.
 """
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import re
 from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 PAGES = ("index.md", "guide.md", "cli.md", "numerics.md", "transformers.md")
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 SKIP = "# not run:"
@@ -61,3 +66,33 @@ def test_cli_page_documents_real_options():
     mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", (DOCS / "cli.md").read_text()))
     assert mentioned - known == set(), f"docs/cli.md mentions options the parser lacks: {mentioned - known}"
     assert known - mentioned - {"-h", "--help"} == set(), f"options missing from docs/cli.md: {known - mentioned}"
+
+
+def doctest_modules() -> list[str]:
+    """The modules of ``hessop`` (outside ``hessop/backends``) whose docstrings hold ``>>>`` examples."""
+    out = []
+    for path in sorted((ROOT / "hessop").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        if rel.parts[:2] == ("hessop", "backends") or rel.name == "__main__" or ">>>" not in path.read_text():
+            continue
+        out.append(".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts))
+    return out
+
+
+def test_docstrings_with_examples_are_found():
+    assert {"hessop.analysis.regularizer", "hessop.analysis.tracking", "hessop.cupy"} <= set(doctest_modules())
+
+
+@pytest.mark.parametrize("name", doctest_modules())
+def test_docstring_examples(name, tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    module = importlib.import_module(name)
+    tests = doctest.DocTestFinder().find(module)
+    assert sum(len(t.examples) for t in tests) > 0, f"{name} has '>>>' in its source but no doctest was found"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    out: list[str] = []
+    for t in tests:
+        runner.run(t, out=out.append)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, "".join(out)

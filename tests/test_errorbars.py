@@ -59,7 +59,7 @@ def assert_calibrated(errors, stderrs, what):
 def test_trace_error_bars_cover_the_truth(method, budget, names):
     for name in names:
         A = ops()[name]
-        runs = [hessop.trace(A, method=method, num_matvecs=budget, seed=s, check_symmetric=False) for s in range(SEEDS)]
+        runs = [hessop.trace(A, method=method, max_matvecs=budget, seed=s, check_symmetric=False) for s in range(SEEDS)]
         assert all(r.calibrated for r in runs)
         assert_calibrated([r.estimate - np.trace(A) for r in runs], [r.stderr for r in runs], f"{method} {name}")
 
@@ -69,7 +69,8 @@ def test_hutchinson_small_samples_are_widened_by_student_t():
     A = ops()["flat"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        runs = [hessop.trace(A, method="hutchinson", num_matvecs=4, seed=s, check_symmetric=False) for s in range(SEEDS)]
+        runs = [hessop.trace(A, method="hutchinson", max_matvecs=4, seed=s, check_symmetric=False)
+                for s in range(SEEDS)]
     assert not any(r.calibrated for r in runs)
     c2, _ = coverage([r.estimate - np.trace(A) for r in runs], [r.stderr for r in runs])
     assert abs(c2 - P2) <= TOL2
@@ -83,7 +84,7 @@ def test_diagonal_error_bars_cover_the_truth(method, budget, names):
         hits2 = hits3 = 0
         rng = np.random.default_rng(0)
         for s in range(SEEDS):
-            r = hessop.diagonal(A, method=method, num_matvecs=budget, seed=s, check_symmetric=False)
+            r = hessop.diagonal(A, method=method, max_matvecs=budget, seed=s, check_symmetric=False)
             assert r.calibrated
             p = rng.integers(A.shape[0])  # one entry per seed, so seeds are independent draws
             q = abs(r.estimate[p] - A[p, p]) / max(r.stderr[p], 1e-300)
@@ -141,10 +142,10 @@ def test_too_few_samples_are_flagged_and_warned():
     A = ops()["nn-like"]
     for method, budget in (("hutchinson", 4), ("xtrace", 8), ("hutch++", 8)):
         with pytest.warns(RuntimeWarning, match="rests on .* samples"):
-            r = hessop.trace(A, method=method, num_matvecs=budget)
+            r = hessop.trace(A, method=method, max_matvecs=budget)
         assert not r.calibrated
     with pytest.warns(RuntimeWarning, match="rests on 4 samples"):
-        d = hessop.diagonal(A, method="xdiag", num_matvecs=8)
+        d = hessop.diagonal(A, method="xdiag", max_matvecs=8)
     assert not d.calibrated
     rho = hessop.density(A, num_probes=4, num_steps=10)
     assert not rho.calibrated
@@ -162,7 +163,7 @@ def test_too_few_samples_are_flagged_and_warned():
 @pytest.mark.parametrize("method", ["xtrace", "hutch++", "hutchinson"])
 def test_rtol_not_reached_warns(method):
     with pytest.warns(RuntimeWarning, match="did not reach rtol=1e-06"):
-        r = hessop.trace(ops()["nn-like"], method=method, num_matvecs=80, rtol=1e-6)
+        r = hessop.trace(ops()["nn-like"], method=method, max_matvecs=80, rtol=1e-6)
     assert not r.converged
 
 
@@ -188,34 +189,34 @@ LAM = nn_like_spectrum(120, seed=3)
 
 def test_interrupted_xtrace_keeps_the_finished_test_vectors():
     # 30 test vectors, blocks of 4: Y is done after 30 products, Z = AQ interrupted in its 4th block
-    r = hessop.trace(Interrupting(LAM, at=30 + 14), num_matvecs=60, block_size=4, check_symmetric=False)
+    r = hessop.trace(Interrupting(LAM, at=30 + 14), max_matvecs=60, block_size=4, check_symmetric=False)
     # products counted: 30 + 12 finished, and the 4 of the interrupted block
     assert not r.converged and r.method == "xtrace" and r.num_probes == 12 and r.num_matvecs == 30 + 12 + 4
-    full = hessop.trace(SpectralOperator(LAM, seed=2), num_matvecs=24, check_symmetric=False)
+    full = hessop.trace(SpectralOperator(LAM, seed=2), max_matvecs=24, check_symmetric=False)
     assert r.estimate == pytest.approx(full.estimate, rel=1e-10)  # XTrace on the first 12 test vectors
     assert r.stderr == pytest.approx(full.stderr, rel=1e-6) and r.calibrated
     # interrupted while sketching: Hutchinson on the 8 finished sketch products, flagged
     with pytest.warns(RuntimeWarning, match="rests on 8 samples"):
-        r = hessop.trace(Interrupting(LAM, at=10), num_matvecs=60, block_size=4, check_symmetric=False)
+        r = hessop.trace(Interrupting(LAM, at=10), max_matvecs=60, block_size=4, check_symmetric=False)
     assert not r.converged and r.method == "hutchinson" and r.num_probes == 8 and not r.calibrated
     assert abs(r.estimate - LAM.sum()) <= 4 * r.stderr
     # Hutch++ interrupted after its 20 sketch products: Hutchinson on them
     with pytest.warns(RuntimeWarning, match="rests on 20 samples"):
-        r = hessop.trace(Interrupting(LAM, at=25), method="hutch++", num_matvecs=60, block_size=4,
+        r = hessop.trace(Interrupting(LAM, at=25), method="hutch++", max_matvecs=60, block_size=4,
                          check_symmetric=False)
     assert not r.converged and r.method == "hutchinson" and r.num_probes == 20
     with pytest.raises(KeyboardInterrupt):  # nothing finished
-        hessop.trace(Interrupting(LAM, at=2), num_matvecs=60, block_size=4, check_symmetric=False)
+        hessop.trace(Interrupting(LAM, at=2), max_matvecs=60, block_size=4, check_symmetric=False)
 
 
 def test_interrupted_xdiag_keeps_the_finished_test_vectors():
-    r = hessop.diagonal(Interrupting(LAM, at=30 + 14), num_matvecs=60, block_size=4, check_symmetric=False)
-    full = hessop.diagonal(SpectralOperator(LAM, seed=2), num_matvecs=24, check_symmetric=False)
+    r = hessop.diagonal(Interrupting(LAM, at=30 + 14), max_matvecs=60, block_size=4, check_symmetric=False)
+    full = hessop.diagonal(SpectralOperator(LAM, seed=2), max_matvecs=24, check_symmetric=False)
     assert not r.converged and r.method == "xdiag" and r.num_probes == 12 and r.calibrated
     np.testing.assert_allclose(r.estimate, full.estimate, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(r.stderr, full.stderr, rtol=1e-6, atol=1e-12)
     with pytest.warns(RuntimeWarning, match="rests on 8 samples"):
-        r = hessop.diagonal(Interrupting(LAM, at=10), num_matvecs=60, block_size=4, check_symmetric=False)
+        r = hessop.diagonal(Interrupting(LAM, at=10), max_matvecs=60, block_size=4, check_symmetric=False)
     assert not r.converged and r.method == "hutchinson" and r.num_probes == 8 and not r.calibrated
 
 
@@ -243,8 +244,8 @@ def _hermitian(n=12):
 
 CALLS = {
     "eigsh": lambda A: hessop.eigsh(A, k=2),
-    "trace": lambda A: hessop.trace(A, num_matvecs=24),
-    "diagonal": lambda A: hessop.diagonal(A, num_matvecs=24),
+    "trace": lambda A: hessop.trace(A, max_matvecs=24),
+    "diagonal": lambda A: hessop.diagonal(A, max_matvecs=24),
     "density": lambda A: hessop.density(A, num_probes=2, num_steps=5),
     "sketch": lambda A: hessop.sketch(A, d=4),
 }
@@ -303,7 +304,7 @@ def test_half_precision_native_operators_run_with_float32_vectors(dtype):
     A = SpectralOperator(lam, seed=0, xp=xtorch, device="cpu", dtype=getattr(torch, dtype))
     r = hessop.eigsh(A, k=2)
     np.testing.assert_allclose(r.eigenvalues, [4.0, lam[-2]], rtol=5e-3)  # half-precision products
-    d = hessop.diagonal(A, num_matvecs=32)
+    d = hessop.diagonal(A, max_matvecs=32)
     assert d.estimate.dtype == torch.float32
     exact = SpectralOperator(lam, seed=0).to_dense()
     assert np.all(np.abs(d.estimate.numpy() - np.diag(exact)) <= 5 * d.stderr.numpy() + 2e-2)

@@ -18,7 +18,7 @@ from hessop.solvers.density import spectral_distance
 from hessop.analysis.spectrum import DENSE_BELOW
 from hessop.solvers.density import SpectralDensity
 
-BUDGET = dict(trace_matvecs=24, density_steps=20, num_probes=2, seed=0)
+BUDGET = dict(trace_max_matvecs=24, density_steps=20, num_probes=2, seed=0)
 
 
 
@@ -127,7 +127,7 @@ def test_gauss_newton_decomposition_traces_against_dense_matrices(tmp_path):
     model, data = network([3, 6, 4, 3])
     H = hessop.hessian(model, nn.CrossEntropyLoss(), data)
     G = hessop.hessian(model, nn.CrossEntropyLoss(), data, curvature="ggn")
-    res = gauss_newton_decomposition(H, G, blocks="modules", trace_matvecs=30, density_steps=20, num_probes=1)
+    res = gauss_newton_decomposition(H, G, blocks="modules", trace_max_matvecs=30, density_steps=20, num_probes=1)
     dh, dg = H.to_dense(), G.to_dense()
     assert [r.block for r in res.rows] == ["0", "2", "4", "full"]
     full = res.rows[-1]
@@ -183,11 +183,11 @@ def test_negative_mass_defaults_to_the_resolution_everywhere():
     model, data = network([3, 6, 4, 3])
     H = hessop.hessian(model, nn.CrossEntropyLoss(), data)
     G = hessop.hessian(model, nn.CrossEntropyLoss(), data, curvature="ggn")
-    res = gauss_newton_decomposition(H, G, blocks="modules", trace_matvecs=8, density_steps=12, num_probes=1)
+    res = gauss_newton_decomposition(H, G, blocks="modules", trace_max_matvecs=8, density_steps=12, num_probes=1)
     for row in res.rows:
         assert row.hessian_negative_mass == res.hessian_densities[row.block].negative_mass()
     with pytest.warns(DeprecationWarning, match="build the operators"):
-        old = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_matvecs=8,
+        old = gauss_newton_decomposition(model, nn.CrossEntropyLoss(), data, blocks="modules", trace_max_matvecs=8,
                                          density_steps=12, num_probes=1)
     # the deprecated (model, loss_fn, data) form builds the same operators (the same numbers up to rounding:
     # hvp="auto" may time a different, equally exact, product strategy)
@@ -221,8 +221,9 @@ def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
     back = type(res).from_dict(doc)
     assert back.rows == res.rows and back.full == res.full
     np.testing.assert_allclose(back.full_density.nodes, res.full_density.nodes)
-    with pytest.warns(DeprecationWarning, match="blocks"):
-        old = layerwise(H, groups="modules", **BUDGET)
+    old_names = {**{k: v for k, v in BUDGET.items() if k != "trace_max_matvecs"}, "trace_matvecs": BUDGET["trace_max_matvecs"]}
+    with pytest.warns(DeprecationWarning, match="blocks"), pytest.warns(DeprecationWarning, match="trace_max_matvecs"):
+        old = layerwise(H, groups="modules", **old_names)
     assert old.rows == res.rows
     with pytest.warns(DeprecationWarning, match=r"row\.trace"):
         assert res.rows[0]["trace"] == res.rows[0].trace

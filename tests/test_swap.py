@@ -66,11 +66,11 @@ def test_same_top_eigenvalues(pair):
 
 
 def test_same_trace_from_the_same_probes(pair):
-    t_torch, t_jax = (trace(H, method="hutchinson", num_matvecs=16, seed=11) for H in pair)
+    t_torch, t_jax = (trace(H, method="hutchinson", max_matvecs=16, seed=11) for H in pair)
     np.testing.assert_allclose(t_torch.samples, t_jax.samples, rtol=1e-10)  # the same probes, sample by sample
     assert t_torch.estimate == pytest.approx(t_jax.estimate, rel=1e-10)
     assert t_torch.stderr == pytest.approx(t_jax.stderr, rel=1e-8)
-    other = trace(pair[1], method="hutchinson", num_matvecs=16, seed=12)
+    other = trace(pair[1], method="hutchinson", max_matvecs=16, seed=12)
     assert abs(other.estimate - t_jax.estimate) > 1e-6 * abs(t_jax.estimate)  # another seed, other probes
 
 

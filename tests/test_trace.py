@@ -97,7 +97,7 @@ def test_estimate_within_its_stderr(name, method):
     lam = nn_like_spectrum(200, seed=1)
     A = operator(lam, name)
     for seed in range(3):
-        r = trace(A, method=method, num_matvecs=48, seed=seed)
+        r = trace(A, method=method, max_matvecs=48, seed=seed)
         assert r.method == method and r.converged and np.isfinite(r.stderr) and r.stderr > 0
         assert abs(r.estimate - lam.sum()) <= 4 * r.stderr
         assert r.num_matvecs == 48 + 2  # budget plus the symmetry probe
@@ -108,7 +108,7 @@ def test_estimate_within_its_stderr(name, method):
 def test_stderr_is_honest_over_seeds(method):
     lam = nn_like_spectrum(200, seed=4)
     A = operator(lam)
-    runs = [trace(A, method=method, num_matvecs=30, seed=s, check_symmetric=False) for s in range(30)]
+    runs = [trace(A, method=method, max_matvecs=30, seed=s, check_symmetric=False) for s in range(30)]
     est = np.array([r.estimate for r in runs])
     reported = np.sqrt(np.mean([r.stderr**2 for r in runs]))
     assert 0.5 < est.std(ddof=1) / reported < 2.0
@@ -119,7 +119,7 @@ def test_stderr_is_honest_over_seeds(method):
                          ids=["low-rank", "geometric", "nn-like"])
 def test_sketched_estimators_beat_hutchinson(lam):
     A = operator(lam)
-    err = {m: np.median([abs(trace(A, method=m, num_matvecs=60, seed=s, check_symmetric=False).estimate - lam.sum())
+    err = {m: np.median([abs(trace(A, method=m, max_matvecs=60, seed=s, check_symmetric=False).estimate - lam.sum())
                          for s in range(8)]) for m in METHODS}
     assert err["xtrace"] < err["hutchinson"] / 5
     assert err["hutch++"] < err["hutchinson"] / 3
@@ -128,13 +128,13 @@ def test_sketched_estimators_beat_hutchinson(lam):
 def test_exact_on_low_rank():
     lam = low_rank_spectrum(200, rank=5)
     for method in ("hutch++", "xtrace"):
-        r = trace(operator(lam), method=method, num_matvecs=30)
+        r = trace(operator(lam), method=method, max_matvecs=30)
         assert r.estimate == pytest.approx(lam.sum(), rel=1e-10) and r.stderr < 1e-8
 
 
 def test_gaussian_probes_and_confidence_interval():
     lam = nn_like_spectrum(200, seed=2)
-    r = trace(operator(lam), method="hutchinson", num_matvecs=40, probe="gaussian", seed=1)
+    r = trace(operator(lam), method="hutchinson", max_matvecs=40, probe="gaussian", seed=1)
     lo, hi = r.confidence_interval(0.9999)
     assert lo < lam.sum() < hi and hi - lo == pytest.approx(2 * 3.8906 * r.stderr, rel=1e-3)
 
@@ -144,7 +144,7 @@ def test_gaussian_probes_and_confidence_interval():
 @pytest.mark.parametrize("method", METHODS)
 def test_rtol_stops_when_reached(method):
     lam = nn_like_spectrum(200, seed=1)
-    r = trace(operator(lam), method=method, num_matvecs=3000, rtol=0.05)
+    r = trace(operator(lam), method=method, max_matvecs=3000, rtol=0.05)
     assert r.converged and r.stderr <= 0.05 * abs(r.estimate)
     assert r.num_matvecs < 3000 and abs(r.estimate - lam.sum()) <= 4 * r.stderr
 
@@ -152,13 +152,13 @@ def test_rtol_stops_when_reached(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_rtol_out_of_budget_is_flagged(method):
     lam = nn_like_spectrum(200, seed=1)
-    r = trace(operator(lam), method=method, num_matvecs=24, rtol=1e-6)
+    r = trace(operator(lam), method=method, max_matvecs=24, rtol=1e-6)
     assert not r.converged and r.num_matvecs <= 24 + 2 and r.stderr > 1e-6 * abs(r.estimate)
 
 
 def test_adaptive_xtrace_reuses_products():
     lam = nn_like_spectrum(200, seed=1)
-    r = trace(operator(lam), method="xtrace", num_matvecs=200, rtol=1e-9, check_symmetric=False)
+    r = trace(operator(lam), method="xtrace", max_matvecs=200, rtol=1e-9, check_symmetric=False)
     # rounds of 16, 32, 64 test vectors cost 32 + (16 + 32) + (32 + 64) = 176 products;
     # the 24 left buy no larger round (k = 65 would need 1 + 65)
     assert not r.converged and r.num_matvecs == 176 and r.num_probes == 64
@@ -171,8 +171,8 @@ def test_adaptive_xtrace_reuses_products():
 def test_probe_parallel_matches_serial(size, rtol):
     lam = nn_like_spectrum(200, seed=5)
     A = operator(lam)
-    serial = trace(A, method="hutchinson", num_matvecs=41, rtol=rtol, seed=7, block_size=4)
-    results, calls = run_ranks(size, lambda c: trace(A, method="hutchinson", num_matvecs=41, rtol=rtol, seed=7,
+    serial = trace(A, method="hutchinson", max_matvecs=41, rtol=rtol, seed=7, block_size=4)
+    results, calls = run_ranks(size, lambda c: trace(A, method="hutchinson", max_matvecs=41, rtol=rtol, seed=7,
                                                      comm=c, block_size=3))
     for r in results:
         np.testing.assert_allclose(r.samples, serial.samples, rtol=1e-12)
@@ -197,15 +197,15 @@ def test_comm_only_for_hutchinson():
 # --- bad input and interrupts --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(num_matvecs=0), ValueError, ">= 2"),
-    (dict(method="xtrace", num_matvecs=3), ValueError, ">= 4"),
-    (dict(method="hutch++", num_matvecs=-5), ValueError, ">= 4"),
+    (dict(max_matvecs=0), ValueError, ">= 2"),
+    (dict(method="xtrace", max_matvecs=3), ValueError, ">= 4"),
+    (dict(method="hutch++", max_matvecs=-5), ValueError, ">= 4"),
     (dict(method="lanczos"), ValueError, "unknown method"),
     (dict(rtol=1.5), ValueError, r"\(0, 1\)"),
     (dict(rtol=0.0), ValueError, r"\(0, 1\)"),
     (dict(probe="sphere"), ValueError, "unknown probe"),
     (dict(seed=-1), TypeError, "seed"),
-    (dict(num_matvecs=10.5), TypeError, "int"),
+    (dict(max_matvecs=10.5), TypeError, "int"),
 ])
 def test_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -236,10 +236,38 @@ def test_nan_raises(method):
 
 def test_interrupt_returns_what_was_gathered():
     A = Flaky(nn_like_spectrum(100), fail_at=4, failure="interrupt")
-    r = trace(A, method="hutchinson", num_matvecs=40, block_size=5, check_symmetric=False)
+    r = trace(A, method="hutchinson", max_matvecs=40, block_size=5, check_symmetric=False)
     assert not r.converged and r.num_probes == 15 and np.isfinite(r.stderr)
     A = Flaky(nn_like_spectrum(100), fail_at=3, failure="interrupt")  # during the second adaptive round
-    r = trace(A, method="xtrace", num_matvecs=400, rtol=1e-6, check_symmetric=False)
+    r = trace(A, method="xtrace", max_matvecs=400, rtol=1e-6, check_symmetric=False)
     assert not r.converged and r.num_probes == 16 and r.num_matvecs == 2 * 16 + 16
     with pytest.raises(KeyboardInterrupt):  # nothing finished yet
         trace(Flaky(nn_like_spectrum(100), fail_at=1, failure="interrupt"), method="xtrace", check_symmetric=False)
+
+
+def test_budget_keyword_renamed():
+    """The budget is ``max_matvecs``; the old ``num_matvecs=`` still works, with a DeprecationWarning."""
+    import hessop
+
+    A = operator(nn_like_spectrum(50))
+    for fn in (hessop.trace, hessop.diagonal):
+        new = fn(A, method="hutchinson", max_matvecs=12, seed=4)
+        with pytest.warns(DeprecationWarning, match=r"num_matvecs=\.\.\.\) is now .*max_matvecs"):
+            old = fn(A, method="hutchinson", num_matvecs=12, seed=4)
+        np.testing.assert_array_equal(np.asarray(old.estimate), np.asarray(new.estimate))
+        assert old.num_matvecs == new.num_matvecs
+        with pytest.raises(TypeError, match="only max_matvecs"):
+            fn(A, num_matvecs=12, max_matvecs=12)
+    with pytest.raises(ValueError, match="max_matvecs >= 2"):  # error messages speak of the new name
+        trace(A, method="hutchinson", max_matvecs=1)
+
+
+def test_warnings_point_at_the_caller():
+    """The @renamed wrapper adds a frame: the estimators' warnings still name the caller's line."""
+    import warnings
+
+    A = operator(nn_like_spectrum(50))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trace(A, method="hutchinson", max_matvecs=8, rtol=1e-6)
+    assert caught and {w.filename for w in caught} == {__file__}

@@ -37,7 +37,7 @@ def test_records_every_n_steps_with_correct_numbers(tmp_path):
     model, data, loss_fn, step = setup()
     path = tmp_path / "track.jsonl"
     tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, data), path, every=2, k=2,
-                               trace_matvecs=24, seed=1)
+                               trace_max_matvecs=24, seed=1)
     expected = []
     for i in range(5):
         loss = step()
@@ -93,7 +93,7 @@ def test_density_records_and_plots(tmp_path):
     model, data, loss_fn, step = setup()
     path = tmp_path / "track.jsonl"
     tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, data), path, every=1, k=1, density=True,
-                               trace_matvecs=12, density_steps=12, num_probes=1)
+                               trace_max_matvecs=12, density_steps=12, num_probes=1)
     for i in range(2):
         step()
         tracker(i)
@@ -117,7 +117,7 @@ def test_records_are_dataclasses_whose_dicts_are_the_file_lines(tmp_path):
     model, data, loss_fn, step = setup()
     path = tmp_path / "track.jsonl"
     tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, data), path, every=1, k=1, density=True,
-                               trace_matvecs=12, density_steps=12, num_probes=1)
+                               trace_max_matvecs=12, density_steps=12, num_probes=1)
     rec = tracker(0, loss=step(), note="warm-up")
     assert isinstance(rec, TrackRecord) and rec.step == 0 and rec.extra["note"] == "warm-up"
     line = json.loads(path.read_text())

@@ -65,7 +65,7 @@ def measure(depth: int, bn: bool, res: bool, x, y, xe, ye, steps: int, seed: int
     acc = _train(model, x, y, steps, batch=32, lr=0.05 if bn else 0.02, seed=seed)
     H = hessop.hessian(model, torch.nn.CrossEntropyLoss(), (xe, ye), hvp="double-backward")
     top = eigsh(H, k=1, tol=1e-3, max_matvecs=300)
-    tr = trace(H, method="hutchinson", num_matvecs=100, rtol=0.05)
+    tr = trace(H, method="hutchinson", max_matvecs=100, rtol=0.05)
     return {"depth": depth, "bn": bn, "res": res, "acc": acc, "loss": H.loss(), "n": H.shape[0],
             "top": float(top.eigenvalues[0]), "top_ok": bool(top.converged[0]),
             "trace": tr.estimate, "trace_se": tr.stderr, "seconds": time.perf_counter() - t0}

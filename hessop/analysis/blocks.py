@@ -58,14 +58,3 @@ def block_groups(H: Any, groups: Any = None) -> "OrderedDict[str, tuple[str, ...
     warnings.warn("block_groups is now resolve_blocks (hessop.analysis.blocks): parameter groups are called blocks",
                   DeprecationWarning, stacklevel=2)
     return resolve_blocks(H, groups)
-
-
-def renamed_keyword(blocks: Any, groups: Any, where: str) -> Any:
-    """``blocks``, or the deprecated ``groups=`` keyword of ``where`` with a warning (not both)."""
-    if groups is None:
-        return blocks
-    if blocks is not None:
-        raise TypeError(f"{where}: pass blocks= only (groups= is its old name)")
-    warnings.warn(f"{where}(groups=...) is now {where}(blocks=...): parameter groups are called blocks",
-                  DeprecationWarning, stacklevel=3)
-    return groups

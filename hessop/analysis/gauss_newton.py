@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from .._renamed import renamed
 from ..factory import hessian
 from .blocks import resolve_blocks
 from .results import GaussNewtonRow
@@ -90,11 +91,11 @@ class GaussNewtonResult:
         return axes
 
 
-def _measure(name: str, H: Any, G: Any, k: int, trace_matvecs: int, density_steps: int, num_probes: int, seed: int,
+def _measure(name: str, H: Any, G: Any, k: int, trace_max_matvecs: int, density_steps: int, num_probes: int, seed: int,
              with_density: bool) -> tuple[GaussNewtonRow, dict, int]:
     # Hutchinson with the same probes for H and G: the differences of the paired samples are
     # unbiased samples of Tr(R) = Tr(H - G), whose spread gives Tr(R) an honest standard error.
-    budgets = dict(k=k, trace_matvecs=max(2, trace_matvecs), density_steps=density_steps, num_probes=num_probes,
+    budgets = dict(k=k, trace_max_matvecs=max(2, trace_max_matvecs), density_steps=density_steps, num_probes=num_probes,
                    seed=seed, trace_method="hutchinson", with_density=with_density)
     h, g = block_spectrum(H, **budgets), block_spectrum(G, **budgets)
     diff = h.trace_samples - g.trace_samples
@@ -109,13 +110,14 @@ def _measure(name: str, H: Any, G: Any, k: int, trace_matvecs: int, density_step
     return row, dens, h.num_matvecs + g.num_matvecs
 
 
+@renamed(trace_matvecs="trace_max_matvecs")
 def gauss_newton_decomposition(
     H: Any,
     G: Any,
     *args: Any,
     blocks: None | str | Mapping[str, Any] | Sequence[str] = None,
     k: int = 1,
-    trace_matvecs: int = 40,
+    trace_max_matvecs: int = 40,
     density: bool = True,
     density_steps: int = 40,
     num_probes: int = 1,
@@ -137,7 +139,7 @@ def gauss_newton_decomposition(
         The blocks (see :func:`hessop.analysis.blocks.resolve_blocks`).
     k : int
         Top eigenvalues of ``H_l`` and ``G_l``.
-    trace_matvecs : int
+    trace_max_matvecs : int
         Hutchinson probes per trace; ``H_l`` and ``G_l`` use the same probes so
         that ``Tr(H_l - G_l)`` has a standard error.
     density : bool
@@ -157,7 +159,7 @@ def gauss_newton_decomposition(
                             "gauss_newton_decomposition(H, G, blocks=...)")
         warnings.warn("gauss_newton_decomposition(model, loss_fn, data) is deprecated: build the operators and pass "
                       "gauss_newton_decomposition(H, G), H = hessop.hessian(model, loss_fn, data) and "
-                      "G = hessop.hessian(model, loss_fn, data, curvature='ggn')", DeprecationWarning, stacklevel=2)
+                      "G = hessop.hessian(model, loss_fn, data, curvature='ggn')", DeprecationWarning, stacklevel=3)
 
         model, loss_fn, data = H, G, args[0]
         H = hessian(model, loss_fn, data, curvature="hessian", **options)
@@ -171,7 +173,7 @@ def gauss_newton_decomposition(
         raise ValueError(f"the Gauss-Newton operator has shape {tuple(G.shape)} but the Hessian {tuple(H.shape)}; "
                          "build both from the same model, parameters and data")
     chosen = resolve_blocks(H, blocks)
-    args = (k, trace_matvecs, density_steps, num_probes, seed, density)
+    args = (k, trace_max_matvecs, density_steps, num_probes, seed, density)
     rows, hd, gd, spent, partial = [], {}, {}, 0, False
     try:
         todo = [*chosen.items(), ("full", None)]

@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from ..solvers.density import SCALES, spectral_distance
-from .blocks import block_groups, renamed_keyword, resolve_blocks
+from .._renamed import renamed
+from .blocks import block_groups, resolve_blocks
 from .results import LayerwiseRow
 from .spectrum import BlockSpectrum, block_spectrum, density_from_dict, density_to_dict
 
@@ -135,19 +136,18 @@ def _row(name: str, b: BlockSpectrum, g: BlockSpectrum | None = None, **distance
                         **distances, **ggn)
 
 
+@renamed(groups="blocks", trace_matvecs="trace_max_matvecs")
 def layerwise(
     H: Any,
     blocks: None | str | Mapping[str, Any] | Sequence[str] = None,
     k: int = 1,
-    trace_matvecs: int = 60,
+    trace_max_matvecs: int = 60,
     density_steps: int = 60,
     num_probes: int = 2,
     seed: int = 0,
     ggn: Any = None,
     progress: bool = False,
     scale: str = "none",
-    *,
-    groups: None | str | Mapping[str, Any] | Sequence[str] = None,
 ) -> LayerwiseResult:
     """Top eigenvalues, trace and density of each parameter block, and distances to the full network.
 
@@ -161,7 +161,7 @@ def layerwise(
         Top eigenvalues per block (thick-restart Lanczos; blocks of at most
         :data:`~hessop.analysis.spectrum.DENSE_BELOW` parameters are solved exactly
         from their dense matrix).
-    trace_matvecs : int
+    trace_max_matvecs : int
         Budget of the trace estimator per block (XTrace, with a standard error).
     density_steps, num_probes : int
         Lanczos steps and probes of each SLQ density.
@@ -175,15 +175,15 @@ def layerwise(
         Show a progress bar over the blocks.
     scale : {"none", "top"}
         Eigenvalue scaling before comparing densities (module docstring).
-    groups :
-        Deprecated name of ``blocks``.
+
+    ``groups=`` (for ``blocks``) and ``trace_matvecs=`` (for ``trace_max_matvecs``) are deprecated
+    names that still work, with a ``DeprecationWarning``.
 
     Returns
     -------
     LayerwiseResult
         Marked ``partial`` if interrupted with Ctrl-C (the blocks done so far are kept).
     """
-    blocks = renamed_keyword(blocks, groups, "layerwise")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
     if not isinstance(k, int) or k < 1:
@@ -192,7 +192,8 @@ def layerwise(
         raise ValueError(f"the GGN operator has shape {tuple(ggn.shape)} but the Hessian {tuple(H.shape)}; "
                          "build both from the same model, parameters and data")
     chosen = resolve_blocks(H, blocks)
-    budgets = dict(k=k, trace_matvecs=trace_matvecs, density_steps=density_steps, num_probes=num_probes, seed=seed)
+    budgets = dict(k=k, trace_max_matvecs=trace_max_matvecs, density_steps=density_steps, num_probes=num_probes,
+                   seed=seed)
     whole = block_spectrum(H, **budgets)
     full_rho, spent, g = whole.density, whole.num_matvecs, None
     if ggn is not None:

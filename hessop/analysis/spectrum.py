@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._array import to_numpy
+from .._renamed import renamed
 from ..solvers import SpectralDensity, density, eigsh, trace
 
 __all__ = ["BlockSpectrum", "block_spectrum", "DENSE_BELOW", "density_to_dict", "density_from_dict"]
@@ -45,7 +46,8 @@ class BlockSpectrum:
     exact: bool
 
 
-def block_spectrum(H: Any, k: int = 1, trace_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
+@renamed(trace_matvecs="trace_max_matvecs")
+def block_spectrum(H: Any, k: int = 1, trace_max_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
                    seed: int = 0, trace_method: str = "xtrace", with_density: bool = True,
                    with_trace: bool = True) -> BlockSpectrum:
     """The top ``k`` eigenvalues, the trace (with stderr) and optionally the SLQ density of ``H``.
@@ -65,7 +67,7 @@ def block_spectrum(H: Any, k: int = 1, trace_matvecs: int = 60, density_steps: i
     spent = int(eig.num_matvecs)
     tr, stderr, samples = math.nan, math.nan, np.empty(0)
     if with_trace:
-        est = trace(H, method=trace_method, num_matvecs=max(4, trace_matvecs), seed=seed)
+        est = trace(H, method=trace_method, max_matvecs=max(4, trace_max_matvecs), seed=seed)
         tr, stderr, samples = float(est.estimate), float(est.stderr), np.asarray(est.samples, dtype=np.float64)
         spent += int(est.num_matvecs)
     rho = None

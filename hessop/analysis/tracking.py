@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .._renamed import renamed
 from . import plots
 from .results import TrackRecord
 from .spectrum import block_spectrum
@@ -56,23 +57,37 @@ class CurvatureTracker:
     k : int
         Top eigenvalues per record (0 to skip).
     trace : bool
-        Estimate the trace (with ``trace_matvecs`` products) and its standard error.
+        Estimate the trace (with ``trace_max_matvecs`` products) and its standard error.
     density : bool
         Store the SLQ density (grid, values, and the mass below minus its resolution
         ``sigma``, :meth:`hessop.SpectralDensity.negative_mass`) too.
     seed : int
         Probe seed, the same for every record.
-    trace_matvecs, density_steps, num_probes : int
+    trace_max_matvecs, density_steps, num_probes : int
         Budgets of the trace and density estimators.
 
     Examples
     --------
-    >>> tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, batch), "track.jsonl", every=100)
-    >>> for step, (x, y) in enumerate(loader):
-    ...     train_step(x, y)
-    ...     tracker(step, loss=float(loss))
+    >>> import os, tempfile
+    >>> import torch, hessop
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model, loss_fn = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), nn.CrossEntropyLoss()
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "track.jsonl")
+    >>> tracker = CurvatureTracker(lambda: hessop.hessian(model, loss_fn, [(x, y)]), path, every=5, k=1)
+    >>> for step in range(10):
+    ...     opt.zero_grad()
+    ...     loss = loss_fn(model(x), y)
+    ...     loss.backward()
+    ...     opt.step()
+    ...     _ = tracker(step, loss=loss.item())        # measures at steps 0 and 5
+    >>> [(r.step, len(r.top_eigenvalues)) for r in read_track(path)]
+    [(0, 1), (5, 1)]
     """
 
+    @renamed(trace_matvecs="trace_max_matvecs")
     def __init__(
         self,
         make_operator: Callable[[], Any],
@@ -83,7 +98,7 @@ class CurvatureTracker:
         trace: bool = True,
         density: bool = False,
         seed: int = 0,
-        trace_matvecs: int = 60,
+        trace_max_matvecs: int = 60,
         density_steps: int = 60,
         num_probes: int = 2,
     ):
@@ -101,7 +116,7 @@ class CurvatureTracker:
         self.path = os.fspath(path)
         self.every, self.unit, self.k = every, unit, k
         self.trace, self.density, self.seed = trace, density, seed
-        self.trace_matvecs, self.density_steps, self.num_probes = trace_matvecs, density_steps, num_probes
+        self.trace_max_matvecs, self.density_steps, self.num_probes = trace_max_matvecs, density_steps, num_probes
         self.records_written = 0
 
     def due(self, step: int) -> bool:
@@ -111,7 +126,8 @@ class CurvatureTracker:
     def measure(self, H: Any, step: int = 0, **extra: Any) -> TrackRecord:
         """The curvature numbers of one operator, as a record at ``step`` (``extra``: the loop's numbers)."""
         start = time.perf_counter()
-        b = block_spectrum(H, k=max(self.k, 1), trace_matvecs=self.trace_matvecs, density_steps=self.density_steps,
+        b = block_spectrum(H, k=max(self.k, 1), trace_max_matvecs=self.trace_max_matvecs,
+                           density_steps=self.density_steps,
                            num_probes=self.num_probes, seed=self.seed, with_density=self.density,
                            with_trace=self.trace)
         measured: dict[str, Any] = {}

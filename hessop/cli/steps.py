@@ -53,7 +53,7 @@ class Budget:
     density_probes: int = 6
     points_1d: int = 41
     points_2d: int = 21
-    layer_trace_matvecs: int = 60
+    layer_trace_max_matvecs: int = 60
     layer_density_steps: int = 60
     layer_probes: int = 2
     blocks: str | dict = "stages"  # or {block name: [parameter patterns]} (the language-model demo's)
@@ -67,7 +67,7 @@ BUDGETS = {
     "full": Budget(),
     "small": Budget(
         k=3, trace_rtol=5e-2, trace_max_matvecs=100, density_steps=20, density_probes=2,
-        points_1d=9, points_2d=5, layer_trace_matvecs=10, layer_density_steps=10, layer_probes=1,
+        points_1d=9, points_2d=5, layer_trace_max_matvecs=10, layer_density_steps=10, layer_probes=1,
     ),
 }
 """``--budget full`` for real use, ``--budget small`` for a run of a few seconds (tests, smoke checks)."""
@@ -96,7 +96,7 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
 def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
     """The trace by stochastic estimation, with its standard error."""
 
-    t = estimate_trace(H, num_matvecs=budget.trace_max_matvecs, rtol=budget.trace_rtol, seed=seed, progress=progress)
+    t = estimate_trace(H, max_matvecs=budget.trace_max_matvecs, rtol=budget.trace_rtol, seed=seed, progress=progress)
     n = H.shape[0]
     return {
         "trace": float(t.estimate),
@@ -168,7 +168,8 @@ def layerwise(H: Any, budget: Budget, seed: int, state: RunState, progress: bool
     """Top eigenvalue, trace and spectral distance to the full Hessian of each block (top-level modules or all)."""
 
     return per_block(
-        H, blocks=budget.blocks, k=1, trace_matvecs=budget.layer_trace_matvecs, density_steps=budget.layer_density_steps,
+        H, blocks=budget.blocks, k=1, trace_max_matvecs=budget.layer_trace_max_matvecs,
+        density_steps=budget.layer_density_steps,
         num_probes=budget.layer_probes, seed=seed, progress=progress,
     ).to_dict()
 

@@ -20,10 +20,10 @@ import numpy as np
 import scipy.linalg
 import scipy.spatial.distance
 import scipy.stats
-from tqdm.auto import tqdm
 
 from .._collective import check_arguments
 from ._linear_map import as_linear_map
+from ._progress import Progress
 from .lanczos import lanczos
 from .probes import MIN_CALIBRATED, check_seed, gather, mean_stderr, mine, probe_comm, probes, warn_uncalibrated
 
@@ -190,13 +190,22 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
         Split probes across processes: rank ``r`` runs probes ``r, r+size, ...``,
         one all-reduce gathers every probe's rule; all ranks return the same density.
     progress : bool
-        Show a progress bar over probes.
+        Show a progress bar: Lanczos steps (one product each) done out of the ``num_steps`` of
+        every probe this process runs, and which probe is running.
     check_symmetric : bool
         Test symmetry with two products first.
 
     Returns
     -------
     SpectralDensity
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> rho = density(SpectralOperator(np.arange(1.0, 101.0), seed=0), num_probes=4, num_steps=30)
+    >>> round(float(rho.cdf(50.5)), 1)          # half of the eigenvalues 1..100 lie below 50.5
+    0.5
     """
     check_arguments("density", A, comm, num_probes=num_probes, num_steps=num_steps, seed=seed, sigma=sigma, grid=grid, check_symmetric=check_symmetric)  # noqa: E501
 
@@ -211,9 +220,12 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
     overhead = lm.num_matvecs * comm.size
     m = min(int(num_steps), lm.n)
     local = np.zeros((num_probes, 2 * m + 2))  # nodes | weights | steps | products
-    finished = 0
+    finished, ours = 0, mine(comm, 0, num_probes)
+    bar = Progress(progress, "SLQ", "matvec", len(ours) * m)
+    lm = bar.ticking(lm)
     try:
-        for i in tqdm(mine(comm, 0, num_probes), disable=not progress, desc="SLQ", unit="probe"):
+        for j, i in enumerate(ours):
+            bar.note(f"probe {j + 1}/{len(ours)}" + (f" on rank {comm.rank}" if comm.size > 1 else ""))
             before = lm.num_matvecs
             v = probes(lm, seed, [i], "rademacher")[:, 0]
             dec = lanczos(lm, m, v0=v, reorthogonalize=True, store_basis=False, seed=[seed, i])
@@ -222,9 +234,12 @@ def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sig
             local[i, :k], local[i, m:m + k] = theta, tau
             local[i, 2 * m:] = k, lm.num_matvecs - before
             finished += 1
+        bar.finish()
     except KeyboardInterrupt:
         if comm.size > 1 or finished == 0:
             raise
+    finally:
+        bar.close()
     table = gather(comm, local)
     done = table[:, 2 * m] > 0
     table = table[done]

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .._collective import check_arguments
+from .._renamed import renamed
 from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
+from ._progress import Progress
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
                      check_seed, gather, host64, loo_directions, mine, probe_comm, probes, t_factor,
                      warn_uncalibrated)
@@ -69,7 +70,8 @@ class DiagonalResult:
     calibrated: bool = True
 
 
-def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
+@renamed(num_matvecs="max_matvecs")
+def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
              comm: Any = None, check_symmetric: bool = True, progress: bool = False,
              block_size: int = 16) -> DiagonalResult:
     """Estimate the diagonal of a symmetric operator from products with random vectors.
@@ -79,9 +81,10 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     A : operator
         Anything :func:`~hessop.solvers._linear_map.as_linear_map` accepts.
     method : {"xdiag", "hutchinson"}
-    num_matvecs : int
+    max_matvecs : int
         Budget of products (at least 2 for Hutchinson, 4 for XDiag, which uses
-        ``num_matvecs // 2`` test vectors).
+        ``max_matvecs // 2`` test vectors); the result's ``num_matvecs`` says how many were
+        spent. ``num_matvecs=`` is its deprecated name.
     probe : {"rademacher", "gaussian"}
         Rademacher probes make Hutchinson exact on a diagonal matrix.
     seed : int
@@ -90,8 +93,11 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
         Split Hutchinson probes across processes; all ranks get the same result.
         Ranks exchange per-entry sums and sums of squares (two length-``n``
         rows, one all-reduce), so results agree with a serial run to rounding.
-    check_symmetric, progress, block_size
+    check_symmetric, block_size
         As in :func:`~hessop.solvers.trace.trace`.
+    progress : bool
+        Show a progress bar: probes done out of the planned ``max_matvecs`` (Hutchinson), or
+        products done out of the ``2k`` of ``k`` test vectors (XDiag).
 
     Returns
     -------
@@ -103,10 +109,20 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     estimate from the finished ones (``converged=False``): XDiag on the test vectors
     whose two products are done, or Hutchinson on the finished sketch products. With
     nothing finished, or in a multi-rank run, it propagates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.arange(1.0, 101.0), seed=0)
+    >>> d = diagonal(A, max_matvecs=60)
+    >>> exact = np.diag(A.to_dense())
+    >>> float(np.mean(np.abs(d.estimate - exact) <= 3 * d.stderr)) >= 0.95   # entries within 3 stderr
+    True
     """
-    check_arguments("diagonal", A, comm, method=method, num_matvecs=num_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
+    check_arguments("diagonal", A, comm, method=method, max_matvecs=max_matvecs, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
-    budget = check_budget(num_matvecs, MINIMUM[method], f"diagonal(method={method!r})")
+    budget = check_budget(max_matvecs, MINIMUM[method], f"diagonal(method={method!r})")
     check_kind(probe)
     seed = check_seed(seed)
     if block_size < 1:
@@ -118,31 +134,36 @@ def diagonal(A: Any, method: str = "xdiag", num_matvecs: int = 60, probe: str = 
     overhead = lm.num_matvecs * comm.size
     start = lm.num_matvecs
     if method == "xdiag":
-        est, err, k, done, method = _xdiag(lm, min(budget // 2, lm.n), probe, seed, block_size)
+        k = min(budget // 2, lm.n)
+        with Progress(progress, "diagonal (xdiag)", "matvec", 2 * k) as bar:
+            lm = bar.ticking(lm)
+            est, err, k, done, method = _xdiag(lm, k, probe, seed, block_size)
+            if done:
+                bar.finish()
         used = lm.num_matvecs - start + overhead
     else:
-        est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, progress)
+        with Progress(progress, "diagonal (hutchinson)", "probe", budget) as bar:
+            est, err, k, done = _hutchinson(lm, budget, probe, seed, comm, block_size, bar)
         used = k + overhead
     key = "xdiag" if method == "xdiag" else "diagonal-hutchinson"
     calibrated = k >= MIN_CALIBRATED[key]
     if not calibrated:
-        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key])
+        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key], stacklevel=4)  # past @renamed
     return DiagonalResult(est, err, used, method, k, done, calibrated)
 
 
-def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: int, progress: bool):
+def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: int, bar: Progress):
     """Per-entry sums of ``z ⊙ Az`` and of its square, reduced over ranks once."""
     xp = lm.xp
     total, squares, count = lm.zeros((lm.n,)), lm.zeros((lm.n,)), 0
     done = True
     try:
-        with tqdm(total=m, disable=not progress, desc="diagonal (hutchinson)", unit="matvec") as bar:
-            for idx in blocks(mine(comm, 0, m), block_size):
-                Z = probes(lm, seed, idx, kind)
-                X = Z * lm(Z)
-                total, squares = total + xp.sum(X, axis=1), squares + xp.sum(X * X, axis=1)
-                count += len(idx)
-                bar.update(len(idx) * comm.size)
+        for idx in blocks(mine(comm, 0, m), block_size):
+            Z = probes(lm, seed, idx, kind)
+            X = Z * lm(Z)
+            total, squares = total + xp.sum(X, axis=1), squares + xp.sum(X * X, axis=1)
+            count += len(idx)
+            bar.advance(len(idx) * comm.size)
     except KeyboardInterrupt:
         if comm.size > 1 or count == 0:
             raise

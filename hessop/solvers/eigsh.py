@@ -138,6 +138,15 @@ def eigsh(
     check cut short (budget, callback, Ctrl-C) marks the pairs not converged.
     Asking for many copies of a huge multiplicity (the ``k`` smallest of a
     matrix whose bottom is a 1000-fold zero) costs one check round per copy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.concatenate([[10.0, 9.0, 8.0], np.linspace(0, 1, 197)]), seed=0)
+    >>> r = eigsh(A, k=3)
+    >>> r.eigenvalues.round(6).tolist(), bool(r.converged.all()), bool(r.residual_norms.max() <= r.tol)
+    ([10.0, 9.0, 8.0], True, True)
     """
     check_arguments("eigsh", A, None, k=k, which=which, method=method, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
                     block_size=block_size, v0=v0, seed=seed, check_symmetric=check_symmetric, certify=certify)

@@ -52,13 +52,13 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def check_budget(num_matvecs: Any, minimum: int, what: str) -> int:
-    """``num_matvecs`` as an int of at least ``minimum``, or an error naming that minimum."""
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, (int, np.integer)):
-        raise TypeError(f"num_matvecs must be an int; got {num_matvecs!r}")
-    if num_matvecs < minimum:
-        raise ValueError(f"{what} needs num_matvecs >= {minimum}; got {num_matvecs}")
-    return int(num_matvecs)
+def check_budget(max_matvecs: Any, minimum: int, what: str) -> int:
+    """The budget ``max_matvecs`` as an int of at least ``minimum``, or an error naming that minimum."""
+    if isinstance(max_matvecs, bool) or not isinstance(max_matvecs, (int, np.integer)):
+        raise TypeError(f"max_matvecs must be an int; got {max_matvecs!r}")
+    if max_matvecs < minimum:
+        raise ValueError(f"{what} needs max_matvecs >= {minimum}; got {max_matvecs}")
+    return int(max_matvecs)
 
 
 def check_method(method: str, methods: Sequence[str]) -> str:

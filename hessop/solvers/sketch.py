@@ -24,6 +24,7 @@ import scipy.linalg
 
 from .._collective import check_arguments
 from ._linear_map import as_linear_map
+from ._progress import Progress
 from .probes import Interrupted, apply_blocks, check_method, check_seed, host64, mean_stderr, probes
 
 __all__ = ["SketchResult", "sketch"]
@@ -67,7 +68,7 @@ class SketchResult:
 
 
 def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine: bool = False,
-           check_symmetric: bool = True, block_size: int = 16) -> SketchResult:
+           check_symmetric: bool = True, block_size: int = 16, progress: bool = False) -> SketchResult:
     """Sketch a symmetric operator down to ``d x d`` and return the sketch's spectrum.
 
     Parameters
@@ -89,10 +90,21 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
         Columns per batched product; a ``KeyboardInterrupt`` keeps the finished blocks
         and returns the sketch of those columns (``converged=False``), or the unrefined
         sketch if it came during the refinement. With no finished column it propagates.
+    progress : bool
+        Show a progress bar of the products done out of the ``d`` planned (``2d`` with ``refine``).
 
     Returns
     -------
     SketchResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.concatenate([[10.0, 9.0, 8.0], np.zeros(197)]), seed=0)   # rank 3
+    >>> s = sketch(A, d=10, refine=True)        # span(AΩ) is range(A): the Ritz values are exact
+    >>> s.eigenvalues[:3].round(6).tolist(), s.num_matvecs
+    ([10.0, 9.0, 8.0], 22)
     """
     check_arguments("sketch", A, None, d=d, kind=kind, seed=seed, refine=refine, check_symmetric=check_symmetric)
     kind = check_method(kind, KINDS)
@@ -102,9 +114,19 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
         raise ValueError(f"sketch size d must be an int between 1 and n = {lm.n}; got {d!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be a positive int; got {block_size!r}")
-    d, xp = int(d), lm.xp
+    d = int(d)
     Om = probes(lm, seed, range(d), "rademacher" if kind == "rademacher" else "gaussian")
-    done = True
+    with Progress(progress, f"sketch ({kind})", "matvec", 2 * d if refine else d) as bar:
+        lm = bar.ticking(lm)
+        eigs, tr, tr_err, refined, done = _sketch(lm, Om, kind, bool(refine), int(block_size))
+        if done:
+            bar.finish()
+    return SketchResult(np.ascontiguousarray(eigs), tr, tr_err, lm.num_matvecs, kind, refined, done)
+
+
+def _sketch(lm, Om, kind: str, refine: bool, block_size: int):
+    """The sketch's eigenvalues, trace and its error, and the flags ``refined``, ``done``."""
+    xp, d, done = lm.xp, int(Om.shape[1]), True
     try:
         Y = apply_blocks(lm, Om, int(block_size))
     except Interrupted as exc:
@@ -132,7 +154,7 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
             eigs = scipy.linalg.eigvalsh(0.5 * (H + H.T))[::-1]
             if kind == "nystrom":
                 tr = float(np.sum(eigs))
-    return SketchResult(np.ascontiguousarray(eigs), tr, tr_err, lm.num_matvecs, kind, refined, done)
+    return eigs, tr, tr_err, refined, done
 
 
 def _nystrom_eigenvalues(lm, Om, Y) -> np.ndarray:

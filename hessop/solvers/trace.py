@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.stats
-from tqdm.auto import tqdm
 
 from .._collective import check_arguments
+from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
+from ._progress import Progress
 from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
                      check_seed, gather, host64, loo_directions, mean_stderr, mine, pair_covariance, probe_comm, probes,
                      t_factor, warn_uncalibrated)
@@ -92,7 +93,8 @@ class TraceResult:
         return self.estimate - z * self.stderr, self.estimate + z * self.stderr
 
 
-def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | None = None,
+@renamed(num_matvecs="max_matvecs")
+def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
           probe: str = "rademacher", seed: int = 0, comm: Any = None, check_symmetric: bool = True,
           progress: bool = False, block_size: int = 16) -> TraceResult:
     """Estimate ``tr(A)`` of a symmetric operator from products with random vectors.
@@ -102,8 +104,9 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     A : operator
         Anything :func:`~hessop.solvers._linear_map.as_linear_map` accepts.
     method : {"xtrace", "hutch++", "hutchinson"}
-    num_matvecs : int
-        Budget of products (at least 2 for Hutchinson, 4 for Hutch++ and XTrace).
+    max_matvecs : int
+        Budget of products (at least 2 for Hutchinson, 4 for Hutch++ and XTrace); the result's
+        ``num_matvecs`` says how many were spent. ``num_matvecs=`` is its deprecated name.
     rtol : float in (0, 1), optional
         Adaptive mode: add probes (Hutchinson) or grow the sketch (Hutch++,
         XTrace, doubling it and reusing the products already made) until
@@ -118,7 +121,9 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     check_symmetric : bool
         Test symmetry with two products first.
     progress : bool
-        Show a progress bar.
+        Show a progress bar: probes (Hutchinson) or products (Hutch++, XTrace) done out of those
+        planned so far (an adaptive run plans round by round, never the whole budget up front),
+        and after each adaptive round the products spent and ``stderr / |estimate|`` against ``rtol``.
     block_size : int
         Probes per batched product.
 
@@ -140,10 +145,22 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     1.7x (measured); the standard error adds their covariance, estimated from how
     each sample changes when another test vector leaves the sketch (see
     :func:`~hessop.solvers.probes.pair_covariance`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import SpectralOperator
+    >>> A = SpectralOperator(np.arange(1.0, 101.0), seed=0)    # eigenvalues 1..100: trace 5050
+    >>> r = trace(A, max_matvecs=60)
+    >>> bool(abs(r.estimate - 5050) < 3 * r.stderr), r.num_matvecs   # 2 more: the symmetry check
+    (True, 62)
+    >>> r = trace(A, method="hutchinson", max_matvecs=2000, rtol=0.01)   # adaptive: stop at 1%
+    >>> r.converged, bool(r.stderr <= 0.01 * r.estimate), r.num_matvecs < 2000
+    (True, True, True)
     """
-    check_arguments("trace", A, comm, method=method, num_matvecs=num_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
+    check_arguments("trace", A, comm, method=method, max_matvecs=max_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
-    budget = check_budget(num_matvecs, MINIMUM[method], f"trace(method={method!r})")
+    budget = check_budget(max_matvecs, MINIMUM[method], f"trace(method={method!r})")
     check_kind(probe)
     seed = check_seed(seed)
     if rtol is not None and not 0.0 < rtol < 1.0:
@@ -156,24 +173,29 @@ def trace(A: Any, method: str = "xtrace", num_matvecs: int = 60, rtol: float | N
     comm = probe_comm(A, comm)
     lm = as_linear_map(A, check_symmetric=check_symmetric, seed=seed)
     overhead = lm.num_matvecs * comm.size
-    with tqdm(total=budget, disable=not progress, desc=f"trace ({method})", unit="matvec") as bar:
+    unit = "probe" if method == "hutchinson" else "matvec"
+    with Progress(progress, f"trace ({method})", unit) as bar:
         if method == "hutchinson":
             samples, stop = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
             cov, used_method = 0.0, method
         else:
             step = _xtrace_round if method == "xtrace" else _hutchpp_round
+            lm = bar.ticking(lm)
             samples, cov, stop, used_method = _sketched(lm, step, budget, rtol, probe, seed, bar, block_size)
+        if stop != "interrupt":
+            bar.finish()
     converged = stop == "converged"
     # one product per Hutchinson probe over all ranks; a single process counts its own (interrupted ones too)
     used = lm.num_matvecs if comm.size == 1 else samples.size + overhead
     estimate, stderr = _estimate(samples, cov)
     calibrated = samples.size >= MIN_CALIBRATED[used_method]
     if not calibrated:
-        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method])
+        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method],
+                          stacklevel=4)  # the caller of the @renamed wrapper
     if stop == "budget":
         warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {stderr / max(abs(estimate), 1e-300):.2g} of "
-                      f"the estimate after {used} products; raise num_matvecs (now {budget}) or loosen rtol",
-                      RuntimeWarning, stacklevel=2)
+                      f"the estimate after {used} products; raise max_matvecs (now {budget}) or loosen rtol",
+                      RuntimeWarning, stacklevel=3)
     return TraceResult(float(estimate), float(stderr), used, used_method, converged, samples, calibrated)
 
 
@@ -199,17 +221,19 @@ def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
     try:
         while size > 0:
             start = samples.size
+            bar.plan(start + size)
             local = np.zeros(size)
             for idx in blocks(mine(comm, start, start + size), block_size):
                 Z = probes(lm, seed, idx, kind)
                 local[np.asarray(idx) - start] = host64(lm.xp.sum(Z * lm(Z), axis=0))
                 if comm.size == 1:  # keep what is done in case of an interrupt
                     samples = np.concatenate([samples[:start], local[:idx[-1] + 1 - start]])
-                bar.update(len(idx) * comm.size)
+                bar.advance(len(idx) * comm.size)
             samples = np.concatenate([samples[:start], gather(comm, local)])
             if rtol is None:
                 return samples, "converged"
             mean, err = mean_stderr(samples)
+            bar.error(mean, err, rtol, lm.num_matvecs * comm.size)
             if err <= rtol * abs(mean):
                 return samples, "converged"
             wanted = samples.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
@@ -239,11 +263,10 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
     last, start = None, lm.num_matvecs
+    bar.plan(cost(k, 0) + (spare if step is _hutchpp_round else 0))  # XTrace leaves the spare products unspent
     try:
         while True:
-            before = lm.num_matvecs
             samples, cov, complete = step(lm, k, cache, kind, seed, spare, block_size)
-            bar.update(lm.num_matvecs - before)
             if not complete:  # interrupted inside the round: keep whichever has more test vectors
                 if last is None or samples.size > last[0].size:
                     last = (samples, cov)
@@ -252,6 +275,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
             if rtol is None:
                 return samples, cov, "converged", name
             mean, err = _estimate(samples, cov)
+            bar.error(mean, err, rtol, lm.num_matvecs)
             if err <= rtol * abs(mean):
                 return samples, cov, "converged", name
             have, left = cache["Y"].shape[1], budget - (lm.num_matvecs - start)
@@ -259,6 +283,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
             if k_next <= k:
                 return samples, cov, "budget", name
             k = k_next
+            bar.plan(lm.num_matvecs - start + cost(k, have))
     except KeyboardInterrupt:
         if last is not None:
             return last[0], last[1], "interrupt", name

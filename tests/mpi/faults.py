@@ -74,7 +74,7 @@ cases = {
     "eigsh_which": lambda: eigsh(H, k=2, which="LA" if r == 0 else "SA", seed=0),
     "eigsh_tol": lambda: eigsh(H, k=2, tol=1e-6 * (1 + r), seed=0),
     "eigsh_budget": lambda: eigsh(H, k=2, max_matvecs=50 + r, seed=0),
-    "trace_budget": lambda: trace(H, num_matvecs=30 + 3 * r, seed=0),
+    "trace_budget": lambda: trace(H, max_matvecs=30 + 3 * r, seed=0),
     "density_seed": lambda: density(H, num_probes=2, num_steps=10, seed=r),
     # item 4: a seed per rank, even with the symmetry probe switched off
     "eigsh_seed_no_symmetry_check": lambda: eigsh(H, k=2, seed=r, check_symmetric=False),

@@ -61,8 +61,8 @@ def products(H):
 
 def estimators(H, comm=None):
     """Hutchinson trace and diagonal and an SLQ density, their probes split over ``comm``."""
-    tr = trace(H, method="hutchinson", num_matvecs=24, seed=3, comm=comm)
-    dg = diagonal(H, method="hutchinson", num_matvecs=12, seed=4, comm=comm)
+    tr = trace(H, method="hutchinson", max_matvecs=24, seed=3, comm=comm)
+    dg = diagonal(H, method="hutchinson", max_matvecs=12, seed=4, comm=comm)
     sd = density(H, num_probes=4, num_steps=20, seed=6, comm=comm)  # 20 < n: no Lanczos breakdown
     return {"trace": [tr.estimate, tr.stderr], "diag": np.asarray(dg.estimate).tolist(),
             "density": [np.asarray(a).ravel().tolist() for a in (sd.nodes, sd.weights, sd.values)]}
