@@ -72,6 +72,22 @@ def _run_demo(args: Any, described: dict, default_dtype: str, setup: Any) -> int
     return run(session, lambda runner, state: setup(session, runner, state))
 
 
+def _trained(session: Session, runner: Runner, state: RunState, model: Any, train: Any) -> Any:
+    """``model`` after the run's ``train`` step (or with the weights of the run being resumed), in eval
+    mode and the run's dtype."""
+
+    def fit() -> dict:
+        result = train()
+        session.keep_weights(model, state)
+        return result
+
+    trained_here = not state.done("train")
+    runner.step("train", fit)
+    if not trained_here:
+        session.keep_weights(model, state)  # the weights trained by the run being resumed
+    return model.to(torch_dtype(session.config["dtype"])).eval()
+
+
 def _setup(session: Session, runner: Runner, state: RunState) -> Any:
     import torch
 
@@ -81,16 +97,8 @@ def _setup(session: Session, runner: Runner, state: RunState) -> Any:
     data = load_digits_data(cfg["num_train"], seed=seed)
     model = digits_model(tuple(cfg["hidden"]), seed=seed)
 
-    def fit() -> dict:
-        result = train(model, data, cfg["epochs"], seed=seed, progress=session.progress)
-        session.keep_weights(model, state)
-        return result
-
-    trained_here = not state.done("train")
-    runner.step("train", fit)
-    if not trained_here:
-        session.keep_weights(model, state)  # the weights trained by the run being resumed
-    model = model.to(torch_dtype(cfg["dtype"])).eval()
+    model = _trained(session, runner, state, model,
+                     lambda: train(model, data, cfg["epochs"], seed=seed, progress=session.progress))
     batches = share(data.batches(HESSIAN_BATCH), session.comm)
     H = hessian(model, torch.nn.CrossEntropyLoss(), batches, comm=session.comm)
     session.info.update({
@@ -113,16 +121,8 @@ def _setup_lm(session: Session, runner: Runner, state: RunState) -> Any:
     data = CharData.from_text(stdlib_text(cfg["text_chars"]))
     model = lm_model(data, cfg["block_size"], cfg["n_layer"], cfg["n_embd"], cfg["n_head"], seed=seed)
 
-    def fit() -> dict:
-        result = train_lm(model, data, cfg["train_steps"], seed=seed, progress=session.progress)
-        session.keep_weights(model, state)
-        return result
-
-    trained_here = not state.done("train")
-    runner.step("train", fit)
-    if not trained_here:
-        session.keep_weights(model, state)
-    model = model.to(torch_dtype(cfg["dtype"])).eval()
+    model = _trained(session, runner, state, model,
+                     lambda: train_lm(model, data, cfg["train_steps"], seed=seed, progress=session.progress))
     session.budget = replace(session.budget, blocks=dict(model.parameter_blocks()))
     batches = data.batches(cfg["hessian_batches"], cfg["hessian_batch_size"], cfg["block_size"], seed=seed + 1)
     H = hessian(model, torch.nn.CrossEntropyLoss(), share(batches, session.comm),

@@ -99,16 +99,22 @@ def check_first_batch(model_fn: Callable, loss_of_output: Callable, params: tupl
                 check_repeatable_forward(value.reshape(()), loss_of_output(again).reshape(()))
 
 
+def agree_to_rounding(found: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> tuple[bool, float]:
+    """Whether two products agree to ``sqrt(eps)`` relative to ``reference``, and their relative difference."""
+    diff = math.sqrt(sum(float((a.double() - b.double()).square().sum()) for a, b in zip(found, reference)))
+    norm = math.sqrt(sum(float(b.double().square().sum()) for b in reference))
+    eps = max(float(torch.finfo(b.dtype).eps) for b in reference)
+    return diff <= math.sqrt(eps) * norm or diff == 0, diff / max(norm, 1e-300)
+
+
 def check_repeatable_product(first: Sequence[torch.Tensor], again: Sequence[torch.Tensor], index: int) -> None:
     """Two products of the same vector on batch ``index`` must agree to rounding (module docstring)."""
-    diff = math.sqrt(sum(float((a.double() - b.double()).square().sum()) for a, b in zip(first, again)))
-    norm = math.sqrt(sum(float(a.double().square().sum()) for a in first))
-    eps = max(float(torch.finfo(a.dtype).eps) for a in first)
-    if diff <= math.sqrt(eps) * norm or diff == 0:
+    same, gap = agree_to_rounding(again, first)
+    if same:
         return
     raise RuntimeError(
         f"the curvature-vector product is not repeatable: the same vector multiplied twice on batch {index} gave "
-        f"products {diff / max(norm, 1e-300):.2g} apart (relative), so the operator is a random matrix and no "
+        f"products {gap:.2g} apart (relative), so the operator is a random matrix and no "
         "eigenvalue, trace or density of it would mean anything. Likely causes: dropout in train mode or a "
         "random layer in forward(); call model.eval() (check_determinism=False does not allow this)"
     )

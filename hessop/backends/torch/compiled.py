@@ -24,12 +24,12 @@ Compiling costs seconds to minutes (measured in ``docs/performance.md``), so
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch.func import functional_call
 
+from .checks import agree_to_rounding
 from .hvp import Tensors, forward_over_reverse
 from .losses import logits_of, loss_of_model
 
@@ -98,12 +98,10 @@ class CompiledProduct:
 
 def check_compiled(compiled: Sequence[torch.Tensor], eager: Sequence[torch.Tensor], index: int) -> None:
     """The compiled product of batch ``index`` must equal the eager one to rounding (sqrt(eps) relative)."""
-    diff = math.sqrt(sum(float((a.double() - b.double()).square().sum()) for a, b in zip(compiled, eager)))
-    norm = math.sqrt(sum(float(b.double().square().sum()) for b in eager))
-    eps = max(float(torch.finfo(b.dtype).eps) for b in eager)
-    if diff <= math.sqrt(eps) * norm or diff == 0:
+    same, gap = agree_to_rounding(compiled, eager)
+    if same:
         return
     raise RuntimeError(
         f"the compiled Hessian-vector product of batch {index} differs from the eager one by "
-        f"{diff / max(norm, 1e-300):.2g} (relative), more than rounding; pass compile=False to use the eager products"
+        f"{gap:.2g} (relative), more than rounding; pass compile=False to use the eager products"
     )
