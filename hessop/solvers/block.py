@@ -128,7 +128,8 @@ def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
             X, R = orthonormalize(lm.xp, X, 0.5)
             B = R @ B
     width = min(b, lm.n - Q.shape[1])
-    X, B = X[:, :width], B[:width]
+    keep = min(width, int(X.shape[1]))  # strict array namespaces refuse slices past the end
+    X, B = X[:, :keep], B[:keep]
     room = width - X.shape[1]
     if room > 0:
         basis = lm.xp.concat([Q, X], axis=1)
