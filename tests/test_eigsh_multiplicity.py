@@ -137,5 +137,5 @@ def test_copies_are_merged_in_every_array_namespace(method):
     eigs = np.zeros(120)
     eigs[-10:] = np.linspace(1, 5, 10)
     r = hessop.eigsh(SpectralOperator(eigs, seed=1, xp=array_api_strict), k=4, which="SA", method=method)
-    assert isinstance(r.eigenvectors, array_api_strict.Array) and r.all_converged
+    assert type(r.eigenvectors).__module__.startswith("array_api_strict") and r.all_converged
     np.testing.assert_allclose(r.eigenvalues, 0.0, atol=1e-10)
