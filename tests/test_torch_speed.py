@@ -45,6 +45,8 @@ def test_kept_products_skip_the_general_path_and_stay_exact(monkeypatch):
         lambda: setattr(model.fc1, "weight", nn.Parameter(model.fc1.weight.detach() * 0.5)),  # a new parameter
         lambda: setattr(model.fc1.bias, "data", model.fc1.bias.detach() + 0.25),  # new data, the same object
         lambda: setattr(model, "fc2", nn.Linear(12, 3).double()),  # a replaced module
+        lambda: model.add_module("squash", nn.Tanh()),  # a module added: no entry replaced, one more
+        lambda: setattr(model, "act1", nn.Softplus()),  # a parameterless module replaced: no tensor changes
     ]
     for change in changes:
         with torch.no_grad():

@@ -49,10 +49,12 @@ except ImportError:  # pragma: no cover - older or newer torch
 
 
 def snapshot(model: nn.Module) -> list[tuple]:
-    """``(owner dict, name, object, data pointer or None, version or None)`` for every module, parameter, buffer."""
+    """``(owner dict, name, object, data pointer or None, version or None)`` for every module, parameter, buffer,
+    and ``(owner dict, None, its length, None, None)`` for every dict of them."""
     entries: list[tuple] = []
     for module in model.modules():
         for table in (module._modules, module._parameters, module._buffers):
+            entries.append((table, None, len(table), None, None))  # an entry added later is a change too
             for name, obj in table.items():
                 if isinstance(obj, torch.Tensor):
                     entries.append((table, name, obj, obj.data_ptr(), obj._version))
@@ -64,6 +66,10 @@ def snapshot(model: nn.Module) -> list[tuple]:
 def unchanged(entries: list[tuple]) -> bool:
     """Whether the model still holds the same objects with the same data and versions as ``entries``."""
     for table, name, obj, ptr, version in entries:
+        if name is None:
+            if len(table) != obj:
+                return False
+            continue
         if table.get(name) is not obj:
             return False
         if ptr is not None and (obj._version != version or obj.data_ptr() != ptr):

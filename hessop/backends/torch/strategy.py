@@ -92,7 +92,9 @@ def graph_of(backend: "TorchBackend", index: int, x: Any, y: Any) -> FirstOrderG
     if not backend.batches.is_list:
         return None
     state = backend._fixed()
-    key = tuple((t.data_ptr(), t._version) for t in state.values())
+    # the values the graph was built at, and the modules it ran through (a module added or replaced
+    # changes the function even where no parameter changes; holding them keeps their ids unique)
+    key = (tuple((t.data_ptr(), t._version) for t in state.values()), tuple(backend.model.modules()))
     build = lambda: FirstOrderGraph(backend._closures(x, y, state)[2], backend._current(), target_of(x, y))  # noqa: E731
     return backend._graphs.get(index, key, build, state.values())
 
