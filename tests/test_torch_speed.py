@@ -17,7 +17,7 @@ from hessop.backends.torch import strategy as torch_strategy
 from hessop.backends.torch import TorchBackend
 from hessop.factory import hessian as make_operator
 
-from test_torch_backend import _cnn, _mlp, dense_hessian
+from test_torch_backend import SIZES, _cnn, _mlp, dense_hessian
 
 
 def _apply(H, v: torch.Tensor) -> np.ndarray:
@@ -143,10 +143,21 @@ def test_a_wrong_compiled_product_is_refused(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_products_equal_eager_and_dense():
-    """torch.compile's product, a vector and a block, against the eager product and the dense float64 Hessian."""
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_compiled_products_equal_eager_and_dense(mode):
+    """torch.compile's product, a vector and a block, against the eager product and the dense float64 Hessian.
+
+    In eval mode over a list the compiled function is the linearised tangent pass, one compilation
+    for the batches of one shape; in train mode it is the whole forward-over-reverse product.
+    """
+    from hessop.models.small import random_batches
+
     torch.manual_seed(0)
     model, data = _mlp()
+    if mode == "eval":
+        data = data + random_batches((8,), [SIZES[0]], seed=7)  # a second batch of the first one's shape
+    else:
+        model, data = model.train(), data[:1]
     loss = nn.CrossEntropyLoss()
     H = make_operator(model, loss, data, compile=True)
     eager = make_operator(model, loss, data, hvp="forward-over-reverse")
@@ -160,6 +171,8 @@ def test_compiled_products_equal_eager_and_dense():
         np.testing.assert_allclose(out, expected @ x.numpy(), atol=1e-12 * scale * 3, rtol=0)
         np.testing.assert_allclose(out, _apply(eager, x), atol=1e-13 * scale * 3, rtol=0)
     assert H.backend.chosen == {"vector": "compiled", "block": "compiled"}
+    compiled = H.backend._linearized.compiled
+    assert (len(compiled), H.backend._compiled is None) == ((len(set(SIZES)), True) if mode == "eval" else (0, False))
 
 
 def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):

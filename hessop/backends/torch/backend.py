@@ -35,9 +35,12 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends.torch.hvp`:
     ``vmap`` rule) is skipped; when all fail, ``"finite-difference"`` is used,
     with a warning that says why.
 
-``compile=True`` runs each batch's Hessian product through ``torch.compile``
-(:mod:`hessop.backends.torch.compiled`); ``"auto"`` never compiles by itself,
-since compiling costs seconds to minutes.
+``compile=True`` runs each batch's Hessian product through ``torch.compile``:
+over a list of batches with the model in eval mode, the tangent pass of each
+batch's linearised gradient (:mod:`hessop.backends.torch.linearized`; one
+compilation for all batches of one shape), otherwise the whole
+forward-over-reverse product (:mod:`hessop.backends.torch.compiled`).
+``"auto"`` never compiles by itself, since compiling costs seconds to minutes.
 
 Products run with attention kernels that have second derivatives
 (:mod:`hessop.backends.torch.attention`), so models using
@@ -130,8 +133,9 @@ class TorchBackend(Backend):
         (default: min(2 GiB, (free memory - a product's working memory) / 4), :mod:`.graphs`;
         ``True``: no limit; ``False`` or 0: keep none).
     compile : bool
-        Run each batch's Hessian product through ``torch.compile`` (:mod:`.compiled`); the first
-        product compares it with the eager product. Not with ``curvature="ggn"`` or a named ``hvp``.
+        Run each batch's Hessian product through ``torch.compile`` (module docstring: the linearised
+        tangent pass over a list in eval mode, else the whole product); the first product of each
+        compilation is compared with the eager product. Not with ``curvature="ggn"`` or a named ``hvp``.
     """
 
     def __init__(

@@ -84,16 +84,21 @@ class CompiledProduct:
         try:
             return self.fn(self.model, self.names, self.output, self.loss, params, vs, state, args, kwargs, target)
         except Exception as err:  # the compiler's own errors are of many types (BackendCompilerFailed, ...)
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise RuntimeError(
-                f"torch.compile could not compile the Hessian-vector product on this machine ({type(err).__name__}: "
-                f"{first}); it needs a working C++ compiler on the CPU (Triton on CUDA) and a Python version torch "
-                "supports for compiling. Pass compile=False to use the eager products"
-            ) from err
+            raise compiler_failure(err) from err
 
     def eager(self, params: Tensors, vs: Tensors, state: dict, args: tuple, kwargs: dict, target: Any) -> Tensors:
         """The same product without the compiler (the reference of :func:`check_compiled`)."""
         return _product(self.model, self.names, self.output, self.loss, params, vs, state, args, kwargs, target)
+
+
+def compiler_failure(err: Exception) -> RuntimeError:
+    """The one-sentence error for a compiler that cannot run here."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return RuntimeError(
+        f"torch.compile could not compile the Hessian-vector product on this machine ({type(err).__name__}: "
+        f"{first}); it needs a working C++ compiler on the CPU (Triton on CUDA) and a Python version torch "
+        "supports for compiling. Pass compile=False to use the eager products"
+    )
 
 
 def check_compiled(compiled: Sequence[torch.Tensor], eager: Sequence[torch.Tensor], index: int) -> None:

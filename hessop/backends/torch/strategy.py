@@ -64,7 +64,17 @@ def run(backend: "TorchBackend", name: str, index: int, x: Any, y: Any, vs: Tens
 
 def _run_compiled(backend: "TorchBackend", index: int, x: Any, y: Any, vs: Tensors, batched: bool,
                   fresh: bool) -> Tensors:
-    """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager."""
+    """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager.
+
+    With kept linearisations (list data, model in eval mode) the compiled function is the tangent pass of
+    the linearised gradient (:mod:`.linearized`); otherwise the whole forward-over-reverse product
+    (:mod:`.compiled`)."""
+    if backend._linearized.kept(backend.batches.is_list):  # kept linearisations: compile the tangent pass
+        _, _, f = backend._closures(x, y)
+        if fresh:  # the repeatability check's reference: an eager product on a fresh pass
+            return _ALL["forward-over-reverse"](f, backend._current(), target_of(x, y), vs, batched)
+        return backend._linearized.product(index, f, tuple(backend._current()), target_of(x, y), vs, batched,
+                                           keep=True, compile=True)
     if backend._compiled is None:
         backend._compiled = CompiledProduct(backend.model, backend.param_names, backend.loss_fn)
     args, kwargs = arguments(x)
