@@ -21,7 +21,8 @@ products
     on a ResNet-18-size network (the CIFAR ResNet at width 104: about 11.4 M parameters, as ResNet-18's
     11.7 M) and on GPT-2 small (``GPTConfig.gpt2_small()``, 124 M, 8 sequences of 128 tokens): a gradient
     pass, ``H.apply(v)`` eager (``hvp="auto"``, its choice recorded), linearised (``hvp="linearize"``) and
-    compiled (``compile=True``), each as a multiple of the gradient; the first linearised and compiled
+    compiled (``compile=True``: the data is a list and the models are in eval mode, so the linearised
+    tangent pass is what is compiled), each as a multiple of the gradient; the first linearised and compiled
     products (tracing, compilation and the eager check) reported apart.
 
 Each section starts only if the time left in ``--budget`` (seconds, default 480) is above its estimate,

@@ -139,3 +139,45 @@ def test_copies_are_merged_in_every_array_namespace(method):
     r = hessop.eigsh(SpectralOperator(eigs, seed=1, xp=array_api_strict), k=4, which="SA", method=method)
     assert type(r.eigenvectors).__module__.startswith("array_api_strict") and r.all_converged
     np.testing.assert_allclose(r.eigenvalues, 0.0, atol=1e-10)
+
+
+def test_neighbours_locked_beside_the_result_cut_the_check(monkeypatch):
+    # The main run's next Ritz pairs, accurate enough, are locked too: the check then separates the
+    # k-th value from a lower end of the complement. Same answer, fewer products; a hidden copy of
+    # the k-th value is still found.
+    from hessop.solvers import certify
+
+    locked = []
+    neighbours = certify._neighbours
+    monkeypatch.setattr(certify, "_neighbours", lambda *a: locked.append(neighbours(*a)) or locked[-1])
+    bulk, default = np.linspace(0.0, 4.0, 300), certify.NEIGHBOUR_SHARE
+    for copies in (1, 2):
+        eigs = np.sort(np.concatenate([bulk, [10.0, 9.0, 8.0, 7.0], [6.0] * copies, [5.2, 5.0, 4.8]]))
+        A = SpectralOperator(eigs, seed=5)
+        counts = {}
+        for share in (default, 0.0):
+            monkeypatch.setattr(certify, "NEIGHBOUR_SHARE", share)
+            r = hessop.eigsh(A, k=5 + copies - 1, tol=1e-8, seed=1)
+            assert r.all_converged
+            np.testing.assert_allclose(r.eigenvalues, np.sort(eigs)[::-1][:4 + copies], atol=1e-6)
+            counts[share] = r.num_matvecs
+        assert locked[-2] is not None and locked[-1] is None
+        assert counts[default] < counts[0.0]
+
+
+def test_a_neighbour_that_could_hold_a_missed_copy_is_not_locked():
+    # Locking a pair (μ, y) with residual r removes at most r / (θ_k + δ - μ) of a missed eigenvector
+    # beyond θ_k; neighbours are taken nearest first and only while that share stays below 0.1.
+    from types import SimpleNamespace
+
+    from hessop.solvers import certify
+    from hessop.solvers._ritz import Snapshot
+
+    theta = np.array([3.0, 4.9, 5.0, 6.0])  # ascending; the wanted (k = 2, "LA") are 6 and 5
+    basis = lambda m: np.eye(8)[:, :m]  # noqa: E731
+    lm = SimpleNamespace(n=8, asarray=np.asarray)
+    for r_near, expected in ((0.05, None), (1e-4, [3.0, 4.9])):
+        snap = Snapshot(4, theta, np.array([3, 2]), np.eye(4), np.zeros(2), np.array([1e-9, r_near, 1e-9, 1e-9]))
+        control = SimpleNamespace(last=(snap, basis), tol=1e-6, anorm=6.0, which="LA", lm=lm)
+        got = certify._neighbours(control, np.array([6.0, 5.0]))
+        assert (None if got is None else sorted(got[0].tolist())) == expected

@@ -8,6 +8,7 @@ entry point :func:`.eigsh.eigsh` chooses the method and runs the control.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -80,6 +81,22 @@ class EigshState:
     method: str
 
 
+class Snapshot(NamedTuple):
+    """One Rayleigh-Ritz step of a run over the first ``m`` basis vectors."""
+
+    m: int
+    theta: np.ndarray
+    """Every Ritz value, ascending."""
+    sel: np.ndarray
+    """Indices of the wanted ones, in eigsh's order."""
+    Y: np.ndarray
+    """Eigenvectors of the projected matrix (columns, as ``theta``)."""
+    rel: np.ndarray
+    """Relative residuals of the wanted pairs."""
+    res: np.ndarray
+    """Absolute residual norms of every pair."""
+
+
 def wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     """Indices of the ``k`` wanted values of ascending ``theta``, in the order documented by :func:`eigsh`."""
     m = theta.size
@@ -121,6 +138,7 @@ class Control:
         self.anorm = 0.0
         self.start = lm.num_matvecs  # the symmetry probe is already counted
         self.bar = None
+        self.last: tuple[Snapshot, Callable] | None = None  # the run's last snapshot and basis, for certify
         if progress:
             from tqdm.auto import tqdm
 
@@ -140,14 +158,11 @@ class Control:
         # pair attain; never claim better than the vectors' machine epsilon.
         return np.maximum(rel, self.lm.eps)
 
-    def snapshot(self, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int):
-        """A Rayleigh-Ritz snapshot ``(m, θ, wanted indices, Y, relative residuals of the wanted)``.
-
-        ``θ`` ascending with eigenvectors ``Y`` of the projected matrix of the
-        first ``m`` basis vectors, ``res`` the absolute residual of every pair.
-        """
+    def snapshot(self, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int) -> Snapshot:
+        """The :class:`Snapshot` of ``θ`` (ascending) with eigenvectors ``Y`` of the projected matrix of the
+        first ``m`` basis vectors and absolute residuals ``res`` of every pair."""
         sel = wanted(theta, self.k, self.which)
-        return m, theta, sel, Y, self.relative(theta, theta[sel], res[sel])
+        return Snapshot(m, theta, sel, Y, self.relative(theta, theta[sel], res[sel]), np.asarray(res))
 
     def report(self, theta: np.ndarray, rel: np.ndarray, restarts: int, stage: str = "") -> bool:
         """Update the progress bar and ask the callback; True means stop.
@@ -167,15 +182,16 @@ class Control:
         answer = self.callback(state)
         return answer is True or answer == "stop"
 
-    def ritz_result(self, snap, basis, restarts: int, stopped: str) -> EigshResult:
-        """The result from the last Rayleigh-Ritz snapshot ``(m, θ, wanted, Y, rel)``.
+    def ritz_result(self, snap: Snapshot | None, basis: Callable, restarts: int, stopped: str) -> EigshResult:
+        """The result from the last Rayleigh-Ritz snapshot (kept in ``last`` for :mod:`.certify`).
 
         ``basis(m)`` gives the first ``m`` basis vectors; no snapshot means no pair yet.
         """
         if snap is None:
             return self.result(np.zeros(0), None, np.zeros(0), restarts, stopped)
-        m, theta, sel, Y, rel = snap
-        return self.result(theta[sel], basis(m) @ to_device(self.lm, Y[:, sel]), rel, restarts, stopped)
+        self.last = (snap, basis)
+        return self.result(snap.theta[snap.sel], basis(snap.m) @ to_device(self.lm, snap.Y[:, snap.sel]), snap.rel,
+                           restarts, stopped)
 
     def result(self, theta: np.ndarray, X: Array | None, rel: np.ndarray, restarts: int, stopped: str) -> EigshResult:
         """The frozen result; a run stopped before ``k`` Ritz pairs existed is padded with NaN pairs."""

@@ -55,7 +55,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
     try:
         while True:
             if m + P.shape[1] > ncv and m < n:  # basis full: thick restart
-                m_old, theta, _, Y, _ = snap
+                m_old, theta, Y = snap.m, snap.theta, snap.Y
                 coupling = np.linalg.norm(B @ Y[m_old - B.shape[1]:m_old, :], axis=0)
                 converged = control.relative(theta, theta, coupling) <= tol
                 keep = _kept(theta, converged, k, which, min(keep_count, ncv - P.shape[1]))
@@ -88,7 +88,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
             P, B = _next_block(lm, Q[:, :m], W, b, anorm, gen)
             theta, sel, Y, res = rayleigh_ritz(H[:m, :m], B, k, which)
             snap = control.snapshot(theta, Y, res, m)
-            rel = snap[4]
+            rel = snap.rel
             done = sel.size == k and bool(np.all(rel <= tol))
             if done or m >= n:
                 stopped = "converged" if done else "exhausted"

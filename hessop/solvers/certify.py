@@ -33,6 +33,17 @@ converged. The check costs the products it takes to separate ``θ_k`` from the
 rest of the spectrum once more: a few where the wanted end is well separated
 (outliers), as many as the main run spent on ``θ_k`` where ``θ_k`` lies in a
 dense bulk (docs/numerics.md).
+
+*Neighbours.* The check is cheaper when the complement's end lies further from
+``θ_k``. The main run's last Rayleigh-Ritz step holds approximations of the
+next eigenvalues for free; those accurate enough are locked too
+(:func:`_neighbours`). A locked neighbour ``(μ_j, y_j)`` with residual ``r_j``
+holds at most ``ρ_j = r_j / (θ_k + δ - μ_j)`` of a missed eigenvector ``u``
+beyond the threshold (``|<u, y_j>| (λ_u - μ_j) <= r_j``), so ``u`` stays, to
+``ρ = (Σ ρ_j²)^½``, in the complement, where it is an eigenvector of the
+projected operator up to a residual ``||R|| ρ``. Neighbours are locked, nearest
+first, while ``ρ <= 0.1`` and ``||R|| ρ <= δ``, the coupling the returned pairs
+themselves are allowed (their residuals are below ``δ``).
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ from ._ritz import Control, EigshResult, rayleigh_ritz, to_device, wanted
 
 MISS_PROBABILITY = 1e-3
 """Largest probability, per round, that an eigenvalue beyond the least wanted one escapes the check."""
+NEIGHBOUR_SHARE = 0.1
+"""Largest share ``ρ`` of a missed eigenvector that the locked neighbours may hold (module docstring)."""
 
 
 def certified(lm: LinearMap, control: Control, result: EigshResult, seed) -> EigshResult:
@@ -63,10 +76,11 @@ def certified(lm: LinearMap, control: Control, result: EigshResult, seed) -> Eig
     gen = rng([int(seed) % 2**32, 0x6365727469])  # a stream apart from the start vectors'
     theta = np.asarray(result.eigenvalues, dtype=np.float64)
     X, rel = result.eigenvectors, np.asarray(result.residual_norms, dtype=np.float64)
+    near = _neighbours(control, theta)  # thresholds only move outward in later rounds: they stay valid
     rounds = 0
     try:
         while True:
-            found = _round(lm, control, theta, X, rel, gen)
+            found = _round(lm, control, theta, X, rel, gen, near)
             if found is None:  # certified
                 return _rebuilt(control, result, theta, X, rel, rounds, result.stopped)
             if isinstance(found, str):  # "budget" or "callback": not certified
@@ -78,16 +92,19 @@ def certified(lm: LinearMap, control: Control, result: EigshResult, seed) -> Eig
         return _rebuilt(control, result, theta, X, rel, rounds, "interrupt", certified=False)
 
 
-def _round(lm: LinearMap, control: Control, theta: np.ndarray, X, rel: np.ndarray, gen):
-    """One Lanczos run on the complement of ``X``.
+def _round(lm: LinearMap, control: Control, theta: np.ndarray, X, rel: np.ndarray, gen, near=None):
+    """One Lanczos run on the complement of ``X`` and the locked neighbours ``near`` (values, vectors).
 
     Returns None (nothing missed), ``"budget"``, ``"callback"``, or the converged missed Ritz
     pairs ``(values, vectors, relative residuals)``.
     """
-    k = theta.size
+    locked, values = X, list(theta)
+    if near is not None:
+        locked, values = lm.xp.concat([X, near[1]], axis=1), values + list(near[0])
+    k = len(values)
     K = KrylovBasis(lm, k + 16, gen)
-    K.Q = put(K.Q, 0, X)
-    K.size, K.alpha, K.beta = k, list(theta), [0.0] * k
+    K.Q = put(K.Q, 0, locked)
+    K.size, K.alpha, K.beta = k, values, [0.0] * k
     K.scale = control.anorm
     K.start(lm.random(gen, (lm.n,)))
     low, high = _thresholds(theta, control.which)
@@ -155,6 +172,35 @@ def miss_probability(log_component: float, dim: int) -> float:
     if log_component >= 0.0:
         return 1.0
     return float(betainc(0.5, max(dim - 1, 1) / 2.0, np.exp(2.0 * log_component)))
+
+
+def _neighbours(control: Control, theta: np.ndarray):
+    """The main run's unwanted Ritz pairs that may be locked beside the result: ``(values, vectors)`` or None.
+
+    Taken nearest the thresholds first, while together they hold at most
+    :data:`NEIGHBOUR_SHARE` of a missed eigenvector and couple it to the rest by
+    at most ``δ`` (module docstring).
+    """
+    if control.last is None:
+        return None
+    snap, basis = control.last
+    delta = control.tol * max(control.anorm, 1e-300)
+    low, high = _thresholds(theta, control.which)
+    others = np.setdiff1d(np.arange(snap.theta.size), snap.sel)
+    values, res = snap.theta[others], snap.res[others]
+    gap = np.full(values.size, np.inf)
+    if high is not None:
+        gap = np.minimum(gap, high + delta - values)
+    if low is not None:
+        gap = np.minimum(gap, values - (low - delta))
+    order = np.array([i for i in np.argsort(gap) if gap[i] > 0], dtype=int)
+    share = np.sqrt(np.cumsum((res[order] / gap[order]) ** 2))
+    ok = (share <= NEIGHBOUR_SHARE) & (np.sqrt(np.cumsum(res[order] ** 2)) * share <= delta)
+    count = min(ok.size if ok.all() else int(np.argmin(ok)), control.lm.n - theta.size - 1)  # room for a fresh vector
+    if count <= 0:
+        return None
+    chosen = others[np.asarray(order[:count])]
+    return snap.theta[chosen], basis(snap.m) @ to_device(control.lm, snap.Y[:, chosen])
 
 
 def _thresholds(theta: np.ndarray, which: str):

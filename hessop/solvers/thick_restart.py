@@ -65,7 +65,7 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
     K.start(v0 if v0 is not None else lm.random(gen, (lm.n,)))
     l, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
     restarts = 0
-    snap = None  # (m, theta, wanted indices, Y, relative residuals) of the last Rayleigh-Ritz
+    snap = None  # the last Rayleigh-Ritz (_ritz.Snapshot)
     stopped = "budget"
     try:
         while True:
@@ -75,7 +75,7 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
                         break
                     K.grow(min(2 * K.capacity, ncv))
                     continue
-                m, theta, _, Y, _ = snap
+                m, theta, Y = snap.m, snap.theta, snap.Y
                 coupling = K.beta[m - 1] * Y[m - 1, :]
                 converged = control.relative(theta, theta, np.abs(coupling)) <= tol
                 keep = _kept(theta, converged, k, which)  # ascending θ
@@ -98,7 +98,7 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
             H = _projected(K, l, s)
             theta, sel, Y, res = rayleigh_ritz(H, np.array([[K.beta[-1]]]), k, which)
             snap = control.snapshot(theta, Y, res, K.size)
-            rel = snap[4]
+            rel = snap.rel
             done = sel.size == k and bool(np.all(rel <= tol))
             if done:
                 stopped = "converged"
