@@ -214,3 +214,43 @@ def test_linearized_products_match_dense_and_are_kept_until_the_model_changes(ca
         with torch.no_grad():
             next(model.parameters()).mul_(1.25)
     assert H.backend.chosen == {"vector": "linearize", "block": "linearize"}
+
+
+def test_linearisations_are_kept_only_within_the_graph_cache_budget(monkeypatch):
+    """``hvp="linearize"`` keeps a batch's constants only while they fit ``graph_cache_bytes``."""
+    from hessop.backends.torch import linearized as torch_linearized
+
+    built = []
+    linearize = torch_linearized._linearized_gradient
+    monkeypatch.setattr(torch_linearized, "_linearized_gradient", lambda *a: built.append(1) or linearize(*a))
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    expected = dense_hessian(model, loss, data)
+    v = torch.randn(expected.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    for budget, kept in ((0, 0), (None, len(data))):
+        built.clear()
+        H = make_operator(model, loss, data, hvp="linearize", graph_cache_bytes=budget)
+        for _ in range(2):
+            np.testing.assert_allclose(_apply(H, v), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max(), rtol=0)
+        assert len(H.backend._linearized.fns) == kept
+        assert len(built) == 2 * len(data) - kept  # the batches not kept are linearised at every product
+
+
+@pytest.mark.slow
+def test_compile_falls_back_to_the_whole_product_beyond_the_budget():
+    """A batch whose linearisation does not fit the budget gets the whole product compiled; both exact."""
+    from hessop.backends.torch.data import target_of
+    from hessop.backends.torch.linearized import _linearized_gradient
+
+    model, data = _mlp()
+    loss = nn.CrossEntropyLoss()
+    probe = make_operator(model, loss, data).backend
+    params = tuple(probe._current())
+    x, y = data[0][0].double(), data[0][1]  # as the backend casts the batch to the model's dtype
+    first = _linearized_gradient(probe._closures(x, y)[2], params, target_of(x, y)).nbytes(params)
+    H = make_operator(model, loss, data, compile=True, graph_cache_bytes=first)  # room for the first batch only
+    expected = dense_hessian(model, loss, data)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for _ in range(2):
+        np.testing.assert_allclose(_apply(H, v), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max() * 3, rtol=0)
+    assert list(H.backend._linearized.fns) == [0] and H.backend._compiled is not None

@@ -210,7 +210,7 @@ class TorchBackend(Backend):
         self._graphs = GraphCache(self.graph_budget)
         self._kept: KeptProducts | None = None  # the vector products over kept graphs, once all are kept
         self._compiled: CompiledProduct | None = None
-        self._linearized = Linearized(self.model)
+        self._linearized = Linearized(self.model, self.graph_budget)
 
     def _current(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())

@@ -1,28 +1,34 @@
 """``hvp="linearize"``: each batch's gradient linearised once, then one tangent pass per product.
 
-:func:`torch.func.linearize` of the gradient traces ``jvp(grad(f))`` at the
-current parameters and keeps, as constants, every value that does not depend on
-the tangent (the forward pass, the gradient and their intermediates). What is
-left to run for each vector is the tangent part only: on the conv net with
-BatchNorm of ``docs/performance.md`` about 1.5 gradient passes, against about 3
-for a second backward pass over a kept first-order graph, whose nodes
-differentiate each backward operation again. It is the analogue of the JAX
-backend's ``hvp="linearize"``.
+As :func:`torch.func.linearize`, the tangent pass of ``jvp(grad(f))`` is traced
+(``make_fx``) at the current parameters and every value that does not depend on
+the tangent (the forward pass, the gradient and their intermediates) is folded
+into a constant. What is left to run for each vector is the tangent part only:
+on the conv net with BatchNorm of ``docs/performance.md`` 2.2 gradient passes,
+against 3.1 for a second backward pass over a kept first-order graph, whose
+nodes differentiate each backward operation again. It is the analogue of the
+JAX backend's ``hvp="linearize"``.
 
-The price is the tracing (seconds per batch on the CPU, where a product takes
-milliseconds) and the memory of the kept values, about that of a kept
-first-order graph. For a list of batches each batch's linearisation is kept
-while the model is unchanged (the test of :mod:`hessop.backends.torch.kept`:
-the same modules, parameters and buffers, with the same data and versions) and
-in eval mode; with a ``DataLoader`` or a model in train mode it is rebuilt at
-every product, which only pays for blocks. ``hvp="auto"`` never chooses it.
+The traced graph is kept as a *skeleton* that holds no tensor, with the
+constants as its leading arguments (:func:`_skeleton`): the constants are all
+the memory a linearisation holds, and every batch of the same shapes has the
+same skeleton. The price is the tracing (seconds per batch on the CPU, where a
+product takes milliseconds) and that memory: 2 to 3.5 times a kept first-order
+graph's (146 against 65 MiB for a batch of 256 of that conv net).
+For a list of batches each batch's linearisation is kept while the model is
+unchanged (the test of :mod:`hessop.backends.torch.kept`: the same modules,
+parameters and buffers, with the same data and versions), the model is in eval
+mode, and the kept constants fit the budget of the graph cache
+(:mod:`hessop.backends.torch.graphs`); otherwise it is rebuilt at every product,
+which only pays for blocks. ``hvp="auto"`` never chooses it.
 
-With ``compile=True`` (and kept linearisations) the tangent pass itself goes
-through ``torch.compile``: the kept values become arguments of a graph that no
-longer holds any tensor (:func:`_skeleton`), so every batch of the same shapes
-shares one compilation, and Inductor fuses the elementwise work of the tangent
-pass (BatchNorm, activations, sums) that runs as separate kernels in eager mode.
-The first product of each compiled graph is compared with the eager one.
+With ``compile=True`` a kept linearisation's skeleton goes through
+``torch.compile``: one compilation serves every batch of the same shapes, each
+called with its own constants, and Inductor fuses the elementwise work of the
+tangent pass (BatchNorm, activations, sums) that runs op by op in eager mode.
+The first product of each compilation is compared with the eager one. A batch
+whose linearisation cannot be kept is left to the caller (:meth:`Linearized.product`
+returns None), which compiles the whole product instead.
 """
 
 from __future__ import annotations
@@ -39,88 +45,130 @@ from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .compiled import check_compiled, compiler_failure
+from .graphs import WORKING_BUFFERS, default_budget
 from .hvp import Loss, Tensors
 from .kept import snapshot, unchanged
 
 
 class Linearized:
-    """Per batch, the linearised gradient (module docstring)."""
+    """Per batch, the linearised gradient, kept under a memory budget (module docstring).
 
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.fns: dict[int, Callable[[Tensors], Tensors]] = {}
-        self.entries: list | None = None
+    Parameters
+    ----------
+    model : the network (its snapshot decides when kept linearisations are stale)
+    budget : bytes the kept constants may hold; None for the graph cache's default
+        (:func:`~hessop.backends.torch.graphs.default_budget`), 0 to keep none
+    """
+
+    def __init__(self, model: nn.Module, budget: int | None = None):
+        self.model, self.budget = model, budget
         self.compiled: dict[tuple, Callable] = {}  # a skeleton's code and layouts -> its compiled function
+        self.entries: list | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every kept linearisation (the model changed)."""
+        self.fns: dict[int, TangentPass] = {}
+        self.too_big: set[int] = set()
+        self.used = 0
 
     def kept(self, keep: bool) -> bool:
-        """Whether linearisations are kept (list data, model in eval mode), which compiling needs to pay."""
+        """Whether linearisations can be kept (list data, model in eval mode), which compiling needs to pay."""
         return keep and not self.model.training
 
     def product(self, index: int, f: Loss, params: Tensors, target: Any, v: Tensors, batched: bool,
-                keep: bool, compile: bool = False) -> Tensors:
-        """``H_b v`` for batch ``index`` (``keep``: the data is a list, so a kept linearisation can be reused;
-        ``compile``: the tangent pass through ``torch.compile``, module docstring)."""
+                keep: bool, compile: bool = False) -> Tensors | None:
+        """``H_b v`` for batch ``index`` (``keep``: the data is a list, so a kept linearisation can be reused).
+
+        With ``compile`` the kept tangent pass runs compiled; None when this batch's
+        linearisation cannot be kept (the caller then compiles the whole product).
+        """
         keep = self.kept(keep)
         if self.entries is None or not unchanged(self.entries):
-            self.fns, self.entries = {}, snapshot(self.model)
-        fn = self.fns.get(index)
-        if fn is None:
-            fn = _linearized_gradient(f, params, target)
+            self.clear()
+            self.entries = snapshot(self.model)
+        tangent = self.fns.get(index)
+        if tangent is None:
+            if compile and (not keep or index in self.too_big):
+                return None
+            tangent = _linearized_gradient(f, params, target)
+            if keep and self._fits(index, tangent, params):
+                self.fns[index] = tangent
+            elif compile:
+                return None
             if compile:
-                fn = self._compiled(fn, index, v, batched)
-            if keep:
-                self.fns[index] = fn
+                tangent.compiled = self._compiled(tangent, index, v, batched)
         if not batched:
-            return fn(v)
-        cols = [fn(tuple(vi[c] for vi in v)) for c in range(v[0].shape[0])]
+            return tangent(v)
+        cols = [tangent(tuple(vi[c] for vi in v)) for c in range(v[0].shape[0])]
         return tuple(torch.stack(parts) for parts in zip(*cols))
 
-    def _compiled(self, eager: "TangentPass", index: int, v: Tensors, batched: bool) -> Callable[[Tensors], Tensors]:
-        """``eager``'s tangent pass through the compiled function of its skeleton, compiled at its first use.
+    def _fits(self, index: int, tangent: "TangentPass", params: Tensors) -> bool:
+        """Keep ``tangent`` if its constants fit what is left of the budget (else remember the batch as too big)."""
+        size = tangent.nbytes(params)
+        if self.budget is None:
+            param_bytes = sum(p.numel() * p.element_size() for p in params)
+            self.budget = default_budget(params[0].device, WORKING_BUFFERS * param_bytes + size)
+        if self.used + size <= self.budget:
+            self.used += size
+            return True
+        self.too_big.add(index)
+        return False
+
+    def _compiled(self, tangent: "TangentPass", index: int, v: Tensors, batched: bool) -> Callable:
+        """The compiled function of ``tangent``'s skeleton, compiled at its first use and checked then.
 
         Compilations are keyed by the skeleton's code and its constants' layouts, so every new
         compilation, whatever triggers it, is checked against the eager product once.
         """
-        skeleton, constants = _skeleton(eager.graph)
-        key = (skeleton.code, tuple((c.shape, c.stride(), c.dtype, c.device) for c in constants))
+        key = (tangent.skeleton.code, tuple((c.shape, c.stride(), c.dtype, c.device) for c in tangent.constants))
         fn = self.compiled.get(key)
-        first = fn is None
-        if first:
-            fn = self.compiled[key] = torch.compile(skeleton, dynamic=False)
-        zeros = eager.zeros  # the eager graph is not held: the compiled product needs only its constants
-
-        def run(vs: Tensors) -> Tensors:
-            try:
-                return tuple(fn(*constants, *vs, *zeros))
-            except Exception as err:  # the compiler's own errors are of many types (BackendCompilerFailed, ...)
-                raise compiler_failure(err) from err
-
-        if first:  # the first product of a new compilation must equal the eager one to rounding
+        if fn is None:
+            fn = self.compiled[key] = torch.compile(tangent.skeleton, dynamic=False)
             check = tuple(t[0] for t in v) if batched else tuple(v)
-            check_compiled(run(check), eager(check), index)
-        return run
+            check_compiled(_run_compiled(fn, tangent, check), tangent.eager(check), index)
+        return fn
 
 
 class TangentPass:
-    """``v ↦ H v`` at fixed parameters: the tangent part of ``jvp(grad f)``, traced once (``graph``).
+    """``v ↦ H v`` at fixed parameters: the skeleton of the traced tangent pass and its constants.
 
-    ``zeros`` are the tangents of further primals (a floating target), appended to every call.
+    ``zeros`` are the tangents of further primals (a floating target), appended to every call;
+    ``compiled``, when set, runs the skeleton instead of the eager one.
     """
 
-    def __init__(self, graph: fx.GraphModule, zeros: Tensors):
-        self.graph, self.zeros = graph, tuple(zeros)
+    def __init__(self, skeleton: fx.GraphModule, constants: list[torch.Tensor], zeros: Tensors):
+        self.skeleton, self.constants, self.zeros = skeleton, constants, tuple(zeros)
+        self.compiled: Callable | None = None
 
     def __call__(self, v: Tensors) -> Tensors:
-        return tuple(self.graph(*v, *self.zeros))
+        if self.compiled is not None:
+            return _run_compiled(self.compiled, self, v)
+        return self.eager(v)
+
+    def eager(self, v: Tensors) -> Tensors:
+        return tuple(self.skeleton(*self.constants, *v, *self.zeros))
+
+    def nbytes(self, params: Tensors) -> int:
+        """Bytes of the distinct storages of the constants, the parameters' own excluded."""
+        sizes = {c.untyped_storage().data_ptr(): c.untyped_storage().nbytes() for c in self.constants}
+        for p in params:
+            sizes.pop(p.untyped_storage().data_ptr(), None)
+        return sum(sizes.values())
+
+
+def _run_compiled(fn: Callable, tangent: TangentPass, v: Tensors) -> Tensors:
+    try:
+        return tuple(fn(*tangent.constants, *v, *tangent.zeros))
+    except Exception as err:  # the compiler's own errors are of many types (BackendCompilerFailed, ...)
+        raise compiler_failure(err) from err
 
 
 def _linearized_gradient(f: Loss, params: Tensors, target: Any) -> TangentPass:
-    """The linearisation of ``grad f`` at ``params`` (as :func:`torch.func.linearize`, keeping its graph).
+    """The linearisation of ``grad f`` at ``params`` (module docstring).
 
-    The tangent pass of ``jvp(grad f)`` is traced by ``make_fx`` and every value that does
-    not depend on the tangent is folded into a constant. A floating target is traced as a
-    primal with a zero tangent (tracing the backward pass with it as a plain constant crashes
-    torch 2.13).
+    A floating target is traced as a primal with a zero tangent (tracing the
+    backward pass with it as a plain constant crashes torch 2.13).
     """
     primals = tuple(p.detach() for p in params)
     floating = isinstance(target, torch.Tensor) and target.is_floating_point()
@@ -136,9 +184,9 @@ def _linearized_gradient(f: Loss, params: Tensors, target: Any) -> TangentPass:
     with warnings.catch_warnings():  # torch's constant folding warns about its own graph
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
         traced = make_fx(tangents)(tuple(p.new_empty(()).expand_as(p) for p in primals + extra))
-        graph = const_fold.split_const_subgraphs(traced)
-        graph.run_folding()
-    return TangentPass(graph, tuple(torch.zeros_like(t) for t in extra))
+        folded = const_fold.split_const_subgraphs(traced)
+        folded.run_folding()
+    return TangentPass(*_skeleton(folded), tuple(torch.zeros_like(t) for t in extra))
 
 
 def _tangent_of(dual: torch.Tensor) -> torch.Tensor:

@@ -66,20 +66,23 @@ def _run_compiled(backend: "TorchBackend", index: int, x: Any, y: Any, vs: Tenso
                   fresh: bool) -> Tensors:
     """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager.
 
-    With kept linearisations (list data, model in eval mode) the compiled function is the tangent pass of
-    the linearised gradient (:mod:`.linearized`); otherwise the whole forward-over-reverse product
-    (:mod:`.compiled`)."""
+    With kept linearisations (list data, model in eval mode, within the memory budget) the compiled
+    function is the tangent pass of the linearised gradient (:mod:`.linearized`); otherwise the whole
+    forward-over-reverse product (:mod:`.compiled`)."""
     if backend._linearized.kept(backend.batches.is_list):  # kept linearisations: compile the tangent pass
         _, _, f = backend._closures(x, y)
         if fresh:  # the repeatability check's reference: an eager product on a fresh pass
             return _ALL["forward-over-reverse"](f, backend._current(), target_of(x, y), vs, batched)
-        return backend._linearized.product(index, f, tuple(backend._current()), target_of(x, y), vs, batched,
-                                           keep=True, compile=True)
-    if backend._compiled is None:
+        out = backend._linearized.product(index, f, tuple(backend._current()), target_of(x, y), vs, batched,
+                                          keep=True, compile=True)
+        if out is not None:
+            return out  # else this batch's linearisation is beyond the memory budget: compile the whole product
+    first = backend._compiled is None
+    if first:
         backend._compiled = CompiledProduct(backend.model, backend.param_names, backend.loss_fn)
     args, kwargs = arguments(x)
     return backend._compiled.run(tuple(backend._current()), vs, backend._fixed(), args, kwargs, target_of(x, y),
-                                 batched, check=index if fresh else None)
+                                 batched, check=index if fresh or first else None)
 
 
 def _choose(backend: "TorchBackend", key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
