@@ -254,3 +254,13 @@ def test_compile_falls_back_to_the_whole_product_beyond_the_budget():
     for _ in range(2):
         np.testing.assert_allclose(_apply(H, v), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max() * 3, rtol=0)
     assert list(H.backend._linearized.fns) == [0] and H.backend._compiled is not None
+
+
+def test_auto_takes_the_leanest_of_near_ties_where_memory_is_measured():
+    """On a GPU the timing round records peak memory: a strategy within 10% of the fastest and leaner wins."""
+    pick = torch_strategy.pick
+    times = {"double-backward": 1.0, "forward-over-reverse": 0.97, "double-backward-vmap": 2.0}
+    peaks = {"double-backward": 2 << 30, "forward-over-reverse": 5 << 30, "double-backward-vmap": 1 << 30}
+    assert pick(times, peaks) == "double-backward"  # within 10% of the fastest, and 2.5x leaner
+    assert pick(times, {}) == "forward-over-reverse"  # the CPU: no peak, the fastest
+    assert pick({**times, "double-backward": 1.2}, peaks) == "forward-over-reverse"  # not a tie: time decides
