@@ -22,11 +22,18 @@ ggn-vector
 ``seconds`` is the median steady-state time of one call after a warm-up;
 ``compile_seconds`` is the first call's time minus that median (tracing, XLA
 compilation and, for linearize, building the cache).
+
+The process is pinned to one core (``--all-cores`` to lift it), as the PyTorch
+benchmarks run on one intra-op thread: XLA's CPU runtime spreads work over every
+core it may use whatever ``OMP_NUM_THREADS`` or its own thread flags say, and on
+two cores that moved the linearised product from 1.92-1.99x a gradient to
+1.29-1.35x (the gradient and the product parallelise differently).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -162,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--all-cores", action="store_true", help="let XLA use every core (module docstring)")
     args = parser.parse_args(argv)
+    if not args.all_cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before JAX starts its threads
     rows = measure_jax(width=args.width, depth=args.depth, batch_size=args.batch_size, num_batches=args.num_batches,
                        block=args.block, dtype=args.dtype, repeats=args.repeats)
     print(table(rows))

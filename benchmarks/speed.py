@@ -123,12 +123,16 @@ def overhead(calls: int) -> dict:
 
 def models(names: list[str]) -> list[tuple[str, nn.Module, list]]:
     """``(label, model, batches)`` of the benchmark models, float32, eval mode, seeded."""
-    from hessop.models.small import SmallCNN, random_batches
+    from hessop.models.small import MLP, SmallCNN, random_batches
 
     out = []
     if "mlp" in names:
         model, batch = digits_mlp()
         out.append(("digits MLP 64-32-10, 1x1797", model, [batch]))
+    if "mlp256" in names:  # the model of benchmarks/hvp_jax.py, where JAX's jitted linearize takes 1.63x
+        torch.manual_seed(0)
+        out.append(("MLP 64-256x3-10 (tanh), 4x256", MLP(64, 10, (256, 256, 256)).eval(),
+                    random_batches((64,), [256] * 4, 10, seed=1)))
     if "cnn" in names:
         torch.manual_seed(0)
         model = SmallCNN(3, 10, channels=32, activation=nn.ReLU).eval()
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--before", help="a commit to measure side by side (overhead and first product)")
     parser.add_argument("--compile", action="store_true", help="measure compiled products too (minutes)")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet20", "gpt"],
-                        choices=["mlp", "cnn", "resnet20", "gpt"])
+                        choices=["mlp", "mlp256", "cnn", "resnet20", "gpt"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the overhead as one JSON line only")
     parser.add_argument("--no-overhead", action="store_true")
