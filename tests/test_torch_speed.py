@@ -67,14 +67,18 @@ def test_kept_products_find_a_nonfinite_batch():
         H.apply(bad)
 
 
+def _calls(monkeypatch, module, name: str, record=lambda *args: 1) -> list:
+    """A list that gets ``record(*args)`` at each call of ``module.name``, which still runs."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(record(*args)) or original(*args))
+    return calls
+
+
 def test_auto_times_once_for_vectors_and_once_for_blocks(monkeypatch):
     """With kept graphs a vector needs no timing; blocks are timed once, whatever their widths."""
     model, data = _cnn()
     loss = nn.CrossEntropyLoss()
-    timed = []
-    fastest = torch_strategy.fastest
-    monkeypatch.setattr(torch_strategy, "fastest", lambda run, names, device: timed.append(list(names)) or
-                        fastest(run, names, device))
+    timed = _calls(monkeypatch, torch_strategy, "fastest", lambda run, names, device: list(names))
     H = make_operator(model, loss, data)
     expected = dense_hessian(model, loss, data)
     gen = torch.Generator().manual_seed(1)
@@ -96,10 +100,7 @@ def test_auto_times_once_for_vectors_and_once_for_blocks(monkeypatch):
 def test_auto_without_kept_graphs_times_the_exact_strategies_once(monkeypatch):
     model, data = _mlp()
     loss = nn.CrossEntropyLoss()
-    timed = []
-    fastest = torch_strategy.fastest
-    monkeypatch.setattr(torch_strategy, "fastest", lambda run, names, device: timed.append(list(names)) or
-                        fastest(run, names, device))
+    timed = _calls(monkeypatch, torch_strategy, "fastest", lambda run, names, device: list(names))
     H = make_operator(model, loss, data, graph_cache=False)
     gen = torch.Generator().manual_seed(2)
     expected = dense_hessian(model, loss, data)
@@ -179,9 +180,7 @@ def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):
     """Repeatability is checked by a second forward pass, not by a second first-order graph and product."""
     from hessop.backends.torch import hvp as torch_hvp
 
-    built = []
-    init = torch_hvp.FirstOrderGraph.__init__
-    monkeypatch.setattr(torch_hvp.FirstOrderGraph, "__init__", lambda self, *a: built.append(1) or init(self, *a))
+    built = _calls(monkeypatch, torch_hvp.FirstOrderGraph, "__init__")
     model, data = _mlp()
     loss = nn.CrossEntropyLoss()
     H = make_operator(model, loss, data)
@@ -197,9 +196,7 @@ def test_linearized_products_match_dense_and_are_kept_until_the_model_changes(ca
 
     from hessop.backends.torch import linearized as torch_linearized
 
-    built = []
-    linearize = torch_linearized._linearized_gradient
-    monkeypatch.setattr(torch_linearized, "_linearized_gradient", lambda *a: built.append(1) or linearize(*a))
+    built = _calls(monkeypatch, torch_linearized, "_linearized_gradient")
     model, data = _cnn() if case == "cnn" else _regression()
     loss = nn.CrossEntropyLoss() if case == "cnn" else nn.MSELoss()
     H = make_operator(model, loss, data, hvp="linearize")
@@ -220,9 +217,7 @@ def test_linearisations_are_kept_only_within_the_graph_cache_budget(monkeypatch)
     """``hvp="linearize"`` keeps a batch's constants only while they fit ``graph_cache_bytes``."""
     from hessop.backends.torch import linearized as torch_linearized
 
-    built = []
-    linearize = torch_linearized._linearized_gradient
-    monkeypatch.setattr(torch_linearized, "_linearized_gradient", lambda *a: built.append(1) or linearize(*a))
+    built = _calls(monkeypatch, torch_linearized, "_linearized_gradient")
     model, data = _mlp()
     loss = nn.CrossEntropyLoss()
     expected = dense_hessian(model, loss, data)
