@@ -14,7 +14,8 @@ probe for densities); the tables say which.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -75,8 +76,9 @@ def hessop_tasks(problem, ks=(1, 20)) -> dict[str, Callable]:
 
 def scipy_tasks(problem, ks=(1, 20)) -> dict[str, Callable]:
     """scipy's ARPACK ``eigsh`` on hessop's operator (host path: numpy in, numpy out)."""
-    import hessop
     import scipy.sparse.linalg as sla
+
+    import hessop
 
     H = hessop.hessian(problem.model, problem.loss, problem.data, hvp=HVP)
     tasks = {}

@@ -34,8 +34,9 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class PeakRSS:
         self.interval = interval
         self.peak = 0
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         trim_heap()
         self.base = rss_bytes()
         self._kernel = _reset_high_water_mark()
@@ -134,7 +135,6 @@ def threads(n: int | None):
         yield
         return
     import torch
-
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()

@@ -40,8 +40,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,7 +73,7 @@ class Run:
     def left(self) -> float:
         return self.budget - (time.perf_counter() - self.start)
 
-    def section(self, name: str, fn: Callable[["Run"], dict], skip: str | None = None) -> None:
+    def section(self, name: str, fn: Callable[[Run], dict], skip: str | None = None) -> None:
         entry: dict[str, Any] = {}
         estimate = 0 if self.dry else ESTIMATES[name]
         if skip is None and self.left() < estimate:

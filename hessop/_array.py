@@ -107,7 +107,7 @@ def numpy_dtype(xp, dtype) -> np.dtype:
     for name in ("float64", "float32", "float16", "complex128", "complex64"):
         if hasattr(xp, name) and dtype == getattr(xp, name):
             return np.dtype(name)
-    if hasattr(xp, "bfloat16") and dtype == getattr(xp, "bfloat16"):
+    if hasattr(xp, "bfloat16") and dtype == xp.bfloat16:
         return np.dtype("float32")
     return np.dtype(str(dtype).rsplit(".", 1)[-1])
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import builtins
 import hashlib
 import math
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 

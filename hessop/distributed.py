@@ -27,8 +27,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from .comm.base import Communicator, RankDisagreementError, checksum, is_collective
 from .comm.mpi import MPIComm
@@ -233,7 +233,7 @@ class abort_on_error(contextlib.ContextDecorator):
         self._comm = as_comm(self._comm)
         return self._comm
 
-    def __enter__(self) -> "abort_on_error":
+    def __enter__(self) -> abort_on_error:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -241,7 +241,7 @@ class abort_on_error(contextlib.ContextDecorator):
             self._handle(exc_type, exc, tb)
         return False
 
-    def install(self) -> "abort_on_error":
+    def install(self) -> abort_on_error:
         """Abort the job on any uncaught exception from now on (chains the previous hook)."""
         previous = sys.excepthook
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .backends.base import CURVATURES
 from ._collective import check_arguments, together
+from .backends.base import CURVATURES
 from .operator import HessianOperator
 
 BACKENDS = ("torch", "jax")

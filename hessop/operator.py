@@ -20,20 +20,19 @@ a communicator adds them across processes.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import array_api_compat
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from typing import Callable
-
-import array_api_compat
-
 from ._array import Array, device_of, from_numpy, import_cupy, numpy_dtype, same_device, to_numpy
-from .backends.base import Backend
 from ._collective import summed
+from .backends.base import Backend
 from .comm.base import Communicator
 from .distributed import as_comm
+
 
 def _nan() -> float:
     return float("nan")
@@ -117,7 +116,7 @@ class NativeOperator(LinearOperator):
     def _rmatmat(self, X: np.ndarray) -> np.ndarray:
         return self._matmat(X)
 
-    def _adjoint(self) -> "NativeOperator":
+    def _adjoint(self) -> NativeOperator:
         return self
 
     _transpose = _adjoint
@@ -203,7 +202,7 @@ class HessianOperator(NativeOperator):
             start = stop
         return out
 
-    def restrict(self, *patterns: str) -> "HessianOperator":
+    def restrict(self, *patterns: str) -> HessianOperator:
         """The diagonal block over some parameters, all others held fixed.
 
         Each pattern selects the parameters whose name equals it, starts with it

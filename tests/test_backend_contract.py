@@ -10,8 +10,9 @@ joins by adding one ``make_*`` function to ``BUILDERS``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from test_trace import NAMESPACES, Flaky, run_ranks
 
 from hessop.solvers.density import SpectralDensity, density, spectral_distance
 from hessop.testing import indefinite_spectrum, nn_like_spectrum, student_t_spectrum
-from test_trace import NAMESPACES, Flaky, run_ranks
 
 
 def dense(lam, seed=0, name="numpy"):

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from test_trace import NAMESPACES, Flaky, operator, run_ranks
 
 from hessop._array import to_numpy
 from hessop.solvers.diagonal import diagonal
 from hessop.testing import SpectralOperator, low_rank_spectrum, nn_like_spectrum
-from test_trace import NAMESPACES, Flaky, operator, run_ranks
 
 METHODS = ["hutchinson", "xdiag"]
 

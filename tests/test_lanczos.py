@@ -19,7 +19,6 @@ from hessop.testing import (
     student_t_spectrum,
 )
 
-
 NAMESPACES = {
     "numpy": {},
     "array_api_strict": {"xp": array_api_strict},

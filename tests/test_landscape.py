@@ -13,8 +13,6 @@ import hessop
 from hessop.analysis.landscape import Landscape, filter_normalized_direction, landscape_1d, landscape_2d
 
 
-
-
 def least_squares(seed=0):
     """A linear model at its least-squares minimum: the loss is exactly L* + ½ aᵀ H a."""
     g = torch.Generator().manual_seed(seed)

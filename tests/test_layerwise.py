@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 import hessop
-from hessop.analysis.gauss_newton import gauss_newton_decomposition
 from hessop.analysis.blocks import resolve_blocks
+from hessop.analysis.gauss_newton import gauss_newton_decomposition
 from hessop.analysis.layerwise import layerwise, spectral_distances
-from hessop.solvers.density import spectral_distance
 from hessop.analysis.spectrum import DENSE_BELOW
-from hessop.solvers.density import SpectralDensity
+from hessop.solvers.density import SpectralDensity, spectral_distance
 
 BUDGET = dict(trace_max_matvecs=24, density_steps=20, num_probes=2, seed=0)
 

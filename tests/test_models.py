@@ -10,8 +10,6 @@ from torch import nn
 from hessop.models.resnet import BasicBlock, resnet, resnet20, resnet32, resnet38
 
 
-
-
 def count(model: nn.Module, kind) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
 

@@ -12,8 +12,6 @@ from torch.func import functional_call
 from hessop.analysis.regularizer import HessianTraceRegularizer
 
 
-
-
 def tiny(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3)).double()

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from test_density import dense
+from test_trace import NAMESPACES
 
 from hessop.solvers.sketch import sketch
 from hessop.testing import geometric_spectrum, indefinite_spectrum, low_rank_spectrum, nn_like_spectrum
-from test_density import dense
-from test_trace import NAMESPACES
 
 
 @pytest.mark.parametrize("name", NAMESPACES)

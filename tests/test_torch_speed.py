@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_torch_backend import SIZES, _cnn, _mlp, dense_hessian
 from torch import nn
 
-from hessop.backends.torch import strategy as torch_strategy
 from hessop.backends.torch import TorchBackend
+from hessop.backends.torch import strategy as torch_strategy
 from hessop.factory import hessian as make_operator
-
-from test_torch_backend import SIZES, _cnn, _mlp, dense_hessian
 
 
 def _apply(H, v: torch.Tensor) -> np.ndarray:

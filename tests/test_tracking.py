@@ -13,8 +13,6 @@ import hessop
 from hessop.analysis.tracking import CurvatureTracker, plot_track, read_track
 
 
-
-
 def setup(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()  # 67 parameters

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..operator import restrict_names
 
 __all__ = ["resolve_blocks"]
 
 
-def resolve_blocks(H: Any, blocks: None | str | Mapping[str, Any] | Sequence[str] = None) -> "OrderedDict[str, tuple[str, ...]]":
+def resolve_blocks(H: Any, blocks: None | str | Mapping[str, Any] | Sequence[str] = None) -> OrderedDict[str, tuple[str, ...]]:
     """``{block name: parameter names}`` in model order.
 
     ``None`` or ``"modules"``: one block per module owning parameters;
@@ -53,7 +54,7 @@ def resolve_blocks(H: Any, blocks: None | str | Mapping[str, Any] | Sequence[str
     return out
 
 
-def block_groups(H: Any, groups: Any = None) -> "OrderedDict[str, tuple[str, ...]]":
+def block_groups(H: Any, groups: Any = None) -> OrderedDict[str, tuple[str, ...]]:
     """Deprecated name of :func:`resolve_blocks`."""
     warnings.warn("block_groups is now resolve_blocks (hessop.analysis.blocks): parameter groups are called blocks",
                   DeprecationWarning, stacklevel=2)

@@ -14,8 +14,9 @@ eigenvalue λ gives, near the minimum of a quadratic, ``L(θ) + ½ λ α²``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Landscape:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Landscape":
+    def from_dict(cls, d: dict) -> Landscape:
         """The landscape back from :meth:`to_dict` (None, an unreached point, becomes NaN); other keys are ignored."""
         arr = lambda v: None if v is None else np.array(v, dtype=np.float64)  # noqa: E731 - None entries: NaN
         return cls(arr(d["alphas"]), arr(d["losses"]), float(d["center_loss"]), arr(d.get("betas")),

@@ -28,13 +28,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..solvers.density import SCALES, spectral_distance
 from .._renamed import renamed
+from ..solvers.density import SCALES, spectral_distance
 from .blocks import block_groups, resolve_blocks
 from .results import LayerwiseRow
 from .spectrum import BlockSpectrum, block_spectrum, density_from_dict, density_to_dict
@@ -88,7 +89,7 @@ class LayerwiseResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerwiseResult":
+    def from_dict(cls, d: dict) -> LayerwiseResult:
         """The result back from :meth:`to_dict` (e.g. a saved report step, to draw it again)."""
         return cls([LayerwiseRow.from_dict(r) for r in d["rows"]], LayerwiseRow.from_dict(d["full"]),
                    {k: density_from_dict(v) for k, v in d.get("densities", {}).items()},

@@ -19,7 +19,7 @@ penalty has a gradient (a third-order derivative of the loss).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

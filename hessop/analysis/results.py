@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["LayerwiseRow", "GaussNewtonRow", "TrackRecord"]
 
@@ -200,7 +201,7 @@ class TrackRecord(_Row):
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrackRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrackRecord:
         """A record back from a line of a tracking file (keys it does not know are the loop's ``extra``)."""
         d = dict(d)
         unit = d.pop("unit", "step")

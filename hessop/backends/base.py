@@ -32,7 +32,8 @@ Data rules (every backend; stated here once)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .._array import Array
 
@@ -89,7 +90,7 @@ class Backend(ABC):
         """``Σ_b w_b ∇L_b`` over the local batches, a native vector of length n."""
 
     @abstractmethod
-    def restrict(self, names: Sequence[str]) -> "Backend":
+    def restrict(self, names: Sequence[str]) -> Backend:
         """A backend over the named parameters only, every other parameter held fixed."""
 
     @abstractmethod

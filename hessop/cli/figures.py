@@ -10,8 +10,9 @@ directly, without pyplot, so they never open a window nor touch global state.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from matplotlib.figure import Figure
 

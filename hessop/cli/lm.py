@@ -55,7 +55,7 @@ class CharData:
     val_ids: torch.Tensor
 
     @classmethod
-    def from_text(cls, text: str) -> "CharData":
+    def from_text(cls, text: str) -> CharData:
         vocab = "".join(sorted(set(text)))
         lookup = {c: i for i, c in enumerate(vocab)}
         ids = torch.tensor([lookup[c] for c in text], dtype=torch.long)

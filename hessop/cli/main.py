@@ -11,7 +11,7 @@ import argparse
 import sys
 import textwrap
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .._collective import is_collective
 from .errors import EXIT_ANALYSIS_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError

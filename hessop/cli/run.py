@@ -63,7 +63,7 @@ class RunLock:
         self.record = record
 
     @classmethod
-    def acquire(cls, out: Path, command: str) -> "RunLock":
+    def acquire(cls, out: Path, command: str) -> RunLock:
         """Take the folder's lock; raise :class:`UsageError` if a live run holds it or the folder is not writable."""
         out = Path(out)
         try:
@@ -156,7 +156,7 @@ class RunState:
 
     # -- creation ----------------------------------------------------------------------------
     @classmethod
-    def start(cls, out: Path, config: dict, resume: bool, writer: bool = True) -> "RunState":
+    def start(cls, out: Path, config: dict, resume: bool, writer: bool = True) -> RunState:
         """A fresh state, or the saved one when ``resume`` (which must have the same configuration)."""
         path = Path(out) / STATE_FILE
         if not resume:

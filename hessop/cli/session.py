@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -182,7 +183,7 @@ class Runner:
         self._bar = tqdm(total=total, desc="hessop", unit="step", disable=not progress, leave=False)
         self._previous: Any = None
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self

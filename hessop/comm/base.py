@@ -84,7 +84,7 @@ def _host(value: Any) -> np.ndarray:
         return to_numpy(value.float())
 
 
-def check_agree(comm: "Communicator", value: Any, what: str = "value", *, rtol: float = 0.0,
+def check_agree(comm: Communicator, value: Any, what: str = "value", *, rtol: float = 0.0,
                 hint: str = "") -> None:
     """Raise :class:`RankDisagreementError` on every rank if ``value`` is not the same on all ranks.
 

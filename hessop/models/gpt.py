@@ -38,13 +38,13 @@ class GPTConfig:
     """Share the head's weight with the token embedding (GPT-2 does)."""
 
     @classmethod
-    def gpt2_small(cls) -> "GPTConfig":
+    def gpt2_small(cls) -> GPTConfig:
         """GPT-2 small: 12 layers, 12 heads, width 768, 50,257 tokens, context 1024; 124M parameters."""
         return cls(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, tie_head=True)
 
     @classmethod
     def char(cls, vocab_size: int, block_size: int = 64, n_layer: int = 2, n_head: int = 4,
-             n_embd: int = 64) -> "GPTConfig":
+             n_embd: int = 64) -> GPTConfig:
         """A small character-level model (about 0.1M parameters at the defaults)."""
         return cls(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
 
@@ -127,13 +127,13 @@ class GPT(nn.Module):
             x = block(x)
         return self.head(self.ln_f(x))
 
-    def parameter_blocks(self) -> "OrderedDict[str, list[str]]":
+    def parameter_blocks(self) -> OrderedDict[str, list[str]]:
         """Parameter blocks of the block-wise analysis: embeddings, each attention, each MLP, norms, head.
 
         Values are module prefixes, as :meth:`hessop.HessianOperator.restrict` and the
         ``blocks=`` of :func:`hessop.analysis.layerwise.layerwise` take them.
         """
-        blocks: "OrderedDict[str, list[str]]" = OrderedDict(embeddings=["wte", "wpe"])
+        blocks: OrderedDict[str, list[str]] = OrderedDict(embeddings=["wte", "wpe"])
         for i in range(self.config.n_layer):
             blocks[f"attention {i}"] = [f"blocks.{i}.attn"]
             blocks[f"mlp {i}"] = [f"blocks.{i}.mlp"]

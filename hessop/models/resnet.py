@@ -29,7 +29,7 @@ with ``conv1``, ``bn1``, ``conv2``, ``bn2``) and ``head``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

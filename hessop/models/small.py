@@ -9,7 +9,7 @@ readable.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ class MLP(nn.Sequential):
         activation: type[nn.Module] = nn.Tanh,
     ):
         widths = [in_features, *hidden, out_features]
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]), start=1):
             layers[f"fc{i}"] = nn.Linear(a, b)
             if i < len(widths) - 1:

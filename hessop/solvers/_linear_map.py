@@ -22,8 +22,9 @@ result reports exactly what that call cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import array_api_compat
 import numpy as np

@@ -7,8 +7,9 @@ entry point :func:`.eigsh.eigsh` chooses the method and runs the control.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

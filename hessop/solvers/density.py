@@ -65,7 +65,7 @@ class SpectralDensity:
     converged: bool = True
 
     @classmethod
-    def from_eigenvalues(cls, eigenvalues, sigma: float | None = None, grid=None) -> "SpectralDensity":
+    def from_eigenvalues(cls, eigenvalues, sigma: float | None = None, grid=None) -> SpectralDensity:
         """The exact density of known eigenvalues (one "probe" with weights ``1/n``)."""
         lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
         nodes, weights = lam[None, :], np.full((1, lam.size), 1.0 / lam.size)

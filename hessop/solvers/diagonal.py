@@ -18,14 +18,29 @@ from typing import Any
 
 import numpy as np
 
+from .._array import Array, to_numpy
 from .._collective import check_arguments
 from .._renamed import renamed
-from .._array import Array, to_numpy
 from ._linear_map import LinearMap, as_linear_map
 from ._progress import Progress
-from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
-                     check_seed, gather, host64, loo_directions, mine, probe_comm, probes, t_factor,
-                     warn_uncalibrated)
+from .probes import (
+    MIN_CALIBRATED,
+    Interrupted,
+    apply_blocks,
+    blocks,
+    check_budget,
+    check_kind,
+    check_method,
+    check_seed,
+    gather,
+    host64,
+    loo_directions,
+    mine,
+    probe_comm,
+    probes,
+    t_factor,
+    warn_uncalibrated,
+)
 
 __all__ = ["DiagonalResult", "diagonal"]
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .._collective import check_arguments
 from .._array import Array, numpy_dtype
+from .._collective import check_arguments
 from ._linear_map import LinearMap, as_linear_map
 from ._ritz import Control, EigshResult, EigshState
 from .block import block_lanczos

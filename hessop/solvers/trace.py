@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -25,9 +26,26 @@ from .._collective import check_arguments
 from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
 from ._progress import Progress
-from .probes import (MIN_CALIBRATED, Interrupted, apply_blocks, blocks, check_budget, check_kind, check_method,
-                     check_seed, gather, host64, loo_directions, mean_stderr, mine, pair_covariance, probe_comm, probes,
-                     t_factor, warn_uncalibrated)
+from .probes import (
+    MIN_CALIBRATED,
+    Interrupted,
+    apply_blocks,
+    blocks,
+    check_budget,
+    check_kind,
+    check_method,
+    check_seed,
+    gather,
+    host64,
+    loo_directions,
+    mean_stderr,
+    mine,
+    pair_covariance,
+    probe_comm,
+    probes,
+    t_factor,
+    warn_uncalibrated,
+)
 
 __all__ = ["TraceResult", "trace"]
 

@@ -43,7 +43,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import array_api_compat
 import jax
@@ -255,7 +256,7 @@ class JaxBackend(Backend):
     def flat_params(self):
         return self._flat
 
-    def restrict(self, names: Sequence[str]) -> "JaxBackend":
+    def restrict(self, names: Sequence[str]) -> JaxBackend:
         unknown = [name for name in names if name not in self._all_names]
         if unknown:
             raise ValueError(f"restrict: no parameter named {unknown}; parameters are {self._all_names}")

@@ -10,10 +10,12 @@ dimension of its first leaf.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import numpy as np
+
 
 class Batches:
     """The batches: kept as a list of device arrays when possible, else re-iterated each pass."""

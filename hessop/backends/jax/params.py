@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 def path_name(path) -> str:
     parts = []
     for key in path:

@@ -18,8 +18,8 @@ The previous settings are restored on exit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

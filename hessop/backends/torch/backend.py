@@ -69,15 +69,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ..._array import namespace
-from .attention import exact_attention
 from ..base import CURVATURES, Backend
+from .attention import exact_attention
 from .checks import (
     check_finite_batch,
     check_finite_model,
@@ -378,7 +379,7 @@ class TorchBackend(Backend):
         return acc
 
     # -- subsets -----------------------------------------------------------------------------------
-    def restrict(self, names: Sequence[str]) -> "TorchBackend":
+    def restrict(self, names: Sequence[str]) -> TorchBackend:
         unknown = [n for n in names if n not in self.param_names]
         if unknown or not names:
             raise ValueError(

@@ -19,8 +19,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -133,8 +133,8 @@ def raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
         )
 
 
-def check_repeatable(backend: "TorchBackend", index: int, x: Any, y: Any, vs: "Tensors", batched: bool,
-                     parts: "Tensors") -> None:
+def check_repeatable(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
+                     parts: Tensors) -> None:
     """The same vector again on a fresh pass must give the same product ``parts``; over a kept graph, a fresh
     forward pass must give the same loss (:func:`.kept.check_repeatable_loss`, one pass, not three)."""
     graph = backend._graphs.graphs.get(index) if backend.curvature == "hessian" else None
@@ -146,7 +146,7 @@ def check_repeatable(backend: "TorchBackend", index: int, x: Any, y: Any, vs: "T
     check_repeatable_product(parts, backend._product(index, x, y, vs, batched, fresh=True), index)
 
 
-def raise_nonfinite_product(backend: "TorchBackend", vs: "Tensors", batched: bool) -> None:
+def raise_nonfinite_product(backend: TorchBackend, vs: Tensors, batched: bool) -> None:
     """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
     flags = []
     for index, x, y in backend.batches:

@@ -24,7 +24,8 @@ Compiling costs seconds to minutes (measured in ``docs/performance.md``), so
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.func import functional_call

@@ -21,8 +21,8 @@ that on the first batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn

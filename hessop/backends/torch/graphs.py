@@ -31,7 +31,7 @@ ResNet20), so the kept graph would differ from a plain one.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

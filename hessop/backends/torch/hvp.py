@@ -26,7 +26,8 @@ inside ``jvp(grad(...))`` on PyTorch's immutable ZeroTensor (pytorch#123996).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.func import grad, jvp, vjp, vmap

@@ -35,7 +35,7 @@ noise layers) gives another loss, and the product built on it another matrix.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import operator
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -103,7 +104,7 @@ class Linearized:
         cols = [tangent(tuple(vi[c] for vi in v)) for c in range(v[0].shape[0])]
         return tuple(torch.stack(parts) for parts in zip(*cols))
 
-    def _fits(self, index: int, tangent: "TangentPass", params: Tensors) -> bool:
+    def _fits(self, index: int, tangent: TangentPass, params: Tensors) -> bool:
         """Keep ``tangent`` if its constants fit what is left of the budget (else remember the batch as too big)."""
         size = tangent.nbytes(params)
         if self.budget is None:
@@ -115,7 +116,7 @@ class Linearized:
         self.too_big.add(index)
         return False
 
-    def _compiled(self, tangent: "TangentPass", index: int, v: Tensors, batched: bool) -> Callable:
+    def _compiled(self, tangent: TangentPass, index: int, v: Tensors, batched: bool) -> Callable:
         """The compiled function of ``tangent``'s skeleton, compiled at its first use and checked then.
 
         Compilations are keyed by the skeleton's code and its constants' layouts, so every new

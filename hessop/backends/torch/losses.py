@@ -22,8 +22,8 @@ two cannot be told apart and torch's layout wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 _ALL = {**STRATEGIES, **INEXACT}
 
 
-def hessian(backend: "TorchBackend", index: int, x: Any, y: Any, vs: Tensors, batched: bool,
+def hessian(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
             fresh: bool = False) -> Tensors:
     """Batch ``index``'s Hessian product by the strategy for vectors or blocks, chosen at the first of its kind."""
     key = "block" if batched else "vector"
@@ -49,7 +50,7 @@ def hessian(backend: "TorchBackend", index: int, x: Any, y: Any, vs: Tensors, ba
     return run(backend, name, index, x, y, vs, batched, fresh)
 
 
-def run(backend: "TorchBackend", name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
+def run(backend: TorchBackend, name: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
         fresh: bool = False) -> Tensors:
     """Batch ``index``'s product by strategy ``name``; ``fresh``: recomputed, no kept graph or linearisation."""
     if name == "compiled":
@@ -67,7 +68,7 @@ def run(backend: "TorchBackend", name: str, index: int, x: Any, y: Any, vs: Tens
     return _ALL[name](f, backend._current(), target_of(x, y), vs, batched)
 
 
-def _run_compiled(backend: "TorchBackend", index: int, x: Any, y: Any, vs: Tensors, batched: bool,
+def _run_compiled(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
                   fresh: bool) -> Tensors:
     """Batch ``index``'s product through ``torch.compile``; ``fresh`` (the first product): checked against eager.
 
@@ -90,7 +91,7 @@ def _run_compiled(backend: "TorchBackend", index: int, x: Any, y: Any, vs: Tenso
                                  batched, check=index if fresh or first else None)
 
 
-def _choose(backend: "TorchBackend", key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
+def _choose(backend: TorchBackend, key: str, index: int, x: Any, y: Any, vs: Tensors, batched: bool) -> str:
     """The strategy for vectors or for blocks: the user's, the compiled product, or ``auto``'s choice."""
     if backend.compile:
         backend.chosen[key] = "compiled"
@@ -105,7 +106,7 @@ def _choose(backend: "TorchBackend", key: str, index: int, x: Any, y: Any, vs: T
     return backend.chosen[key]
 
 
-def graph_of(backend: "TorchBackend", index: int, x: Any, y: Any) -> FirstOrderGraph | None:
+def graph_of(backend: TorchBackend, index: int, x: Any, y: Any) -> FirstOrderGraph | None:
     """Batch ``index``'s first-order graph from the backend's cache (:mod:`.graphs`); ``None``: recompute."""
     if not backend.batches.is_list:
         return None
