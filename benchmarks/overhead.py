@@ -83,7 +83,8 @@ def cases(problem, tasks: list[str], hvps: list[str]) -> list[tuple[str, Callabl
                  lambda m=method, G=G: trace(G, method=m, max_matvecs=TRACE_BUDGET, check_symmetric=False))
                 for s, G in ops.items()]
         if curvlinops is not None:
-            out.append((f"trace:{method} curvlinops", lambda f=getattr(curvlinops, name): f(C, TRACE_BUDGET)))
+            estimator = getattr(curvlinops, name)
+            out.append((f"trace:{method} curvlinops", lambda f=estimator: f(C, TRACE_BUDGET)))
     return out
 
 

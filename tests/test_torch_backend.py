@@ -78,7 +78,7 @@ def dense_ggn(model, loss, batches) -> np.ndarray:
     for x, y in batches:
         o = out(flat0, x)
         J = jacrev(out)(flat0, x).reshape(o.numel(), -1)
-        H_out = hessian(lambda t: loss(t, _target(y)))(o).reshape(o.numel(), o.numel())
+        H_out = hessian(lambda t, y=y: loss(t, _target(y)))(o).reshape(o.numel(), o.numel())
         G = G + (len(y) / total if mean else 1) * (J.T @ H_out @ J)
     return G.numpy()
 

@@ -101,7 +101,8 @@ def run(quick: bool = False, log=print) -> Verdict:
     body = f"""MLP 64-32-32-32-32-32-10 (tanh, {H.shape[0]:,} parameters) trained on the first 500 digits
 (final training loss {final:.3f}). `hessop.analysis.layerwise(H, "modules", density_steps={steps},
 num_probes={probes})` compares raw eigenvalues ("raw"); `hessop.spectral_distance(block, full, metric,
-scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape"). Full network: top eigenvalue {fullrow.top_eigenvalue:.3g}, trace {fullrow.trace:.3g}.
+scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape").
+Full network: top eigenvalue {fullrow.top_eigenvalue:.3g}, trace {fullrow.trace:.3g}.
 
 | layer | parameters | top eigenvalue | trace | W1 (raw) | JS (raw) | W1 (shape) | JS (shape) |
 |---|---|---|---|---|---|---|---|

@@ -33,7 +33,8 @@ def parameter_layers(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
     """The modules that own trainable parameters directly, in order, with their named parameters."""
     layers = []
     for mod_name, module in model.named_modules():
-        own = [(f"{mod_name}.{n}" if mod_name else n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        own = [(f"{mod_name}.{n}" if mod_name else n, p)
+               for n, p in module.named_parameters(recurse=False) if p.requires_grad]
         if own:
             layers.append((mod_name, own))
     return layers
@@ -98,7 +99,9 @@ class HessianTraceRegularizer:
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0; got {gamma!r}")
         if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer (apply the penalty every that many steps); got {every!r}")
+            raise ValueError(
+                f"every must be a positive integer (apply the penalty every that many steps); got {every!r}"
+            )
         if not isinstance(num_probes, int) or num_probes < 1:
             raise ValueError(f"num_probes must be a positive integer; got {num_probes!r}")
         self.model, self.gamma, self.every, self.num_probes = model, float(gamma), every, num_probes
@@ -139,7 +142,9 @@ class HessianTraceRegularizer:
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError("pass the scalar training loss (a 0-d tensor with its autograd graph) to the regulariser")
         if not loss.requires_grad:
-            raise ValueError("the loss has no autograd graph; compute it with gradients enabled (not under torch.no_grad)")
+            raise ValueError(
+                "the loss has no autograd graph; compute it with gradients enabled (not under torch.no_grad)"
+            )
         grads = torch.autograd.grad(loss, self.params, create_graph=True)
         samples = []
         for _ in range(self.num_probes):
@@ -153,7 +158,8 @@ class HessianTraceRegularizer:
         est = torch.stack(samples)
         value = est.mean()
         self.last_trace = float(value.detach())
-        self.last_stderr = float(est.detach().std(unbiased=True) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+        spread = est.detach().std(unbiased=True) if len(samples) > 1 else math.nan
+        self.last_stderr = float(spread / math.sqrt(len(samples)))
         return value
 
     def __call__(self, loss: torch.Tensor, step: int) -> torch.Tensor:

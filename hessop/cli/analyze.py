@@ -18,7 +18,9 @@ def analyze(args: Any) -> int:
     steps, budget = chosen_steps(args)  # the options alone, alike on every process: before any collective
     device = torch_device(args.device)
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}; give the path of a file saved with torch.save")
+        raise UsageError(
+            f"--checkpoint: no such file {args.checkpoint!r}; give the path of a file saved with torch.save"
+        )
     comm = communicator(args.comm)
     prepare(args, comm)
 

@@ -265,7 +265,8 @@ def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
         H = setup(runner, state)
         for name in session.steps:
             seed = step_seed(args.seed, name)
-            runner.step(name, lambda name=name, seed=seed: STEPS[name](H, session.budget, seed, state, session.progress))
+            runner.step(name, lambda name=name, seed=seed: STEPS[name](H, session.budget, seed, state,
+                                                                       session.progress))
 
     def report(st: RunState, status: str, error: str | None) -> None:
         if session.writer:
@@ -295,4 +296,5 @@ def _announce(session: Session, status: str, error: str | None) -> None:
             headline.append(f"top eigenvalue {steps['eigenvalues']['eigenvalues'][0]:.4g}")
         if "trace" in steps:
             headline.append(f"trace {steps['trace']['trace']:.4g} ± {steps['trace']['stderr']:.2g}")
-        print(f"hessop: {status} report in {where}" + (f" ({', '.join(headline)})" if headline else ""), file=sys.stderr)
+        summary = f" ({', '.join(headline)})" if headline else ""
+        print(f"hessop: {status} report in {where}{summary}", file=sys.stderr)
