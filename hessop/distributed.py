@@ -236,10 +236,9 @@ class abort_on_error(contextlib.ContextDecorator):
     def __enter__(self) -> abort_on_error:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
             self._handle(exc_type, exc, tb)
-        return False
 
     def install(self) -> abort_on_error:
         """Abort the job on any uncaught exception from now on (chains the previous hook)."""

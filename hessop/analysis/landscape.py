@@ -76,7 +76,9 @@ class Landscape:
         for key in ("alphas", "betas", "losses"):
             if out[key] is not None:
                 arr = np.asarray(out[key], dtype=np.float64)
-                out[key] = np.where(np.isfinite(arr), arr, None).tolist()
+                values = arr.astype(object)
+                values[~np.isfinite(arr)] = None
+                out[key] = values.tolist()
         out["direction_norms"] = list(self.direction_norms)
         out["labels"] = list(self.labels)
         return out
@@ -85,7 +87,8 @@ class Landscape:
     def from_dict(cls, d: dict) -> Landscape:
         """The landscape back from :meth:`to_dict` (None, an unreached point, becomes NaN); other keys are ignored."""
         arr = lambda v: None if v is None else np.array(v, dtype=np.float64)  # noqa: E731 - None entries: NaN
-        return cls(arr(d["alphas"]), arr(d["losses"]), float(d["center_loss"]), arr(d.get("betas")),
+        return cls(np.array(d["alphas"], dtype=np.float64), np.array(d["losses"], dtype=np.float64),
+                   float(d["center_loss"]), arr(d.get("betas")),
                    tuple(d.get("direction_norms", ())), tuple(d.get("labels", ("direction 1", "direction 2"))),
                    int(d.get("num_evaluations", 0)), bool(d.get("partial", False)))
 

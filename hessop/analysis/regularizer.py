@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -152,9 +153,9 @@ class HessianTraceRegularizer:
                 torch.randint(0, 2, p.shape, generator=self._gen, device=p.device).to(p.dtype) * 2 - 1
                 for p in self.params
             ]
-            gv = sum((g * v).sum() for g, v in zip(grads, probes))
+            gv = cast(torch.Tensor, sum((g * v).sum() for g, v in zip(grads, probes)))
             hv = torch.autograd.grad(gv, self.params, create_graph=create_graph, retain_graph=True)
-            samples.append(sum((h * v).sum() for h, v in zip(hv, probes)))
+            samples.append(cast(torch.Tensor, sum((h * v).sum() for h, v in zip(hv, probes))))
         est = torch.stack(samples)
         value = est.mean()
         self.last_trace = float(value.detach())

@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["LayerwiseRow", "GaussNewtonRow", "TrackRecord"]
 
@@ -39,7 +39,7 @@ class _Row:
     def to_dict(self) -> dict:
         """The row as a JSON-ready dict."""
         out = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(cast(Any, self)):
             value = getattr(self, f.name)
             if value is None and f.name in self._OPTIONAL:
                 continue
@@ -49,7 +49,7 @@ class _Row:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
         """The row back from :meth:`to_dict` (unknown keys are an error: not a row of this kind)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cast(Any, cls))}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown fields {unknown}; is this a saved {cls.__name__}?")

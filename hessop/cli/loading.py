@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ def _load_file(path: Path, flag: str):
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{flag}: cannot import {str(path)!r} as a Python module; give a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -83,7 +85,7 @@ def _what(exc: BaseException) -> str:
 def call_factory(factory: Callable, **context: Any) -> Any:
     """Call ``factory``, passing those of ``context`` (e.g. ``rank``, ``size``) it declares."""
     try:
-        params = inspect.signature(factory).parameters
+        params: Mapping[str, Any] = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
     kwargs = {k: v for k, v in context.items() if k in params}

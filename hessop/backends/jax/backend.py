@@ -23,8 +23,8 @@ Parameters and dtypes
 ---------------------
 Parameter names are the pytree key paths joined by ``"."`` (``{"layer1": {"w": ...}}``
 gives ``"layer1.w"``), so ``H.restrict("layer1")`` selects a sub-dictionary as it
-selects a PyTorch module (:mod:`hessop.backends.jax.params`). The vectors have the parameters' dtype (float32 for float16 and
-bfloat16 models). JAX computes in float32 unless the user enables 64-bit mode
+selects a PyTorch module (:mod:`hessop.backends.jax.params`). The vectors have the parameters' dtype
+(float32 for float16 and bfloat16 models). JAX computes in float32 unless the user enables 64-bit mode
 (``jax.config.update("jax_enable_x64", True)``); this backend never flips that
 global switch and refuses float64 parameters while it is off.
 
