@@ -32,8 +32,8 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends.torch.hvp`:
     which no other strategy can undercut); otherwise the exact strategies are
     timed once on the first batch (for blocks with a kept graph, only the two
     that use it; on a GPU the leanest of those within 10% of the fastest). A
-    strategy that fails on the model (e.g. an op without a ``vmap`` rule) is skipped; when all fail, ``"finite-difference"`` is used,
-    with a warning that says why.
+    strategy that fails on the model (e.g. an op without a ``vmap`` rule) is
+    skipped; when all fail, ``"finite-difference"`` is used, with a warning.
 
 ``compile=True`` runs each batch's Hessian product through ``torch.compile``:
 over a list of batches with the model in eval mode, the tangent pass of each
