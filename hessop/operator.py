@@ -189,7 +189,7 @@ class HessianOperator(NativeOperator):
 
     @property
     def blocks(self) -> dict[str, slice]:
-        """Named parameter blocks (modules) in model order, as slices of the flat vector."""
+        """Named parameter blocks (modules) in the order of the flat vector, as slices of it."""
         out: dict[str, slice] = {}
         start = 0
         for module, size in zip(self.backend.module_names, self.backend.param_sizes):
@@ -228,7 +228,8 @@ class HessianOperator(NativeOperator):
 
     def gradient(self) -> Array:
         """The gradient of the loss over all the data, a native vector."""
-        g = summed(self.comm, self.comm.allreduce, self.backend.grad_sum, lambda: self.parameters() * float("nan"), "in the gradient")
+        g = summed(self.comm, self.comm.allreduce, self.backend.grad_sum, lambda: self.parameters() * float("nan"),
+                   "in the gradient")
         return g * self._scale if self._scale != 1.0 else g
 
     def parameters(self) -> Array:
@@ -237,7 +238,8 @@ class HessianOperator(NativeOperator):
 
     def loss_at(self, flat: Array) -> float:
         """The loss over all the data with the parameters replaced by ``flat`` (a native vector)."""
-        return summed(self.comm, self.comm.allreduce_scalar, lambda: self.backend.loss_at(flat), _nan, "in the loss") * self._scale
+        loss = summed(self.comm, self.comm.allreduce_scalar, lambda: self.backend.loss_at(flat), _nan, "in the loss")
+        return loss * self._scale
 
     def to_dense(self, max_size: int = DENSE_LIMIT) -> np.ndarray:
         """The operator as a dense host matrix, built column block by column block.

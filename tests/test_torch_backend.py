@@ -235,12 +235,44 @@ def test_params_option_selects_by_tensor_or_name():
     loss = nn.CrossEntropyLoss()
     by_tensor = TorchBackend(model, loss, data, params=[model.fc2.weight, model.fc1.bias])
     by_name = TorchBackend(model, loss, data, params=["fc1.bias", "fc2.weight"])
-    assert by_tensor.param_names == by_name.param_names == ["fc1.bias", "fc2.weight"]  # model order
+    assert by_tensor.param_names == ["fc2.weight", "fc1.bias"]  # the order given
+    assert by_name.param_names == ["fc1.bias", "fc2.weight"]
+    with pytest.raises(ValueError, match="'fc1.bias' is given twice"):
+        TorchBackend(model, loss, data, params=["fc1.bias", model.fc1.bias])
     model.fc1.weight.requires_grad_(False)
     try:
         assert "fc1.weight" not in TorchBackend(model, loss, data).param_names
     finally:
         model.fc1.weight.requires_grad_(True)
+
+
+def test_params_out_of_model_order_keep_the_order_given():
+    """A vector built in the user's order was read in the model's: the operator was a permuted Hessian."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    data = random_batches((4,), [6, 5], seed=3)
+    loss = nn.CrossEntropyLoss()
+    given = [model[2].bias, model[0].weight, model[2].weight]
+    H = make_operator(model, loss, data, params=given)
+    assert H.parameter_names == ["2.bias", "0.weight", "2.weight"]
+    assert list(H.blocks) == ["2", "0", "2#23"]  # 2's two parameters are not adjacent in the flat vector
+    names = dict((id(p), n) for n, p in model.named_parameters())
+
+    def total(*ps):
+        state = {**dict(model.named_parameters()), **{names[id(p)]: q for p, q in zip(given, ps)}}
+        return sum(loss(functional_call(model, state, (x.double(),)), y) * len(y) for x, y in data) / 11
+
+    blocks = torch.autograd.functional.hessian(total, tuple(p.detach() for p in given))
+    dense = torch.cat([torch.cat([b.reshape(p.numel(), q.numel()) for b, q in zip(row, given)], 1)
+                       for row, p in zip(blocks, given)]).numpy()
+    np.testing.assert_allclose(H.to_dense(), dense, atol=1e-12)
+    grads = torch.autograd.grad(total(*given), given)
+    torch.testing.assert_close(H.gradient(), torch.cat([g.reshape(-1) for g in grads]))
+    torch.testing.assert_close(H.parameters(), torch.cat([p.detach().reshape(-1) for p in given]))
+    assert H.loss_at(H.parameters()) == pytest.approx(H.loss(), rel=1e-14)
+    sub = H.restrict("0.weight", "2.bias")  # the operator's order, the user's
+    assert sub.parameter_names == ["2.bias", "0.weight"]
+    np.testing.assert_allclose(sub.to_dense(), dense[:23, :23], atol=1e-12)
 
 
 def test_loss_gradient_and_loss_at_match_autograd():

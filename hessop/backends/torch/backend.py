@@ -31,9 +31,9 @@ Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends.torch.hvp`:
     graph takes ``"double-backward"`` without timing anything (one backward pass,
     which no other strategy can undercut); otherwise the exact strategies are
     timed once on the first batch (for blocks with a kept graph, only the two
-    that use it; on a GPU the leanest of those within 10% of the fastest). A strategy that fails on the model (e.g. an op without a
-    ``vmap`` rule) is skipped; when all fail, ``"finite-difference"`` is used,
-    with a warning that says why.
+    that use it; on a GPU the leanest of those within 10% of the fastest). A
+    strategy that fails on the model (e.g. an op without a ``vmap`` rule) is
+    skipped; when all fail, ``"finite-difference"`` is used, with a warning.
 
 ``compile=True`` runs each batch's Hessian product through ``torch.compile``:
 over a list of batches with the model in eval mode, the tangent pass of each
@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -84,11 +84,13 @@ from .checks import (
     check_finite_model,
     check_first_batch,
     check_repeatable,
+    dict_input_refused,
     raise_nonfinite,
     raise_nonfinite_product,
 )
 from .compiled import CompiledProduct
 from .data import Batches, arguments, check_loader, check_train_mode, target_of
+from .functional import Snapshot
 from .graphs import GraphCache, budget_of
 from .hvp import ALIASES, INEXACT, STRATEGIES, Tensors, ggn
 from .kept import KeptProducts
@@ -183,7 +185,7 @@ class TorchBackend(Backend):
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
         self._set_params(select_params(model, params))
-        counter = Counter(loss, weight_fn)
+        counter = self._counter = Counter(loss, weight_fn)
         self.batches = Batches(data, self.device, self._data_dtype, counter)
         counter.check_known(self.batches.is_list and len(self.batches) == 1)
         if check_determinism:
@@ -212,6 +214,20 @@ class TorchBackend(Backend):
         self._kept: KeptProducts | None = None  # the vector products over kept graphs, once all are kept
         self._compiled: CompiledProduct | None = None
         self._linearized = Linearized(self.model, self.graph_budget)
+        self._snapshot: Snapshot | None = None  # the model the kept graphs and linearisations were built at
+
+    def _forget_if_changed(self) -> None:
+        """Drop every kept graph and linearisation when the model changed since they were built."""
+        if self._snapshot is not None and not self._snapshot.unchanged():
+            self._graphs.clear()
+            self._linearized.clear()
+            self._kept = None
+            self._snapshot = None
+
+    def _remember(self) -> None:
+        """Snapshot the model once something built at its current state is kept (:mod:`.functional`)."""
+        if self._snapshot is None and (self._graphs.graphs or self._linearized.fns or self._kept is not None):
+            self._snapshot = Snapshot(self.model)
 
     def _current(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -257,7 +273,12 @@ class TorchBackend(Backend):
 
     def _check_first_batch(self, x: Any, y: Any, check_determinism: bool) -> None:
         model_fn, loss_of_output, _ = self._closures(x, y)
-        check_first_batch(model_fn, loss_of_output, tuple(self._current()), check_determinism)
+        try:
+            check_first_batch(model_fn, loss_of_output, tuple(self._current()), check_determinism)
+        except TypeError as err:
+            if isinstance(x, Mapping) and y is not None:
+                raise dict_input_refused(x, err) from err
+            raise
         if check_determinism:
             check_loader(self.batches, (x, y))
 
@@ -275,8 +296,9 @@ class TorchBackend(Backend):
 
     # -- products ------------------------------------------------------------------------------
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
+        self._forget_if_changed()
         kept = self._kept
-        if kept is not None and V.ndim == 1 and type(V) is torch.Tensor and kept.valid():
+        if kept is not None and V.ndim == 1 and type(V) is torch.Tensor:
             out = kept.vector(V)
             if math.isfinite(float(out.sum())):
                 return out
@@ -285,6 +307,7 @@ class TorchBackend(Backend):
             out = self._hvp_sum(V)
         if V.ndim == 1:
             self._kept = self._kept_products()
+        self._remember()
         return out
 
     def _kept_products(self) -> KeptProducts | None:
@@ -299,7 +322,7 @@ class TorchBackend(Backend):
             if graph is None:
                 return None
             graphs.append((graph, float(self._weight(count))))
-        return KeptProducts(self.model, graphs, self.param_sizes, self.param_shapes, True)
+        return KeptProducts(graphs, self.param_sizes, self.param_shapes, True)
 
     def _hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         batched = V.ndim == 2
@@ -311,8 +334,11 @@ class TorchBackend(Backend):
             count += c
             parts = self._product(index, x, y, vs, batched)
             if not self._repeatable:  # the first product: a fresh pass must agree
-                check_repeatable(self, index, x, y, vs, batched, parts)
-                self._repeatable = True
+                if all(bool(torch.isfinite(p).all()) for p in parts):
+                    check_repeatable(self, index, x, y, vs, batched, parts)
+                    self._repeatable = True
+                else:  # NaN never equals NaN: not a question of repeatability (the sum's check below says what)
+                    check_finite_model(self.model)
             for view, part in zip(views, parts):
                 view.add_(part, alpha=self._weight(c))
         self._check_count(count)
@@ -339,6 +365,9 @@ class TorchBackend(Backend):
             raise RuntimeError(
                 f"the data held {count:g} loss terms (samples or tokens) in this pass but {self.local_count:g} when "
                 "the operator was built; the data must not change while the operator is in use (build a new operator)"
+                + (". The batches' targets differ in shape beyond the first dimension, which counting the loader's "
+                   "samples did not see: state each batch's weight with weight_fn=lambda batch: ..."
+                   if self._counter.uneven else "")
             )
 
     # -- loss and gradient -----------------------------------------------------------------------

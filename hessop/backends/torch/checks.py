@@ -147,7 +147,9 @@ def check_repeatable(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tens
 
 
 def raise_nonfinite_product(backend: TorchBackend, vs: Tensors, batched: bool) -> None:
-    """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
+    """Name the weight that turned NaN or infinite since the operator was built, else the first batch whose
+    product is NaN or infinite (a second pass, on the error path only)."""
+    check_finite_model(backend.model)
     flags = []
     for index, x, y in backend.batches:
         parts = backend._product(index, x, y, vs, batched)
@@ -155,4 +157,15 @@ def raise_nonfinite_product(backend: TorchBackend, vs: Tensors, batched: bool) -
     raise_nonfinite(flags, f"{backend.curvature}-vector product")
     raise FloatingPointError(
         f"the {backend.curvature}-vector product overflowed while adding up the batches; use a float64 model"
+    )
+
+
+def dict_input_refused(inputs: Mapping, err: TypeError) -> TypeError:
+    """The error for an ``(inputs, y)`` batch with a dict ``inputs`` that the model's ``forward`` refused."""
+    keys = ", ".join(repr(k) for k in list(inputs)[:4])
+    return TypeError(
+        f"the model refused the first batch's inputs ({err}): for a batch (inputs, y) whose inputs are a dict "
+        f"(keys {keys}), hessop calls model(**inputs), each key a keyword argument of forward(); for a model "
+        "whose forward() takes the dict itself, give each batch as ((inputs,), y): a tuple of inputs is passed "
+        "as positional arguments, so the model is called as model(inputs)"
     )

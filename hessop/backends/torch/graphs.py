@@ -6,8 +6,8 @@ then one more backward pass. Keeping each batch's graph makes every later
 product cost that last pass only, at the price of holding the batch's saved
 activations. :class:`GraphCache` keeps graphs, batch by batch, while their
 total stays under a budget in bytes; the batches beyond it are recomputed at
-every product as without a cache. All graphs are dropped together when a
-parameter or buffer of the model changes in place (the caller's ``key``).
+every product as without a cache. All graphs are dropped together when the
+model changes (the caller's :class:`.functional.Snapshot`).
 
 The default budget is a quarter of the memory left free once the first graph
 is built, less what a product needs beside the kept graphs (:func:`reserve`),
@@ -53,25 +53,22 @@ class GraphCache:
 
     def __init__(self, budget: int | None):
         self.budget = budget
-        self.clear(None)
+        self.clear()
 
-    def clear(self, key: object) -> None:
-        """Drop every graph; ``key`` identifies the parameter and buffer values they were built at."""
-        self.key = key
+    def clear(self) -> None:
+        """Drop every graph (the model changed, :mod:`.functional`)."""
         self.graphs: dict[int, FirstOrderGraph] = {}
         self.too_big: set[int] = set()
         self.used = 0
 
     def get(
-        self, index: int, key: object, build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tensor]
+        self, index: int, build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tensor]
     ) -> FirstOrderGraph | None:
         """Batch ``index``'s graph: the kept one, or a new one from ``build`` (kept if it fits).
 
         ``None`` when the budget is spent or the graph was found too big before:
         the caller then computes the product without a kept graph.
         """
-        if key != self.key:
-            self.clear(key)
         graph = self.graphs.get(index)
         if graph is not None or self.budget == 0 or index in self.too_big:
             return graph

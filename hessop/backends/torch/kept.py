@@ -8,11 +8,9 @@ zero-filled accumulator, per-parameter casts) cost about 0.3 ms per call, 40% of
 the backward pass on a 2,410-parameter MLP. :class:`KeptProducts` is the
 product over the kept graphs with that work taken out:
 
-* whether the graphs are still valid is read from a snapshot of the model: every
-  module's ``_modules``, ``_parameters`` and ``_buffers`` entries (the objects
-  themselves, so a replaced module or parameter is seen) and each tensor's data
-  pointer and version counter (so ``p.data = ...`` and any in-place change are
-  seen), the same things that key the graph cache;
+* whether the graphs are still valid is read once per product from a snapshot of
+  the model (:class:`.functional.Snapshot`: the objects, modes and values), the
+  test of every kept graph and linearisation;
 * no forward pass runs, so no attention-kernel context is needed (the kernels
   were chosen when the graphs were built);
 * the backward pass is handed to the autograd engine directly
@@ -23,8 +21,8 @@ product over the kept graphs with that work taken out:
   function is missing or its signature differs, ``torch.autograd.grad`` is used;
 * one batch is flattened by concatenation; several add into one accumulator.
 
-Anything the snapshot does not match sends the call back to the general path,
-which rebuilds the graphs and a new :class:`KeptProducts`.
+A model that no longer matches the snapshot sends the call back to the general
+path, which rebuilds the graphs and a new :class:`KeptProducts`.
 
 The first product over a kept graph checks repeatability with a second forward
 pass (:func:`check_repeatable_loss`) instead of a second product on a graph
@@ -38,7 +36,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from .hvp import FirstOrderGraph
 
@@ -48,50 +45,18 @@ except ImportError:  # pragma: no cover - older or newer torch
     _engine_run_backward = None
 
 
-def snapshot(model: nn.Module) -> list[tuple]:
-    """``(owner dict, name, object, data pointer or None, version or None)`` for every module, parameter, buffer,
-    and ``(owner dict, None, its length, None, None)`` for every dict of them."""
-    entries: list[tuple] = []
-    for module in model.modules():
-        for table in (module._modules, module._parameters, module._buffers):
-            entries.append((table, None, len(table), None, None))  # an entry added later is a change too
-            for name, obj in table.items():
-                if isinstance(obj, torch.Tensor):
-                    entries.append((table, name, obj, obj.data_ptr(), obj._version))
-                else:
-                    entries.append((table, name, obj, None, None))
-    return entries
-
-
-def unchanged(entries: list[tuple]) -> bool:
-    """Whether the model still holds the same objects with the same data and versions as ``entries``."""
-    for table, name, obj, ptr, version in entries:
-        if name is None:
-            if len(table) != obj:
-                return False
-            continue
-        if table.get(name) is not obj:
-            return False
-        if ptr is not None and (obj._version != version or obj.data_ptr() != ptr):
-            return False
-    return True
-
-
 class KeptProducts:
     """``Σ_b w_b H_b V`` over kept first-order graphs (module docstring).
 
     Parameters
     ----------
-    model : the network whose state the graphs were built at (snapshotted here)
     graphs : each batch's kept graph, with its weight
     sizes, shapes : the flat vector's split into parameter tensors
     same_dtype : whether every differentiated parameter has the vectors' dtype (no casts)
     """
 
-    def __init__(self, model: nn.Module, graphs: Sequence[tuple[FirstOrderGraph, float]],
-                 sizes: list[int], shapes: list[tuple], same_dtype: bool):
-        self.model = model
-        self.entries = snapshot(model)
+    def __init__(self, graphs: Sequence[tuple[FirstOrderGraph, float]], sizes: list[int], shapes: list[tuple],
+                 same_dtype: bool):
         self.graphs = list(graphs)
         self.sizes = sizes
         self.shapes = shapes
@@ -105,10 +70,6 @@ class KeptProducts:
                 step *= d
             self.layout.append((tuple(shape), tuple(strides), offset))
             offset += size
-
-    def valid(self) -> bool:
-        """The graphs still describe the model (eval mode, nothing replaced or changed)."""
-        return not self.model.training and unchanged(self.entries)
 
     def vector(self, v: torch.Tensor) -> torch.Tensor:
         """``Σ_b w_b H_b v`` for a vector ``v`` of the parameters' dtype."""

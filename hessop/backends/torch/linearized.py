@@ -16,8 +16,8 @@ same skeleton. The price is the tracing (seconds per batch on the CPU, where a
 product takes milliseconds) and that memory: 2 to 3.5 times a kept first-order
 graph's (146 against 65 MiB for a batch of 256 of that conv net).
 For a list of batches each batch's linearisation is kept while the model is
-unchanged (the test of :mod:`hessop.backends.torch.kept`: the same modules,
-parameters and buffers, with the same data and versions), the model is in eval
+unchanged (the caller's test, :class:`.functional.Snapshot`: the same modules,
+parameters and buffers, with the same values), the model is in eval
 mode, and the kept constants fit the budget of the graph cache
 (:mod:`hessop.backends.torch.graphs`); otherwise it is rebuilt at every product,
 which only pays for blocks. ``hvp="auto"`` never chooses it.
@@ -48,7 +48,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from .compiled import check_compiled, compiler_failure
 from .graphs import WORKING_BUFFERS, default_budget
 from .hvp import Loss, Tensors
-from .kept import snapshot, unchanged
 
 
 class Linearized:
@@ -56,7 +55,7 @@ class Linearized:
 
     Parameters
     ----------
-    model : the network (its snapshot decides when kept linearisations are stale)
+    model : the network (linearisations are kept only in eval mode; the caller clears them when it changes)
     budget : bytes the kept constants may hold; None for the graph cache's default
         (:func:`~hessop.backends.torch.graphs.default_budget`), 0 to keep none
     """
@@ -64,7 +63,6 @@ class Linearized:
     def __init__(self, model: nn.Module, budget: int | None = None):
         self.model, self.budget = model, budget
         self.compiled: dict[tuple, Callable] = {}  # a skeleton's code and layouts -> its compiled function
-        self.entries: list | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -85,9 +83,6 @@ class Linearized:
         linearisation cannot be kept (the caller then compiles the whole product).
         """
         keep = self.kept(keep)
-        if self.entries is None or not unchanged(self.entries):
-            self.clear()
-            self.entries = snapshot(self.model)
         tangent = self.fns.get(index)
         if tangent is None:
             if compile and (not keep or index in self.too_big):

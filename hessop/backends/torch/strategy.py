@@ -102,7 +102,7 @@ def _choose(backend: TorchBackend, key: str, index: int, x: Any, y: Any, vs: Ten
         runner = lambda name: run(backend, name, index, x, y, vs, batched)  # noqa: E731
         backend.chosen[key] = choose(runner, batched, kept, backend.device)
         if not any(n.startswith("double-backward") for n in backend.chosen.values()):
-            backend._graphs.clear(None)  # graphs the timing kept that no chosen strategy reads: free their memory
+            backend._graphs.clear()  # graphs the timing kept that no chosen strategy reads: free their memory
     return backend.chosen[key]
 
 
@@ -111,11 +111,8 @@ def graph_of(backend: TorchBackend, index: int, x: Any, y: Any) -> FirstOrderGra
     if not backend.batches.is_list:
         return None
     state = backend._fixed()
-    # the values the graph was built at, and the modules it ran through (a module added or replaced
-    # changes the function even where no parameter changes; holding them keeps their ids unique)
-    key = (tuple((t.data_ptr(), t._version) for t in state.values()), tuple(backend.model.modules()))
     build = lambda: FirstOrderGraph(backend._closures(x, y, state)[2], backend._current(), target_of(x, y))  # noqa: E731
-    return backend._graphs.get(index, key, build, state.values())
+    return backend._graphs.get(index, build, state.values())
 
 
 def choose(run: Callable[[str], object], batched: bool, kept: bool, device: torch.device) -> str:
@@ -133,7 +130,8 @@ NEAR_TIE = 1.1
 
 
 def fastest(run: Callable[[str], object], names: Iterable[str], device: torch.device) -> str:
-    """The name among ``names`` whose second ``run(name)`` takes least time, or the leanest near tie (module docstring)."""
+    """The name among ``names`` whose second ``run(name)`` takes least time, or the leanest near tie (module
+    docstring)."""
     times: dict[str, float] = {}
     peaks: dict[str, int] = {}
     errors: dict[str, Exception] = {}
