@@ -32,8 +32,9 @@ class EigshResult:
     residual_norms : numpy.ndarray
         ``||A x - λ x|| / max(|λ|, ||A||_est)`` (host float64), the normwise
         backward error of each pair; ``||A||_est`` is the largest ``|Ritz value|`` seen.
-        Estimated from the Krylov relation (no extra products) and never reported
-        below the vectors' machine epsilon, the accuracy rounding lets a pair attain.
+        Recomputed from the returned pairs with one product of the ``k`` eigenvectors
+        (reserved in the budget; :mod:`.verify`), never reported below the vectors'
+        machine epsilon. A run interrupted by Ctrl-C keeps the Krylov relation's estimates.
     converged : numpy.ndarray
         ``residual_norms <= tol`` (bool), and, for every method but ``"power"``, the result
         certified complete: no copy of a wanted eigenvalue missed (:mod:`.certify`). A
