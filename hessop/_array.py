@@ -44,7 +44,14 @@ def import_cupy():
 
 
 def same_device(a: Any, b: Any) -> bool:
-    """Whether two devices, possibly named by different frameworks, are the same one."""
+    """Whether two devices, possibly named by different frameworks, are the same one.
+
+    Two JAX shardings are the same place when they span the same devices (a
+    vector sharded one way and a replicated result of the same mesh).
+    """
+    sets = getattr(a, "device_set", None), getattr(b, "device_set", None)
+    if sets[0] is not None and sets[1] is not None:
+        return sets[0] == sets[1]
     try:
         return device_key(a) == device_key(b)
     except ValueError:

@@ -171,3 +171,19 @@ def test_split_faults_fail_on_every_rank_or_end_the_job(tmp_path):
     assert "ValueError: rank 1 lost its shard in product 5" in proc.stderr
     for rec in records:  # different k on the two ranks: both raised before any product
         assert rec["args"][0] == "RankDisagreementError" and "(k;" in rec["args"][1]
+
+
+@pytest.mark.slow
+def test_jax_parameters_sharded_over_two_devices_give_the_dense_top_five_with_sharded_eigenvectors():
+    """Issue 21, item 3: was an IndivisibleError placing a small host array with the vector's sharding."""
+    pytest.importorskip("jax")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "mpi" / "jax_sharded.py")], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    sharded = out["sharded"]
+    assert out["devices"] == 2 and sharded["converged"]
+    assert np.allclose(sharded["eigenvalues"], out["dense"], rtol=0, atol=1e-8)
+    assert sharded["vector_devices"] == 2 and sharded["shard_rows"] == [21, 21]  # the vectors stayed split
+    assert abs(sharded["trace"] - out["plain"]["trace"]) < 1e-10 * abs(out["plain"]["trace"])  # same seed, same numbers
