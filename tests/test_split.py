@@ -103,7 +103,8 @@ def test_unsplit_maps_keep_their_draws_and_reductions():
     A = SpectralOperator(np.arange(1.0, 31.0), seed=0)
     lm = as_linear_map(A, check_symmetric=False)
     assert lm.split is None and lm.rows == 30
-    assert np.array_equal(lm.random(np.random.default_rng(3), (30, 2)), np.random.default_rng(3).standard_normal((30, 2)))
+    drawn = lm.random(np.random.default_rng(3), (30, 2))
+    assert np.array_equal(drawn, np.random.default_rng(3).standard_normal((30, 2)))
     X = lm.random(1, (30, 4))
     assert np.array_equal(lm.inner(X, X), X.T @ X) and float(lm.norm(X[:, 0])) == np.linalg.norm(X[:, 0])
     assert lm.qr(X)[0].shape == (30, 4)
@@ -144,7 +145,8 @@ def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path)
     one = runs[1][0]
     lam = nn_like_spectrum(90, num_outliers=6, null_fraction=0.3, seed=1)
     for method in ("thick-restart", "lanczos", "block"):
-        assert np.allclose(one[method]["eigenvalues"], lam[::-1][:4], rtol=0, atol=1e-9) and all(one[method]["converged"])
+        assert np.allclose(one[method]["eigenvalues"], lam[::-1][:4], rtol=0, atol=1e-9)
+        assert all(one[method]["converged"])
         assert np.allclose(one[method]["overlap"], 1.0, atol=1e-6)
     assert np.allclose(one["power"], lam[::-1][:2], atol=1e-4)
     for method in ("xtrace", "hutch++", "hutchinson"):

@@ -41,7 +41,8 @@ out = {"dense": np.sort(np.linalg.eigvalsh(dense))[::-1][:5].tolist(), "devices"
 full = "full" in sys.argv[1:]
 for name, params in (("plain", plain), ("sharded", sharded)):
     H = hessop.hessian(loss, params, data)
-    rec = out[name] = {"n": int(H.shape[0]), "trace": hessop.trace(H, method="hutch++", max_matvecs=16, seed=1).estimate}
+    t = hessop.trace(H, method="hutch++", max_matvecs=16, seed=1)
+    rec = out[name] = {"n": int(H.shape[0]), "trace": t.estimate}
     if name == "sharded" or full:
         r = hessop.eigsh(H, k=5)
         X = r.eigenvectors

@@ -1,7 +1,8 @@
 """Launched by tests/test_split.py: the solvers on an operator whose vectors are split over the ranks.
 
-``python split.py OUTDIR results [quick]``: every solver (``quick``: eigsh, XTrace and SLQ) on a :class:`~hessop.testing.SplitSpectralOperator`
-(uneven rows on 3 or more ranks); each rank writes ``OUTDIR/rank<r>.json`` with what it got.
+``python split.py OUTDIR results [quick]``: every solver (``quick``: eigsh, XTrace and SLQ) on a
+:class:`~hessop.testing.SplitSpectralOperator` (uneven rows on 3 or more ranks); each rank writes
+``OUTDIR/rank<r>.json`` with what it got.
 ``python split.py OUTDIR faults``: ranks that disagree on a solver's arguments must all raise
 (caught and recorded); then the last rank fails inside a product, which must end the job.
 """
