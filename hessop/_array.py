@@ -44,7 +44,14 @@ def import_cupy():
 
 
 def same_device(a: Any, b: Any) -> bool:
-    """Whether two devices, possibly named by different frameworks, are the same one."""
+    """Whether two devices, possibly named by different frameworks, are the same one.
+
+    Two JAX shardings are the same place when they span the same devices (a
+    vector sharded one way and a replicated result of the same mesh).
+    """
+    sets = getattr(a, "device_set", None), getattr(b, "device_set", None)
+    if sets[0] is not None and sets[1] is not None:
+        return sets[0] == sets[1]
     try:
         return device_key(a) == device_key(b)
     except ValueError:
@@ -95,11 +102,28 @@ def to_numpy(x: Array) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, xp, device=None, dtype=None) -> Array:
-    """Move a host array into namespace ``xp`` on ``device``, optionally casting to ``dtype``."""
+    """Move a host array into namespace ``xp`` on ``device``, optionally casting to ``dtype``.
+
+    ``device`` may be a JAX sharding of several devices (the placement of a
+    sharded vector): a host array placed with it is split the same way.
+    """
     out = xp.asarray(np.ascontiguousarray(a), device=device) if device is not None else xp.asarray(a)
     if dtype is not None and out.dtype != dtype:
         out = xp.astype(out, dtype)
     return out
+
+
+def replicated(a: np.ndarray, xp, device=None, dtype=None) -> Array:
+    """A small host array (coefficients, a Gram matrix) moved next to vectors placed on ``device``.
+
+    As :func:`from_numpy`, except where ``device`` spans several devices (a JAX
+    sharding): a small array is not split like a vector (its shape need not
+    divide over the mesh), it is left uncommitted, and JAX copies it to every
+    device of an operation that needs it.
+    """
+    if len(getattr(device, "device_set", ())) > 1:
+        device = None
+    return from_numpy(a, xp, device, dtype)
 
 
 def numpy_dtype(xp, dtype) -> np.dtype:
@@ -115,6 +139,30 @@ def numpy_dtype(xp, dtype) -> np.dtype:
 def rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """A numpy Generator from a seed, an existing generator (returned as is) or None (fresh entropy)."""
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+SPLIT_CHUNK = 1 << 16
+"""Rows per independently seeded chunk of a split draw (:func:`random_rows`)."""
+_SPLIT_STREAM = 0x73706C6974  # "split": keeps the chunk streams apart from every other seed sequence
+
+
+def random_rows(key, n: int, start: int, stop: int, cols: int | None, kind: str = "gaussian") -> np.ndarray:
+    """Rows ``start:stop`` of a random ``(n,)`` (``cols=None``) or ``(n, cols)`` draw named by ``key``.
+
+    The whole draw is cut into chunks of :data:`SPLIT_CHUNK` rows (the last one shorter); chunk ``b``
+    comes from ``default_rng([*key, SPLIT_STREAM, b])``. A rank draws only the
+    chunks that overlap its rows, and the whole vector is the same for any
+    number of ranks and any split of its rows.
+    """
+    key = [int(k) for k in np.atleast_1d(key)]
+    shape = () if cols is None else (int(cols),)
+    out = np.empty((stop - start, *shape))
+    for b in range(start // SPLIT_CHUNK, -(-stop // SPLIT_CHUNK) if stop > start else 0):
+        lo, hi = b * SPLIT_CHUNK, min((b + 1) * SPLIT_CHUNK, n)
+        chunk = random_matrix(np.random.default_rng([*key, _SPLIT_STREAM, b]), (hi - lo, *shape), kind)
+        a, z = max(lo, start), min(hi, stop)
+        out[a - start:z - start] = chunk[a - lo:z - lo]
+    return out
 
 
 def random_matrix(gen: np.random.Generator, shape, kind: str = "gaussian") -> np.ndarray:

@@ -170,6 +170,10 @@ def check_arguments(solver: str, A: Any = None, comm: Any = None, **arguments: A
     if not comms:
         return
     names = list(arguments)
+    split = getattr(A, "split", None)
+    if split is not None:  # a split operator's vectors (v0) are this rank's rows: compare their shape only
+        arguments = {k: (("split rows", tuple(v.shape[1:])) if getattr(v, "ndim", 0) > 0 and v.shape[0] == split.rows
+                         else v) for k, v in arguments.items()}
     mine = np.array([_fingerprint(arguments[k]) for k in names])
     for c in comms:
         spread = np.asarray(c.allreduce_max(np.concatenate([mine, -mine])), dtype=np.float64)

@@ -32,6 +32,7 @@ from ._collective import summed
 from .backends.base import Backend
 from .comm.base import Communicator
 from .distributed import as_comm
+from .split import RowSplit, refuse_host
 
 
 def _nan() -> float:
@@ -59,10 +60,16 @@ class NativeOperator(LinearOperator):
         Native dtype of the vectors (``dtype`` is its numpy twin, for scipy).
     num_matvecs : int
         Products so far (a ``k``-column block counts ``k``).
+    split : hessop.split.RowSplit or None
+        Set by an operator whose vectors are split across processes: each rank
+        holds a block of rows (``split.rows`` of ``n``) and :meth:`apply` takes and
+        returns that block. The scipy host path and ``to_dense`` then refuse
+        (a rank's rows are not a vector); hessop's solvers reduce across ranks.
     """
 
     noun = "operator"
     """What the operator is called in error messages."""
+    split: RowSplit | None = None
 
     def __init__(self, n: int, xp: Any, device: Any, native_dtype: Any):
         self.xp, self.native_dtype = xp, native_dtype
@@ -81,11 +88,17 @@ class NativeOperator(LinearOperator):
         self.num_matvecs += 1 if V.ndim == 1 else int(V.shape[1])
         return out
 
+    @property
+    def rows(self) -> int:
+        """Rows of a native vector on this rank: ``n``, or this rank's block when :attr:`split`."""
+        return self.shape[0] if self.split is None else self.split.rows
+
     def _check_native(self, V: Array) -> None:
-        n = self.shape[0]
+        n = self.rows
         if not hasattr(V, "ndim") or V.ndim not in (1, 2) or V.shape[0] != n:
             shape = getattr(V, "shape", None)
-            raise ValueError(f"expected a vector of shape ({n},) or a block ({n}, k); got shape {shape}")
+            whose = "" if self.split is None else f" (this rank's rows of the split {self.noun})"
+            raise ValueError(f"expected a vector of shape ({n},) or a block ({n}, k){whose}; got shape {shape}")
         if V.dtype != self.native_dtype:
             raise TypeError(
                 f"vector dtype {V.dtype} does not match the operator's {self.native_dtype}; "
@@ -105,9 +118,13 @@ class NativeOperator(LinearOperator):
         return from_numpy(x.astype(self.dtype, copy=False), self.xp, self.device, self.native_dtype)
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
+        if self.split is not None:
+            refuse_host(self.noun, self.split, "a scipy or host product")
         return to_numpy(self.apply(self._to_native(np.ravel(x)))).reshape(np.shape(x))
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
+        if self.split is not None:
+            refuse_host(self.noun, self.split, "a scipy or host product")
         return to_numpy(self.apply(self._to_native(X)))
 
     def _rmatvec(self, x: np.ndarray) -> np.ndarray:
@@ -244,8 +261,11 @@ class HessianOperator(NativeOperator):
     def to_dense(self, max_size: int = DENSE_LIMIT) -> np.ndarray:
         """The operator as a dense host matrix, built column block by column block.
 
-        Costs ``n`` products; refused beyond ``max_size`` (raise it knowingly).
+        Costs ``n`` products; refused beyond ``max_size`` (raise it knowingly),
+        and refused for a split operator (no rank can hold its columns).
         """
+        if self.split is not None:
+            refuse_host(self.noun, self.split, "to_dense()")
         n = self.shape[0]
         if n > max_size:
             raise ValueError(

@@ -8,6 +8,9 @@ reflections, O(n) memory and O(n) per product, for large n). It is a scipy
 ``LinearOperator`` and also speaks the native protocol (``apply``, ``xp``,
 ``device``, ``native_dtype``) in any array-API namespace, so a solver test can
 run the same spectrum on numpy, ``array_api_strict`` or torch.
+:class:`SplitSpectralOperator` is the same matrix with its vectors split across
+processes (each rank holds a block of rows), to test the solvers on split
+operators without any framework.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import ortho_group
 
-from ._array import Array, from_numpy, namespace, rng
+from ._array import Array, from_numpy, namespace, rng, to_numpy
+from .distributed import as_comm
 from .operator import NativeOperator
+from .split import RowSplit, refuse_host
 
 
 def nn_like_spectrum(
@@ -144,6 +149,53 @@ class SpectralOperator(NativeOperator):
         """The matrix as a float64 host array."""
         Q = self.eigenvectors()
         return (Q * self.eigenvalues) @ Q.T
+
+
+class SplitSpectralOperator(NativeOperator):
+    """:class:`SpectralOperator`'s dense matrix with vectors split over the ranks of ``comm`` (numpy).
+
+    Every rank builds the same ``A = Q diag(eigenvalues) Qᵀ`` from ``seed`` and keeps
+    its block of rows; :meth:`apply` takes and returns this rank's rows of a
+    vector. A product assembles the whole input with one all-reduce of ``n x k``
+    (a test operator: small ``n`` only) and multiplies by the local rows.
+
+    Parameters
+    ----------
+    eigenvalues, seed
+        As :class:`SpectralOperator` (dense ``Q``).
+    comm : communicator, optional
+        The ranks the rows are split over (default: one process).
+    rows : int, optional
+        This rank's row count (default: ``n`` in near-equal contiguous blocks).
+    """
+
+    noun = "split operator"
+
+    def __init__(self, eigenvalues, comm: Any = None, *, seed: int = 0, rows: int | None = None):
+        comm = as_comm(comm)
+        self.comm = comm
+        self.eigenvalues = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
+        n = self.eigenvalues.size
+        split = RowSplit.even(n, comm) if rows is None else RowSplit.from_rows(rows, comm)
+        if split.n != n:  # every rank computed the same split.n: all raise together
+            raise ValueError(f"the ranks' rows add up to {split.n}, not the operator's n = {n}")
+        self.split = split
+        g = rng(seed)
+        self._Q = ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))
+        self._rows = ((self._Q * self.eigenvalues) @ self._Q.T)[split.offset:split.stop]
+        xp = namespace(np.zeros(1))
+        super().__init__(n, xp, "cpu", xp.float64)
+
+    def _product(self, V: Array) -> Array:
+        return self._rows @ self.split.gather(np.asarray(to_numpy(V)))
+
+    def to_dense(self) -> np.ndarray:
+        """Refused: no rank holds the whole matrix's columns (one sentence naming the solvers)."""
+        refuse_host(self.noun, self.split, "to_dense()")
+
+    def eigenvectors(self) -> np.ndarray:
+        """The exact eigenvectors (whole, host float64), as :meth:`SpectralOperator.eigenvectors`."""
+        return self._Q
 
 
 def extreme_eigenvalues(eigenvalues, k: int, which: str = "LA") -> np.ndarray:

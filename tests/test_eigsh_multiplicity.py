@@ -175,7 +175,7 @@ def test_a_neighbour_that_could_hold_a_missed_copy_is_not_locked():
 
     theta = np.array([3.0, 4.9, 5.0, 6.0])  # ascending; the wanted (k = 2, "LA") are 6 and 5
     basis = lambda m: np.eye(8)[:, :m]  # noqa: E731
-    lm = SimpleNamespace(n=8, asarray=np.asarray)
+    lm = SimpleNamespace(n=8, asarray=np.asarray, small=np.asarray)
     for r_near, expected in ((0.05, None), (1e-4, [3.0, 4.9])):
         snap = Snapshot(4, theta, np.array([3, 2]), np.eye(4), np.zeros(2), np.array([1e-9, r_near, 1e-9, 1e-9]))
         control = SimpleNamespace(last=(snap, basis), tol=1e-6, anorm=6.0, which="LA", lm=lm)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._array import Array, rng
 from ._linear_map import LinearMap
-from ._ortho import breakdown_tol, cgs2, host, noise_floor, norm, put
+from ._ortho import breakdown_tol, cgs2, host, noise_floor, put
 
 
 class KrylovBasis:
@@ -62,8 +62,8 @@ class KrylovBasis:
     def start(self, v0: Array) -> None:
         """Set the next vector to ``v0`` (orthogonalised against the basis, normalised)."""
         v = self._native(v0)
-        if v.ndim != 1 or v.shape[0] != self.lm.n:
-            raise ValueError(f"the start vector must have shape ({self.lm.n},); got {tuple(v.shape)}")
+        if v.ndim != 1 or v.shape[0] != self.lm.rows:
+            raise ValueError(f"the start vector must have shape ({self.lm.rows},); got {tuple(v.shape)}")
         r = self._normalized(v)
         if r is None:
             raise ValueError("the start vector is zero (or lies in the span already built); pass a nonzero v0")
@@ -88,19 +88,19 @@ class KrylovBasis:
 
     # -- internals ---------------------------------------------------------------------------
     def _step(self, q: Array) -> None:
-        xp, j = self.xp, self.size
+        j = self.size
         if self.keep:
             self.Q = put(self.Q, j, q)
         w = self.lm(q)
         if self.reorthogonalize:
-            w, h = cgs2(self.Q[:, : j + 1], w)
+            w, h = cgs2(self.lm, self.Q[:, : j + 1], w)
             a = h[j]
         else:
             if self._last is not None and self.beta and self.beta[-1] > 0:
                 w = w - self.beta[-1] * self._last
-            a = xp.sum(q * w)
+            a = self.lm.inner(q, w)
             w = w - a * q
-        alpha, beta = (float(x) for x in host(a, norm(xp, w)))
+        alpha, beta = (float(x) for x in host(a, self.lm.norm(w)))
         if not (np.isfinite(alpha) and np.isfinite(beta)):
             raise FloatingPointError(
                 f"the operator returned NaN or Inf at Lanczos step {j + 1}; check the model, the data and the dtype"
@@ -109,8 +109,8 @@ class KrylovBasis:
         broke = j + 1 >= self.lm.n or beta == 0.0
         if not broke and beta <= self.tol * self.scale:
             if self.reorthogonalize:  # suspicious: a third pass tells noise from a small true coupling
-                w, h = cgs2(self.Q[:, : j + 1], w)  # two more passes
-                a3, beta3 = (float(x) for x in host(h[j], norm(xp, w)))
+                w, h = cgs2(self.lm, self.Q[:, : j + 1], w)  # two more passes
+                a3, beta3 = (float(x) for x in host(h[j], self.lm.norm(w)))
                 alpha += a3
                 broke = beta3 < 0.717 * beta or beta3 <= noise_floor(self.lm.eps) * self.scale
                 beta = beta3
@@ -133,23 +133,19 @@ class KrylovBasis:
         return None
 
     def _normalized(self, v: Array) -> Array | None:
-        xp = self.xp
-        v0 = float(host(norm(xp, v))[0])
+        v0 = float(host(self.lm.norm(v))[0])
         if not np.isfinite(v0):
             raise FloatingPointError("the start vector holds NaN or Inf")
         if self.keep and self.size:
-            v, _ = cgs2(self.Q[:, : self.size], v)
+            v, _ = cgs2(self.lm, self.Q[:, : self.size], v)
         elif not self.keep:
             for u in (self._last, self._prev):
                 if u is not None:
-                    v = v - xp.sum(u * v) * u
-        nv = float(host(norm(xp, v))[0])
+                    v = v - self.lm.inner(u, v) * u
+        nv = float(host(self.lm.norm(v))[0])
         if nv <= self.tol * v0 or nv == 0.0:
             return None
         return v * (1.0 / nv)
 
     def _native(self, v: Array) -> Array:
-        lm = self.lm
-        if isinstance(v, np.ndarray):
-            return lm.asarray(v)
-        return v if v.dtype == lm.dtype else lm.xp.astype(v, lm.dtype)
+        return self.lm.vector(v)

@@ -4,7 +4,9 @@ Classical Gram-Schmidt done twice (CGS2) keeps a new vector orthogonal to a basi
 to working precision as long as the vector is not almost entirely inside the
 basis' span ("twice is enough": Giraud, Langou, Rozloznik & van den Eshof 2005,
 *Numer. Math.* 101). Both passes are two BLAS-2/3 products, so nothing moves to
-the host but the small coefficient matrices.
+the host but the small coefficient matrices. The coefficients ``Qᵀ W`` and Gram
+matrices are the :class:`~._linear_map.LinearMap`'s reductions, so the kernels
+work unchanged on vectors split across processes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, to_numpy
+from ._linear_map import LinearMap
 
 
 def put(Q: Array, start: int, V: Array) -> Array:
@@ -33,7 +36,7 @@ def put(Q: Array, start: int, V: Array) -> Array:
     return Q
 
 
-def cgs2(Q: Array | None, W: Array) -> tuple[Array, Array | None]:
+def cgs2(lm: LinearMap, Q: Array | None, W: Array) -> tuple[Array, Array | None]:
     """Remove from ``W`` its components in the orthonormal columns of ``Q`` (two CGS passes).
 
     Returns ``(W', H)`` with ``W = Q H + W'`` and ``Qᵀ W' ≈ 0``; ``H`` has the
@@ -41,15 +44,10 @@ def cgs2(Q: Array | None, W: Array) -> tuple[Array, Array | None]:
     """
     if Q is None or Q.shape[1] == 0:
         return W, None
-    H = Q.T @ W
+    H = lm.inner(Q, W)
     W = W - Q @ H
-    H2 = Q.T @ W
+    H2 = lm.inner(Q, W)
     return W - Q @ H2, H + H2
-
-
-def norm(xp, w: Array) -> Array:
-    """2-norm of a vector as a 0-d device array."""
-    return xp.linalg.vector_norm(w)
 
 
 def host(*scalars: Array) -> np.ndarray:
@@ -59,7 +57,7 @@ def host(*scalars: Array) -> np.ndarray:
     return np.asarray(to_numpy(xp.concat(parts)), dtype=np.float64)
 
 
-def orthonormalize(xp, W: Array, floor: float, rtol: float = 0.0) -> tuple[Array, np.ndarray]:
+def orthonormalize(lm: LinearMap, W: Array, floor: float, rtol: float = 0.0) -> tuple[Array, np.ndarray]:
     """``W = X B`` with orthonormal ``X`` (``n x r``) spanning the directions of ``W`` above ``floor``.
 
     The singular values and right vectors of ``W`` come from the eigenvalues of
@@ -68,18 +66,18 @@ def orthonormalize(xp, W: Array, floor: float, rtol: float = 0.0) -> tuple[Array
     Fukaya et al. 2014) restores orthonormality lost to the conditioning of
     ``W``. Returns ``X`` (native) and ``B`` (``r x b``, host float64).
     """
-    G = np.asarray(to_numpy(W.T @ W), dtype=np.float64)
+    G = np.asarray(to_numpy(lm.inner(W, W)), dtype=np.float64)
     s2, V = np.linalg.eigh(0.5 * (G + G.T))
     s = np.sqrt(np.clip(s2, 0.0, None))
     keep = s > max(floor, rtol * (s.max() if s.size else 0.0))
     if not np.any(keep):
         return W[:, :0], np.zeros((0, W.shape[1]))
     s, V = s[keep], V[:, keep]
-    X = W @ _device(xp, W, V / s)
+    X = W @ lm.small(V / s)
     B = s[:, None] * V.T
-    G2 = np.asarray(to_numpy(X.T @ X), dtype=np.float64)
+    G2 = np.asarray(to_numpy(lm.inner(X, X)), dtype=np.float64)
     R = np.linalg.cholesky(0.5 * (G2 + G2.T)).T  # X = X' R
-    X = X @ _device(xp, X, np.linalg.inv(R))
+    X = X @ lm.small(np.linalg.inv(R))
     return X, R @ B
 
 
@@ -93,11 +91,6 @@ def columns(xp, X: Array, mask: np.ndarray) -> Array:
 def take_columns(xp, X: Array, idx) -> Array:
     """The columns ``idx`` (host integers, in that order) of ``X``."""
     return xp.take(X, xp.asarray(np.asarray(idx, dtype=np.int64), device=array_api_compat.device(X)), axis=1)
-
-
-def _device(xp, like: Array, a: np.ndarray) -> Array:
-    out = xp.asarray(np.ascontiguousarray(a), device=array_api_compat.device(like))
-    return xp.astype(out, like.dtype) if out.dtype != like.dtype else out
 
 
 def breakdown_tol(eps: float) -> float:

@@ -224,5 +224,5 @@ class Control:
 
 
 def to_device(lm: LinearMap, Y: np.ndarray) -> Array:
-    """A small host coefficient matrix moved to the operator's namespace, device and dtype."""
-    return lm.asarray(np.ascontiguousarray(Y))
+    """A small host coefficient matrix moved next to the operator's vectors (namespace, device, dtype)."""
+    return lm.small(np.ascontiguousarray(Y))

@@ -77,7 +77,7 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
             if control.remaining() < bp:
                 break
             Q = put(Q, m, P)
-            W, h = cgs2(Q[:, :m + bp], lm(P))
+            W, h = cgs2(lm, Q[:, :m + bp], lm(P))
             h = np.asarray(to_numpy(h), dtype=np.float64)
             if not np.all(np.isfinite(h)):
                 raise FloatingPointError(f"the operator returned NaN or Inf at block Lanczos step {restarts}:{m}")
@@ -105,9 +105,10 @@ def _start_block(lm: LinearMap, v0, b: int, gen):
     """An orthonormal ``(n, b)`` start block: ``v0``'s columns completed by seeded Gaussian ones."""
     V = lm.random(gen, (lm.n, b))
     if v0 is not None:
-        v = lm.asarray(np.asarray(to_numpy(v0), dtype=np.float64).reshape(lm.n, -1)[:, :b])
+        v = lm.vector(v0)
+        v = lm.xp.reshape(v, (lm.rows, -1))[:, :b]
         V = put(V, 0, v)
-    X, _ = orthonormalize(lm.xp, V, 0.0, rtol=np.sqrt(lm.eps))
+    X, _ = orthonormalize(lm, V, 0.0, rtol=np.sqrt(lm.eps))
     if X.shape[1] == 0:
         raise ValueError("the start block is zero; pass a nonzero v0")
     return X
@@ -119,13 +120,13 @@ def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
     Returns ``(P, B)``; ``B`` has zero rows for the fresh vectors.
     """
     floor = noise_floor(lm.eps) * anorm
-    X, B = orthonormalize(lm.xp, W, floor)
+    X, B = orthonormalize(lm, W, floor)
     if X.shape[1]:  # DGKS test: directions that were mostly inside span(Q) are rounding noise
-        Xc, _ = cgs2(Q, X)
-        kept = np.sqrt(np.clip(np.diag(np.asarray(to_numpy(Xc.T @ Xc), dtype=np.float64)), 0, None)) > 0.717
+        Xc, _ = cgs2(lm, Q, X)
+        kept = np.sqrt(np.clip(np.asarray(to_numpy(lm.dots(Xc, Xc)), dtype=np.float64), 0, None)) > 0.717
         X, B = columns(lm.xp, Xc, kept), B[kept]
         if X.shape[1]:
-            X, R = orthonormalize(lm.xp, X, 0.5)
+            X, R = orthonormalize(lm, X, 0.5)
             B = R @ B
     width = min(b, lm.n - Q.shape[1])
     keep = min(width, int(X.shape[1]))  # strict array namespaces refuse slices past the end
@@ -133,9 +134,9 @@ def _next_block(lm: LinearMap, Q, W, b: int, anorm: float, gen):
     room = width - X.shape[1]
     if room > 0:
         basis = lm.xp.concat([Q, X], axis=1)
-        R, _ = cgs2(basis, lm.random(gen, (lm.n, room)))
-        F, _ = orthonormalize(lm.xp, R, 0.0, rtol=np.sqrt(lm.eps))
-        F, _ = orthonormalize(lm.xp, cgs2(basis, F)[0], 0.5)
+        R, _ = cgs2(lm, basis, lm.random(gen, (lm.n, room)))
+        F, _ = orthonormalize(lm, R, 0.0, rtol=np.sqrt(lm.eps))
+        F, _ = orthonormalize(lm, cgs2(lm, basis, F)[0], 0.5)
         X = lm.xp.concat([X, F], axis=1)
         B = np.concatenate([B, np.zeros((F.shape[1], W.shape[1]))])
     return X, B

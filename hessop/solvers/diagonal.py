@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, to_numpy
+from .._array import Array
 from .._collective import check_arguments
 from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
@@ -185,7 +185,7 @@ def _hutchinson(lm: LinearMap, m: int, kind: str, seed: int, comm, block_size: i
         done = False
     local = np.concatenate([host64(total), host64(squares), [count]])
     sums = gather(comm, local)
-    n, count = lm.n, int(round(sums[-1]))
+    n, count = lm.rows, int(round(sums[-1]))
     mean = sums[:n] / count
     var = np.clip(sums[n:2 * n] - count * mean**2, 0.0, None) / max(count - 1, 1)
     stderr = np.sqrt(var / count) * t_factor(count) if count > 1 else np.full(n, math.inf)
@@ -213,9 +213,9 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int, block_size: int):
         X = Om[:, :j] * exc.done
         mean = xp.mean(X, axis=1)
         var = xp.sum((X - mean[:, None]) ** 2, axis=1) / max(j - 1, 1)
-        _check(mean)
+        _check(lm, mean)
         return mean, (xp.sqrt(var / j) * t_factor(j) if j > 1 else var + math.inf), j, False, "hutchinson"
-    Q, R = xp.linalg.qr(Y)
+    Q, R = lm.qr(Y)
     try:
         Z, complete = apply_blocks(lm, Q, block_size), True
     except Interrupted as exc:  # the first j columns of Q span the first j columns of Y
@@ -226,18 +226,18 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int, block_size: int):
         Om, Q, R = Om[:, :k], Q[:, :k], R[:k, :k]
     if k >= lm.n:  # Q is a basis of the whole space: diag(QZᵀ) = diag(A)
         est = xp.sum(Q * Z, axis=1)
-        _check(est)
+        _check(lm, est)
         return est, lm.zeros((lm.n,)), k, complete, "xdiag"
     Rh = host64(R)
     S = loo_directions(Rh)
     c = np.sum(S * Rh, axis=0)
-    Sd, cd = lm.asarray(S), lm.asarray(c[None, :])
+    Sd, cd = lm.small(S), lm.small(c[None, :])
     QS, ZS = Q @ Sd, Z @ Sd
     E = QS * (cd * Om - ZS)
     mean_e = xp.mean(E, axis=1)
     var = xp.sum((E - mean_e[:, None]) ** 2, axis=1) / max(k - 1, 1)
     est = xp.sum(Q * Z, axis=1) + mean_e
-    _check(est)
+    _check(lm, est)
     if k < 2:
         return est, var + math.inf, k, complete, "xdiag"
     cov = _pair_covariance(lm, QS, ZS, Om, S, Rh)
@@ -245,8 +245,8 @@ def _xdiag(lm: LinearMap, k: int, kind: str, seed: int, block_size: int):
     return est, err, k, complete, "xdiag"
 
 
-def _check(est: Array) -> None:
-    if not np.all(np.isfinite(to_numpy(est))):
+def _check(lm: LinearMap, est: Array) -> None:
+    if not lm.all_finite(est):  # collective when split: every rank raises together
         raise FloatingPointError("the operator returned NaN or Inf on a probe vector; check the model and data")
 
 
@@ -274,7 +274,7 @@ def _pair_covariance(lm: LinearMap, QS: Array, ZS: Array, Om: Array, S: np.ndarr
         qi, zi, oi = QS[:, i:i + 1], ZS[:, i:i + 1], Om[:, i:i + 1]
         for lo in range(0, k, PAIR_CHUNK):  # (n, PAIR_CHUNK) temporaries, whatever k
             hi = min(lo + PAIR_CHUNK, k)
-            wc, gc, ac, bc = (lm.asarray(v[None, lo:hi]) for v in (w, gd, a, b))
+            wc, gc, ac, bc = (lm.small(v[None, lo:hi]) for v in (w, gd, a, b))
             q, z = QS[:, lo:hi], ZS[:, lo:hi]
             QU, ZU = (q - qi * gc) * wc, (z - zi * gc) * wc  # Q u_ij, Z u_ij over j in the chunk
             D = QU * (ZU - oi * ac)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._array import rng
 from ._linear_map import LinearMap
-from ._ortho import cgs2, host, norm
+from ._ortho import cgs2, host
 from ._ritz import Control, EigshResult, wanted
 
 
@@ -78,13 +78,13 @@ def _one_pair(lm, control, found, sign, shift, v0, gen, values, residuals):
     """Iterate until the Rayleigh quotient settles; returns ``(λ, v, ||A v - λ v||, status)``."""
     xp = lm.xp
     basis = xp.stack(found, axis=1) if found else None
-    v = lm.asarray(np.asarray(v0, dtype=np.float64)) if isinstance(v0, np.ndarray) else v0
+    v = lm.vector(v0) if v0 is not None else None
     if v is None:
         v = lm.random(gen, (lm.n,))
     lam_prev, pair = None, (float("nan"), v, float("inf"))
     while True:
-        v, _ = cgs2(basis, v)
-        nv = float(host(norm(xp, v))[0])
+        v, _ = cgs2(lm, basis, v)
+        nv = float(host(lm.norm(v))[0])
         if nv == 0.0 or not np.isfinite(nv):
             v = lm.random(gen, (lm.n,))
             continue
@@ -92,8 +92,8 @@ def _one_pair(lm, control, found, sign, shift, v0, gen, values, residuals):
         if control.remaining() < 1:
             return (*pair, "budget")
         w = lm(v)
-        lam_dev = xp.sum(v * w)
-        lam, res = (float(x) for x in host(lam_dev, norm(xp, w - lam_dev * v)))
+        lam_dev = lm.inner(v, w)
+        lam, res = (float(x) for x in host(lam_dev, lm.norm(w - lam_dev * v)))
         if not (np.isfinite(lam) and np.isfinite(res)):
             raise FloatingPointError(f"the operator returned NaN or Inf in power iteration for pair {len(found) + 1}")
         pair = (lam, v, res)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from .._array import Array, random_matrix, to_numpy
+from .._array import Array, to_numpy
 from ..distributed import as_comm
 from ._linear_map import LinearMap
 
@@ -90,11 +90,12 @@ def probes(lm: LinearMap, seed: int, indices: Sequence[int], kind: str, stream: 
     """Probes ``indices`` as the columns of one native ``(n, len(indices))`` array.
 
     Probe ``i`` comes from ``default_rng([seed, i])`` (or ``[seed, stream, i]``
-    when an estimator needs several independent families of probes).
+    when an estimator needs several independent families of probes); for an
+    operator split across processes each rank draws its rows of the same
+    whole probes, chunk by chunk (:meth:`~._linear_map.LinearMap.probes`).
     """
     key = (lambda i: [seed, i]) if stream is None else (lambda i: [seed, stream, i])
-    cols = [random_matrix(np.random.default_rng(key(i)), lm.n, kind) for i in indices]
-    return lm.asarray(np.stack(cols, axis=1) if cols else np.zeros((lm.n, 0)))
+    return lm.probes([key(i) for i in indices], kind)
 
 
 def mine(comm, start: int, stop: int) -> list[int]:

@@ -126,7 +126,7 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
 
 def _sketch(lm, Om, kind: str, refine: bool, block_size: int):
     """The sketch's eigenvalues, trace and its error, and the flags ``refined``, ``done``."""
-    xp, d, done = lm.xp, int(Om.shape[1]), True
+    d, done = int(Om.shape[1]), True
     try:
         Y = apply_blocks(lm, Om, int(block_size))
     except Interrupted as exc:
@@ -136,18 +136,18 @@ def _sketch(lm, Om, kind: str, refine: bool, block_size: int):
         d = int(Y.shape[1])
         Om = Om[:, :d]
     if kind == "rademacher":
-        B = host64(Om.T @ Y) / d
+        B = host64(lm.inner(Om, Y)) / d
         eigs = scipy.linalg.eigvalsh(0.5 * (B + B.T))[::-1]
-        _, err = mean_stderr(host64(xp.sum(Om * Y, axis=0)))
+        _, err = mean_stderr(host64(lm.dots(Om, Y)))
         tr, tr_err = float(np.trace(B)), float(err)
     else:
         eigs = _nystrom_eigenvalues(lm, Om, Y)
         tr, tr_err = float(np.sum(eigs)), math.nan
     refined = bool(refine) and done
     if refined:
-        Q, _ = xp.linalg.qr(Y)
+        Q, _ = lm.qr(Y)
         try:
-            H = host64(Q.T @ apply_blocks(lm, Q, int(block_size)))
+            H = host64(lm.inner(Q, apply_blocks(lm, Q, int(block_size))))
         except Interrupted:
             refined = done = False
         else:
@@ -166,10 +166,9 @@ def _nystrom_eigenvalues(lm, Om, Y) -> np.ndarray:
     truncated inverse square root from its eigendecomposition replaces ``C⁻ᵀ``. The small ``d x d`` work
     is done on the host; the ``n x d`` product ``B`` stays on the device.
     """
-    xp = lm.xp
-    nu = math.sqrt(lm.n) * lm.eps * float(host64(xp.linalg.vector_norm(Y)))
+    nu = math.sqrt(lm.n) * lm.eps * float(host64(lm.norm(Y)))
     Ynu = Y + nu * Om
-    G = host64(Om.T @ Ynu)
+    G = host64(lm.inner(Om, Ynu))
     G = 0.5 * (G + G.T)
     try:
         F = scipy.linalg.solve_triangular(np.linalg.cholesky(G), np.eye(G.shape[0]), lower=True).T
@@ -180,6 +179,6 @@ def _nystrom_eigenvalues(lm, Om, Y) -> np.ndarray:
                              "indefinite; use kind='rademacher' for an indefinite Hessian") from None
         keep = g > g[-1] * G.shape[0] * lm.eps
         F = V[:, keep] / np.sqrt(g[keep])
-    B = Ynu @ lm.asarray(F)
-    s = scipy.linalg.svdvals(host64(B.T @ B))  # σ(B)² as eigenvalues of BᵀB, d x d on the host
+    B = Ynu @ lm.small(F)
+    s = scipy.linalg.svdvals(host64(lm.inner(B, B)))  # σ(B)² as eigenvalues of BᵀB, d x d on the host
     return np.concatenate([np.clip(s - nu, 0.0, None), np.zeros(Om.shape[1] - s.size)])

@@ -243,7 +243,7 @@ def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
             local = np.zeros(size)
             for idx in blocks(mine(comm, start, start + size), block_size):
                 Z = probes(lm, seed, idx, kind)
-                local[np.asarray(idx) - start] = host64(lm.xp.sum(Z * lm(Z), axis=0))
+                local[np.asarray(idx) - start] = host64(lm.dots(Z, lm(Z)))
                 if comm.size == 1:  # keep what is done in case of an interrupt
                     samples = np.concatenate([samples[:start], local[:idx[-1] + 1 - start]])
                 bar.advance(len(idx) * comm.size)
@@ -308,7 +308,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
         if not cache or cache["Y"].shape[1] == 0:
             raise
     # interrupted while sketching: Hutchinson samples of the finished sketch products
-    wy = host64(lm.xp.sum(cache["Om"] * cache["Y"], axis=0))
+    wy = host64(lm.dots(cache["Om"], cache["Y"]))
     return wy, 0.0, "interrupt", "hutchinson"
 
 
@@ -352,9 +352,8 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     come with no further product (``complete=False``). With ``k = n`` test vectors
     ``Q`` spans the whole space and every sample is the exact ``tr(QᵀAQ)``.
     """
-    xp = lm.xp
     Om, Y = _extend(lm, cache, k, kind, seed, None, block_size)
-    Q, R = xp.linalg.qr(Y)
+    Q, R = lm.qr(Y)
     try:
         Z, complete = apply_blocks(lm, Q, block_size), True
     except Interrupted as exc:
@@ -363,8 +362,8 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
         if j < 2:
             raise KeyboardInterrupt from None
         Om, Y, Q, R = Om[:, :j], Y[:, :j], Q[:, :j], R[:j, :j]
-    R, H, W, T = (host64(M) for M in (R, Q.T @ Z, Q.T @ Om, Z.T @ Om))
-    wy = host64(xp.sum(Om * Y, axis=0))
+    R, H, W, T = (host64(M) for M in (R, lm.inner(Q, Z), lm.inner(Q, Om), lm.inner(Z, Om)))
+    wy = host64(lm.dots(Om, Y))
     H = 0.5 * (H + H.T)
     if H.shape[0] >= lm.n:  # Q is a basis of the whole space: tr(QᵀAQ) is the trace itself
         return np.full(H.shape[0], np.trace(H)), 0.0, complete
@@ -382,18 +381,17 @@ def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spa
     Sketch probes use stream 0, residual probes stream 1, so both families are
     independent and reproducible.
     """
-    xp = lm.xp
     l = k + spare
     _, Y = _extend(lm, cache, k, kind, seed, 0, block_size)
-    Q, _ = xp.linalg.qr(Y)
+    Q, _ = lm.qr(Y)
     Z = lm(Q)
-    top = float(np.trace(host64(Q.T @ Z)))
+    top = float(np.trace(host64(lm.inner(Q, Z))))
     if k >= lm.n:  # the sketch spans the whole space: nothing is left to estimate
         return np.full(max(l, 2), top), 0.0, True
     G = probes(lm, seed, range(l), kind, stream=1)
-    G = G - Q @ (Q.T @ G)
-    G = G - Q @ (Q.T @ G)
-    return top + host64(xp.sum(G * lm(G), axis=0)), 0.0, True
+    G = G - Q @ lm.inner(Q, G)
+    G = G - Q @ lm.inner(Q, G)
+    return top + host64(lm.dots(G, lm(G))), 0.0, True
 
 
 def _xtrace_cost(k: int, have: int) -> int:

@@ -1,0 +1,191 @@
+"""Operators whose vectors are split across processes (issue 21, item 1 and 4).
+
+In-process: the layout, the rank-count independent random draws, the reductions of
+:class:`~hessop.solvers._linear_map.LinearMap`, and the refusal of every host path. Under
+``mpiexec`` (``tests/mpi/split.py``): every solver gives the same numbers on 1, 2 and 4
+ranks (uneven rows on 4) and the truth, and faults end the job or fail on every rank.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg
+
+import hessop
+from hessop._array import SPLIT_CHUNK, random_rows
+from hessop.comm.base import Communicator
+from hessop.solvers._linear_map import as_linear_map
+from hessop.split import RowSplit
+from hessop.testing import SpectralOperator, SplitSpectralOperator, nn_like_spectrum
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "mpi" / "split.py"
+
+
+class FakeRank(Communicator):
+    """Rank ``rank`` of ``size`` for layout arithmetic only (its sums are its own)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def allreduce(self, x):
+        return np.full_like(x, np.max(x))  # as if every rank held the same row count (from_rows)
+
+    def broadcast(self, obj, root=0):
+        return obj
+
+    def barrier(self):
+        pass
+
+    def abort(self, code=1):
+        raise SystemExit(code)
+
+
+def test_even_split_tiles_the_rows_and_from_rows_sums_the_counts():
+    blocks = [RowSplit.even(10, FakeRank(r, 4)) for r in range(4)]
+    assert [(b.offset, b.rows) for b in blocks] == [(0, 3), (3, 3), (6, 2), (8, 2)]
+    s = RowSplit.from_rows(5, FakeRank(2, 3))  # each rank 5 rows
+    assert (s.offset, s.rows, s.n) == (10, 5, 15)
+    v = np.arange(10.0)
+    assert blocks[2].scatter(v).tolist() == [6.0, 7.0]
+    serial = RowSplit.even(10, None)
+    assert np.array_equal(serial.gather(v), v)
+
+
+@pytest.mark.parametrize("cols", [None, 3])
+def test_a_split_draw_is_the_whole_draw_for_any_number_of_ranks(cols):
+    n = 2 * SPLIT_CHUNK + 17  # crosses chunk boundaries
+    whole = random_rows([5, 1], n, 0, n, cols, "rademacher")
+    for cuts in ([0, n], [0, 11, n], [0, SPLIT_CHUNK - 1, SPLIT_CHUNK + 3, n - 2, n]):
+        parts = [random_rows([5, 1], n, a, b, cols, "rademacher") for a, b in zip(cuts[:-1], cuts[1:])]
+        assert np.array_equal(np.concatenate(parts), whole)
+    assert not np.array_equal(random_rows([5, 2], n, 0, n, cols), random_rows([5, 1], n, 0, n, cols))
+
+
+def test_tsqr_of_a_split_map_is_orthonormal_even_for_a_rank_deficient_block():
+    lm = as_linear_map(SplitSpectralOperator(np.arange(1.0, 41.0)), check_symmetric=False)
+    g = np.random.default_rng(0)
+    Y = g.standard_normal((40, 3)) @ g.standard_normal((3, 6))  # rank 3 of 6 columns
+    Y[:, 0] *= 1e6
+    Q, R = lm.qr(Y)
+    assert np.abs(Q.T @ Q - np.eye(6)).max() < 1e-12
+    assert np.abs(Q @ R - Y).max() < 1e-8 * np.abs(Y).max()
+    assert np.allclose(np.triu(R), R)
+
+
+def test_a_split_operator_on_one_rank_gives_the_solvers_answers():
+    lam = nn_like_spectrum(80, num_outliers=5, seed=2)
+    A = SplitSpectralOperator(lam, seed=1)
+    r = hessop.eigsh(A, k=3)
+    assert r.all_converged and np.allclose(r.eigenvalues, lam[::-1][:3], atol=1e-10)
+    t = hessop.trace(A, max_matvecs=40)
+    assert abs(t.estimate - lam.sum()) < 3 * t.stderr
+
+
+def test_every_host_path_of_a_split_operator_refuses_with_the_solver_to_use():
+    A = SplitSpectralOperator(np.arange(1.0, 21.0))
+    for attempt in (lambda: A @ np.ones(20), lambda: A.matmat(np.ones((20, 2))), lambda: A.dot(np.ones(20)),
+                    lambda: A.to_dense(), lambda: scipy.sparse.linalg.eigsh(A, k=2), lambda: A.rmatvec(np.ones(20))):
+        with pytest.raises(TypeError, match="use hessop's solvers \\(hessop.eigsh"):
+            attempt()
+    with pytest.raises(ValueError, match="this rank's rows"):
+        A.apply(np.ones(21))
+
+
+def test_unsplit_maps_keep_their_draws_and_reductions():
+    """The owner of reductions changes nothing for an ordinary operator: same probes, same numbers."""
+    A = SpectralOperator(np.arange(1.0, 31.0), seed=0)
+    lm = as_linear_map(A, check_symmetric=False)
+    assert lm.split is None and lm.rows == 30
+    drawn = lm.random(np.random.default_rng(3), (30, 2))
+    assert np.array_equal(drawn, np.random.default_rng(3).standard_normal((30, 2)))
+    X = lm.random(1, (30, 4))
+    assert np.array_equal(lm.inner(X, X), X.T @ X) and float(lm.norm(X[:, 0])) == np.linalg.norm(X[:, 0])
+    assert lm.qr(X)[0].shape == (30, 4)
+
+
+# -- under mpiexec -------------------------------------------------------------------------------
+needs_mpi = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not on PATH")
+
+
+def mpiexec(n, *args, timeout=120):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
+    cmd = ["mpiexec", "-n", str(n), sys.executable, str(SCRIPT), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _records(n, tmp_path, mode, *extra):
+    out = tmp_path / f"{mode}{n}"
+    out.mkdir()
+    proc = mpiexec(n, out, mode, *extra)
+    return proc, [json.loads((out / f"rank{r}.json").read_text()) if (out / f"rank{r}.json").exists() else None
+                  for r in range(n)]
+
+
+def _flat(value):
+    if isinstance(value, dict):
+        return np.concatenate([_flat(v) for k, v in sorted(value.items()) if k not in ("local_rows", "num_matvecs")])
+    return np.asarray(value, dtype=float).ravel()
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path):
+    runs = {}
+    for n in (1, 2, 4):
+        proc, runs[n] = _records(n, tmp_path, "results", *(["quick"] if n == 4 else []))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    one = runs[1][0]
+    lam = nn_like_spectrum(90, num_outliers=6, null_fraction=0.3, seed=1)
+    for method in ("thick-restart", "lanczos", "block"):
+        assert np.allclose(one[method]["eigenvalues"], lam[::-1][:4], rtol=0, atol=1e-9)
+        assert all(one[method]["converged"])
+        assert np.allclose(one[method]["overlap"], 1.0, atol=1e-6)
+    assert np.allclose(one["power"], lam[::-1][:2], atol=1e-4)
+    for method in ("xtrace", "hutch++", "hutchinson"):
+        estimate, stderr = one["trace_" + method]
+        assert abs(estimate - lam.sum()) < 3 * stderr, method
+    for n in (2, 4):
+        assert [rec["rows"] for rec in runs[n]] == ([45, 45] if n == 2 else [7, 28, 28, 27])
+        for rec in runs[n]:
+            assert rec["thick-restart"]["local_rows"] == rec["rows"] < 90  # eigenvectors stay split
+            assert "45 of the 90 rows" in rec["host"] or "of the 90 rows" in rec["host"]
+            for key in rec:
+                if key in ("rank", "rows", "offset", "host"):
+                    continue
+                a, b = _flat(one[key]), _flat(rec[key])
+                assert np.all(np.isfinite(a)), key
+                assert a.shape == b.shape and np.allclose(a, b, rtol=1e-9, atol=1e-9), (n, rec["rank"], key)
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_split_faults_fail_on_every_rank_or_end_the_job(tmp_path):
+    proc, records = _records(2, tmp_path, "faults")  # a hang would raise TimeoutExpired
+    assert proc.returncode != 0
+    assert "ValueError: rank 1 lost its shard in product 5" in proc.stderr
+    for rec in records:  # different k on the two ranks: both raised before any product
+        assert rec["args"][0] == "RankDisagreementError" and "(k;" in rec["args"][1]
+
+
+@pytest.mark.slow
+def test_jax_parameters_sharded_over_two_devices_give_the_dense_top_five_with_sharded_eigenvectors():
+    """Issue 21, item 3: was an IndivisibleError placing a small host array with the vector's sharding."""
+    pytest.importorskip("jax")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "mpi" / "jax_sharded.py")], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    sharded = out["sharded"]
+    assert out["devices"] == 2 and sharded["converged"]
+    assert np.allclose(sharded["eigenvalues"], out["dense"], rtol=0, atol=1e-8)
+    assert sharded["vector_devices"] == 2 and sharded["shard_rows"] == [21, 21]  # the vectors stayed split
+    assert abs(sharded["trace"] - out["plain"]["trace"]) < 1e-10 * abs(out["plain"]["trace"])  # same seed, same numbers
