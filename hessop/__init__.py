@@ -14,6 +14,7 @@ from .solvers import (
     EigshResult,
     LanczosDecomposition,
     SketchResult,
+    SolveResult,
     SpectralDensity,
     TraceResult,
     density,
@@ -21,6 +22,7 @@ from .solvers import (
     eigsh,
     lanczos,
     sketch,
+    solve,
     spectral_distance,
     trace,
 )
@@ -30,5 +32,6 @@ __all__ = [
     "shard", "abort_on_error", "RankDisagreementError",
     "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
+    "solve", "SolveResult",
 ]
 __version__ = "0.1.0"

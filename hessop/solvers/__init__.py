@@ -10,9 +10,11 @@ from .diagonal import DiagonalResult, diagonal
 from .eigsh import EigshResult, eigsh
 from .lanczos import LanczosDecomposition, lanczos
 from .sketch import SketchResult, sketch
+from .solve import SolveResult, SolveState, solve
 from .trace import TraceResult, trace
 
 __all__ = [
     "DiagonalResult", "EigshResult", "LanczosDecomposition", "SketchResult", "SpectralDensity", "TraceResult",
     "density", "diagonal", "eigsh", "lanczos", "sketch", "spectral_distance", "trace",
+    "SolveResult", "SolveState", "solve",
 ]
