@@ -19,6 +19,7 @@ a communicator adds them across processes.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,6 +151,7 @@ class HessianOperator(NativeOperator):
                                   hint="every rank must build the same model (same seed or checkpoint)")
         super().__init__(backend.n, backend.xp, backend.device, backend.dtype)
         self._scale = 1.0
+        self._product_error: float | None = None
         if backend.normalize:
             total = self.comm.allreduce_scalar(backend.local_count)
             if total <= 0:
@@ -164,7 +166,23 @@ class HessianOperator(NativeOperator):
     def _product(self, V: Array) -> Array:
         out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"),
                      "in a product")
+        if self._product_error is None:
+            self._product_error = self._measured_error()
         return out * self._scale if self._scale != 1.0 else out
+
+    @property
+    def product_error(self) -> float | None:
+        """The products' relative error: 0.0 for exact products, the measured estimate for finite differences
+        (the largest over the ranks), None before the first product. Solvers report no residual below it."""
+        return self._product_error
+
+    def _measured_error(self) -> float | None:
+        """The backend's error after its first product, the largest over the ranks (collective, once)."""
+        error = getattr(self.backend, "product_error", 0.0)
+        if self.comm.size > 1:
+            error = float(self.comm.allreduce_max(np.array([np.nan if error is None else error]))[0])
+            return None if math.isnan(error) else error
+        return error
 
     # -- structure -----------------------------------------------------------------------
     @property

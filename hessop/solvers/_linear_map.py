@@ -43,6 +43,7 @@ class LinearMap:
     dtype: Any
     device: Any = None
     num_matvecs: int = field(default=0)
+    source: Any = None  # the operator wrapped, whose products may carry an error (product_error)
 
     def __call__(self, V: Array) -> Array:
         """``A @ V`` for ``V`` of shape ``(n,)`` or ``(n, k)``; counts ``k`` products."""
@@ -60,6 +61,11 @@ class LinearMap:
     def zeros(self, shape) -> Array:
         """Zeros of ``shape`` on this map's device and dtype."""
         return self.xp.zeros(shape, dtype=self.dtype, device=self.device)
+
+    @property
+    def product_error(self) -> float:
+        """The products' own relative error (``A.product_error``, e.g. finite differences; 0 for exact ones)."""
+        return float(getattr(self.source, "product_error", None) or 0.0)
 
     @property
     def eps(self) -> float:
@@ -91,8 +97,8 @@ def _wrap(A: Any) -> LinearMap:
         if _half(native):  # vectors in float32, each product in the operator's own precision
             apply = A.apply
             return LinearMap(lambda V: xp.astype(apply(xp.astype(V, native)), xp.float32), int(A.shape[0]), xp,
-                             xp.float32, A.device)
-        return LinearMap(A.apply, int(A.shape[0]), xp, native, A.device)
+                             xp.float32, A.device, source=A)
+        return LinearMap(A.apply, int(A.shape[0]), xp, native, A.device, source=A)
     if array_api_compat.is_array_api_obj(A):
         _square(A.shape)
         _real(A.dtype)

@@ -33,7 +33,8 @@ class EigshResult:
         ``||A x - λ x|| / max(|λ|, ||A||_est)`` (host float64), the normwise
         backward error of each pair; ``||A||_est`` is the largest ``|Ritz value|`` seen.
         Estimated from the Krylov relation (no extra products) and never reported
-        below the vectors' machine epsilon, the accuracy rounding lets a pair attain.
+        below the vectors' machine epsilon, the accuracy rounding lets a pair attain, nor
+        below the operator's ``product_error`` (finite-difference products).
     converged : numpy.ndarray
         ``residual_norms <= tol`` (bool), and, for every method but ``"power"``, the result
         certified complete: no copy of a wanted eigenvalue missed (:mod:`.certify`). A
@@ -156,8 +157,8 @@ class Control:
         scale = np.maximum(np.abs(theta), self.anorm)
         rel = np.where(scale > 0, res / np.where(scale > 0, scale, 1.0), np.where(res > 0, np.inf, 0.0))
         # The Krylov relation's estimate keeps shrinking past what rounding lets a computed
-        # pair attain; never claim better than the vectors' machine epsilon.
-        return np.maximum(rel, self.lm.eps)
+        # pair attain; never claim better than the vectors' machine epsilon, nor than the products' own error.
+        return np.maximum(rel, max(self.lm.eps, self.lm.product_error))
 
     def snapshot(self, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int) -> Snapshot:
         """The :class:`Snapshot` of ``θ`` (ascending) with eigenvectors ``Y`` of the projected matrix of the

@@ -90,6 +90,7 @@ from .checks import (
 )
 from .compiled import CompiledProduct
 from .data import Batches, arguments, check_loader, check_train_mode, target_of
+from .finite_difference import FiniteDifference
 from .functional import Snapshot
 from .graphs import GraphCache, budget_of
 from .hvp import ALIASES, INEXACT, STRATEGIES, Tensors, ggn
@@ -214,7 +215,16 @@ class TorchBackend(Backend):
         self._kept: KeptProducts | None = None  # the vector products over kept graphs, once all are kept
         self._compiled: CompiledProduct | None = None
         self._linearized = Linearized(self.model, self.graph_budget)
+        self._finite_difference = FiniteDifference()
         self._snapshot: Snapshot | None = None  # the model the kept graphs and linearisations were built at
+
+    @property
+    def product_error(self) -> float | None:
+        """The products' relative error: 0.0 when exact, the finite difference's measured error (None until its
+        first product, :mod:`.finite_difference`)."""
+        if self.curvature != "ggn" and "finite-difference" in (self.hvp, *self.chosen.values()):
+            return self._finite_difference.error
+        return 0.0
 
     def _forget_if_changed(self) -> None:
         """Drop every kept graph and linearisation when the model changed since they were built."""

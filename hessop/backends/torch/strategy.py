@@ -34,12 +34,11 @@ import torch
 
 from .compiled import CompiledProduct
 from .data import arguments, target_of
-from .hvp import INEXACT, STRATEGIES, FirstOrderGraph, Tensors
+from .hvp import STRATEGIES, FirstOrderGraph, Tensors
 
 if TYPE_CHECKING:
     from .backend import TorchBackend
 
-_ALL = {**STRATEGIES, **INEXACT}
 
 
 def hessian(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
@@ -58,14 +57,15 @@ def run(backend: TorchBackend, name: str, index: int, x: Any, y: Any, vs: Tensor
     if name == "linearize":  # the first product's check compares with a plain forward-over-reverse product
         _, _, f = backend._closures(x, y)
         if fresh:
-            return _ALL["forward-over-reverse"](f, backend._current(), target_of(x, y), vs, batched)
+            return STRATEGIES["forward-over-reverse"](f, backend._current(), target_of(x, y), vs, batched)
         return backend._linearized.product(index, f, tuple(backend._current()), target_of(x, y), vs, batched,
                                            keep=backend.batches.is_list)
     graph = graph_of(backend, index, x, y) if name.startswith("double-backward") and not fresh else None
     if graph is not None:
         return graph.hvp_loop(vs) if batched and name == "double-backward" else graph.hvp(vs, batched=batched)
     _, _, f = backend._closures(x, y)
-    return _ALL[name](f, backend._current(), target_of(x, y), vs, batched)
+    product = backend._finite_difference if name == "finite-difference" else STRATEGIES[name]
+    return product(f, backend._current(), target_of(x, y), vs, batched)
 
 
 def _run_compiled(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
@@ -78,7 +78,7 @@ def _run_compiled(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors
     if backend._linearized.kept(backend.batches.is_list):  # kept linearisations: compile the tangent pass
         _, _, f = backend._closures(x, y)
         if fresh:  # the repeatability check's reference: an eager product on a fresh pass
-            return _ALL["forward-over-reverse"](f, backend._current(), target_of(x, y), vs, batched)
+            return STRATEGIES["forward-over-reverse"](f, backend._current(), target_of(x, y), vs, batched)
         out = backend._linearized.product(index, f, tuple(backend._current()), target_of(x, y), vs, batched,
                                           keep=True, compile=True)
         if out is not None:
