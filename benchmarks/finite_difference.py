@@ -88,7 +88,7 @@ def main() -> None:
                 v = torch.randn(exact.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(seed))
                 a, b = exact.apply(v).double(), approx.apply(v).double()
                 errors.append(float((a - b).norm() / a.norm()))
-            step = approx.backend._finite_difference.factor
+            step = approx.backend.products.finite_difference.factor
             print(f"| {name} | {exact.shape[0]} | {str(dtype)[6:]} | {np.median(errors):.1e} | {max(errors):.1e} "
                   f"| {approx.product_error:.1e} | {step:g} |", flush=True)
 

@@ -9,28 +9,26 @@
   batch must give the same product; a model that draws random numbers in its
   forward pass (dropout in train mode) makes the operator a random matrix,
   on which every solver would report meaningless results as converged.
-* :func:`check_repeatable`: the first product's check of each batch, a second
-  product on a fresh pass, or over a kept graph a second forward pass whose loss
-  must agree (:func:`.kept.check_repeatable_loss`, one pass, not three).
-* :func:`raise_nonfinite` and :func:`raise_nonfinite_product`: the first batch
-  whose loss, gradient or product is NaN or infinite.
+* :func:`check_repeatable_loss`: over a kept first-order graph, the first
+  product's check is a second forward pass whose loss must agree (one pass, not
+  a second graph and product).
+* :func:`raise_nonfinite`: the first batch whose loss, gradient or product is
+  NaN or infinite; :func:`dict_input_refused`: a dict input ``forward`` refused.
+
+They check values and call the functions they are given; none imports anything
+above the product functions.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .data import check_repeatable_forward
-from .kept import check_repeatable_loss
-
-if TYPE_CHECKING:
-    from .backend import TorchBackend
-    from .hvp import Tensors
 
 
 def check_finite_model(model: nn.Module) -> None:
@@ -48,7 +46,8 @@ def check_finite_model(model: nn.Module) -> None:
 def check_finite_batch(batches: Any) -> None:
     """Raise naming the tensor of the first batch (input or target) that holds NaN or infinite values."""
     for index, batch in enumerate(batches.source):  # the first batch, before it is weighed
-        _check_finite_batch(*batches.prepare(batch, index), index)
+        x, y = batches.prepare(batch, index)
+        _check_finite_batch(x, y, index)
         return
 
 
@@ -133,30 +132,17 @@ def raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
         )
 
 
-def check_repeatable(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
-                     parts: Tensors) -> None:
-    """The same vector again on a fresh pass must give the same product ``parts``; over a kept graph, a fresh
-    forward pass must give the same loss (:func:`.kept.check_repeatable_loss`, one pass, not three)."""
-    graph = backend._graphs.graphs.get(index) if backend.curvature == "hessian" else None
-    if graph is not None and backend.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
-        _, _, f = backend._closures(x, y)
-        with torch.no_grad():
-            check_repeatable_loss(graph.loss, f(tuple(backend._current())), index)
+def check_repeatable_loss(kept: torch.Tensor, again: torch.Tensor, index: int) -> None:
+    """The kept graph's loss of batch ``index`` and a fresh forward pass's must agree to rounding."""
+    a, b = float(kept.detach()), float(again.detach())
+    eps = float(torch.finfo(kept.dtype).eps)
+    if a == b or abs(a - b) <= math.sqrt(eps) * max(abs(a), abs(b)):
         return
-    check_repeatable_product(parts, backend._product(index, x, y, vs, batched, fresh=True), index)
-
-
-def raise_nonfinite_product(backend: TorchBackend, vs: Tensors, batched: bool) -> None:
-    """Name the weight that turned NaN or infinite since the operator was built, else the first batch whose
-    product is NaN or infinite (a second pass, on the error path only)."""
-    check_finite_model(backend.model)
-    flags = []
-    for index, x, y in backend.batches:
-        parts = backend._product(index, x, y, vs, batched)
-        flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
-    raise_nonfinite(flags, f"{backend.curvature}-vector product")
-    raise FloatingPointError(
-        f"the {backend.curvature}-vector product overflowed while adding up the batches; use a float64 model"
+    raise RuntimeError(
+        f"the curvature-vector product is not repeatable: two forward passes over batch {index} gave losses "
+        f"{abs(a - b) / max(abs(a), abs(b)):.2g} apart (relative), so the operator is a random matrix and no "
+        "eigenvalue, trace or density of it would mean anything. Likely causes: dropout in train mode or a "
+        "random layer in forward(); call model.eval() (check_determinism=False does not allow this)"
     )
 
 

@@ -38,7 +38,8 @@ class Batches:
     batches of weight zero are skipped.
     """
 
-    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype, count: Callable[[Any, Any], float]):
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype,
+                 count: Callable[[Any, Any, int], float]):
         self.device = device
         self.dtype = dtype
         self.count_of = count
