@@ -144,4 +144,17 @@ class Snapshot:
                 return False
         if any(module.training != mode for module, mode in self.modes):
             return False
-        return all(torch.equal(t, copy) for t, copy in self.values)
+        return same_values(self.values)
+
+
+def same_values(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], one_sync: bool | None = None) -> bool:
+    """Whether each tensor equals its copy (NaN never does): :func:`torch.equal` on the CPU; elsewhere
+    (``one_sync``) one reduction per tensor and one host sync for all, not one sync per tensor."""
+    if one_sync is None:
+        one_sync = any(t.device.type != "cpu" for t, _ in pairs)
+    if not one_sync:
+        return all(torch.equal(t, copy) for t, copy in pairs)
+    if any(t.shape != copy.shape for t, copy in pairs):
+        return False
+    flags = [torch.ne(t, copy).any() for t, copy in pairs if t.numel()]
+    return not flags or not bool(torch.stack([f.to(flags[0].device) for f in flags]).any())
