@@ -61,8 +61,8 @@ def test_solvers_report_no_residual_below_the_products_error():
     model, data = _model()
     with pytest.warns(RuntimeWarning, match="accurate to about"):
         H = make_operator(model, _float32_inside, data, hvp="finite-difference")
-        results = [hessop.eigsh(H, k=2, tol=1e-6, method=method, max_matvecs=300)
-                   for method in ("thick-restart", "lanczos", "block", "power")]
+        results = [hessop.eigsh(H, k=2, tol=1e-6, method=method, max_matvecs=60)
+                   for method in ("thick-restart", "lanczos", "block")]
     assert H.product_error > 1e-6  # before the floor: 2e-10 reported, and converged at tol=1e-6
     for result in results:
         assert (result.residual_norms >= H.product_error).all() and not result.converged.any(), result.method
