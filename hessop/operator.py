@@ -19,7 +19,6 @@ a communicator adds them across processes.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -166,22 +165,25 @@ class HessianOperator(NativeOperator):
     def _product(self, V: Array) -> Array:
         out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"),
                      "in a product")
-        if self._product_error is None:
+        if self._product_error is None and self.comm.size > 1:
             self._product_error = self._measured_error()
         return out * self._scale if self._scale != 1.0 else out
 
     @property
     def product_error(self) -> float | None:
-        """The products' relative error: 0.0 for exact products, the measured estimate for finite differences
-        (the largest over the ranks), None before the first product. Solvers report no residual below it."""
+        """The products' relative error: 0.0 for exact products, the measured estimate for finite differences,
+        None before it is measured (the first product). Under several processes, the largest over the ranks,
+        taken once at the first product. Solvers report no residual below it."""
+        if self.comm.size == 1:
+            return getattr(self.backend, "product_error", 0.0)
         return self._product_error
 
-    def _measured_error(self) -> float | None:
-        """The backend's error after its first product, the largest over the ranks (collective, once)."""
+    def _measured_error(self) -> float:
+        """The backend's error after the first product, the largest over the ranks (collective, called once)."""
         error = getattr(self.backend, "product_error", 0.0)
+        error = 0.0 if error is None else float(error)
         if self.comm.size > 1:
-            error = float(self.comm.allreduce_max(np.array([np.nan if error is None else error]))[0])
-            return None if math.isnan(error) else error
+            error = float(self.comm.allreduce_max(np.array([error]))[0])
         return error
 
     # -- structure -----------------------------------------------------------------------

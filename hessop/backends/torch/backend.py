@@ -54,12 +54,14 @@ from .checks import (
     check_finite_batch,
     check_finite_model,
     check_first_batch,
+    check_loader,
     check_repeatable_loss,
     check_repeatable_product,
+    check_train_mode,
     dict_input_refused,
     raise_nonfinite,
 )
-from .data import Batches, check_loader, check_train_mode, target_of
+from .data import Batches, target_of
 from .functional import FunctionalModel
 from .graphs import budget_of
 from .hvp import ALIASES, INEXACT, STRATEGIES, Tensors, ggn

@@ -43,7 +43,8 @@ from torch.func import grad
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .compiled import check_compiled, compiler_failure
+from .checks import check_compiled
+from .compiled import compiler_failure
 from .graphs import WORKING_BUFFERS, default_budget
 from .hvp import Loss, Tensors
 
