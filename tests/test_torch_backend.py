@@ -522,7 +522,7 @@ def test_graph_cache_over_several_batches_matches_dense_and_uncached(case, strat
     kept = make_operator(model, loss, data, hvp=strategy, graph_cache=True)
     none = make_operator(model, loss, data, hvp=strategy, graph_cache=False)
     everything = [(H.apply(V[:, 0]), H.apply(V), H.apply(V)) for H in (kept, none)]
-    assert sorted(kept.backend._graphs.graphs) == [0, 1, 2] and not none.backend._graphs.graphs
+    assert sorted(kept.backend.products.graphs.graphs) == [0, 1, 2] and not none.backend.products.graphs.graphs
     for cached, uncached in zip(*everything):
         torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
     scale = np.abs(expected).max()
@@ -536,20 +536,21 @@ def test_graph_cache_budget_keeps_only_what_fits():
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     full = make_operator(model, loss, data, hvp="double-backward", graph_cache=True)
     reference = full.apply(v)
-    sizes = full.backend._graphs.used
+    sizes = full.backend.products.graphs.used
     assert sizes > 0
     for budget, kept in [(0, []), (sizes, [0, 1, 2])]:
         H = make_operator(model, loss, data, hvp="double-backward", graph_cache_bytes=budget)
         for _ in range(2):
             torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
-        assert sorted(H.backend._graphs.graphs) == kept
+        assert sorted(H.backend.products.graphs.graphs) == kept
     partial = make_operator(model, loss, data, hvp="double-backward", graph_cache_bytes=sizes - 1)
     torch.testing.assert_close(partial.apply(v), reference, rtol=0, atol=0)
     torch.testing.assert_close(partial.apply(v), reference, rtol=0, atol=0)
-    assert 1 <= len(partial.backend._graphs.graphs) < 3 and partial.backend._graphs.too_big
+    assert 1 <= len(partial.backend.products.graphs.graphs) < 3 and partial.backend.products.graphs.too_big
     auto = make_operator(model, loss, data, hvp="double-backward")  # the default budget, far above this model
     torch.testing.assert_close(auto.apply(v), reference, rtol=0, atol=0)
-    assert sorted(auto.backend._graphs.graphs) == [0, 1, 2] and 0 < auto.backend._graphs.budget <= 2 << 30
+    graphs = auto.backend.products.graphs
+    assert sorted(graphs.graphs) == [0, 1, 2] and 0 < graphs.budget <= 2 << 30
 
 
 @pytest.mark.parametrize("case", ["mlp-ce-mean", "cnn-ce-mean"])
@@ -560,7 +561,7 @@ def test_graph_cache_follows_an_optimizer_step_over_several_batches(case):
     H = make_operator(model, loss, data, hvp="double-backward")
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     before = H.apply(v)
-    assert len(H.backend._graphs.graphs) == 3
+    assert len(H.backend.products.graphs.graphs) == 3
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     optimizer.zero_grad()
     sum(loss(model(x.double()), _target(y)) for x, y in data).backward()

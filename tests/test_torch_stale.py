@@ -74,3 +74,16 @@ def test_a_mode_change_is_seen():
     torch.manual_seed(0)
     cnn = SmallCNN(1, 3, channels=2).double().eval()
     _assert_follows(cnn, random_batches((1, 5, 5), [4, 3], seed=2), lambda m: m.train(), check_determinism=False)
+
+
+def test_the_comparison_without_a_sync_per_tensor_sees_every_change():
+    """The comparison GPUs take (one host sync for all tensors), run here on CPU tensors: it agrees with
+    torch.equal on every change, NaN and a change of one unit in the last place included."""
+    from hessop.backends.torch.functional import same_values
+
+    a, b = torch.arange(6.0, dtype=torch.float64).reshape(2, 3), torch.ones(4, dtype=torch.float64)
+    for one_sync in (False, True):
+        assert same_values([(a, a.clone()), (b, b.clone())], one_sync)
+        one_ulp = b.index_fill(0, torch.tensor([2]), 1 + 2 ** -52)
+        for changed in (one_ulp, b * (1 + 2 ** -52), torch.full((4,), float("nan")), torch.ones(5)):
+            assert not same_values([(a, a.clone()), (changed, b.clone())], one_sync)

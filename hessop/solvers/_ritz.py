@@ -34,7 +34,8 @@ class EigshResult:
         backward error of each pair; ``||A||_est`` is the largest ``|Ritz value|`` seen.
         Recomputed from the returned pairs with one product of the ``k`` eigenvectors
         (reserved in the budget; :mod:`.verify`), never reported below the vectors'
-        machine epsilon. A run interrupted by Ctrl-C keeps the Krylov relation's estimates.
+        machine epsilon nor below the operator's ``product_error`` (finite-difference
+        products). A run interrupted by Ctrl-C keeps the Krylov relation's estimates.
     converged : numpy.ndarray
         ``residual_norms <= tol`` (bool), and, for every method but ``"power"``, the result
         certified complete: no copy of a wanted eigenvalue missed (:mod:`.certify`). A
@@ -157,8 +158,8 @@ class Control:
         scale = np.maximum(np.abs(theta), self.anorm)
         rel = np.where(scale > 0, res / np.where(scale > 0, scale, 1.0), np.where(res > 0, np.inf, 0.0))
         # The Krylov relation's estimate keeps shrinking past what rounding lets a computed
-        # pair attain; never claim better than the vectors' machine epsilon.
-        return np.maximum(rel, self.lm.eps)
+        # pair attain; never claim better than the vectors' machine epsilon, nor than the products' own error.
+        return np.maximum(rel, max(self.lm.eps, self.lm.product_error))
 
     def snapshot(self, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int) -> Snapshot:
         """The :class:`Snapshot` of ``θ`` (ascending) with eigenvectors ``Y`` of the projected matrix of the

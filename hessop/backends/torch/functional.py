@@ -1,8 +1,15 @@
-"""The model as the products see it: a snapshot that tells whether anything they kept is still the model.
+"""The model as a function of the differentiated parameters: the bottom layer of the PyTorch backend.
 
-Products keep work across calls (first-order graphs, linearisations: :mod:`.products`), each valid
-only while the model computes the same function. :class:`Snapshot` records what that function
-depends on and :meth:`Snapshot.unchanged` tells whether it still holds:
+:class:`FunctionalModel` owns what a product reads of the model: which parameters are
+differentiated and their flat layout, their current values, every other parameter and buffer
+(held fixed), and the closures ``f(params, target)`` of one batch, which call the model through
+:func:`torch.func.functional_call` with the differentiated parameters swapped for the tensors
+given. Any subset of the parameters can be differentiated and the loss evaluated at other values
+without touching the model; values are read live at every call, so the backend follows the model
+as it trains. Nothing here keeps work across products: that is :mod:`.products`'s.
+
+:class:`Snapshot` records what the products' kept work depends on and
+:meth:`Snapshot.unchanged` tells whether it still holds:
 
 * every module's ``_modules``, ``_parameters`` and ``_buffers`` entries, the objects themselves
   (a replaced module, parameter or buffer is seen) and each dict's length (an added entry);
@@ -14,12 +21,96 @@ depends on and :meth:`Snapshot.unchanged` tells whether it still holds:
   pointer nor the version counter (``.data`` has a counter of its own), so only the values show
   them. The copy costs the memory of the model's parameters and buffers once, and each check reads
   them twice (its cost per product: ``docs/performance.md``).
+
+A model split across processes (FSDP2) would subclass :class:`FunctionalModel`: the products
+above it see only ``current``, ``fixed``, ``closures``, ``split`` and ``flatten``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import nn
+from torch.func import functional_call
+
+from .data import arguments, target_of
+from .hvp import Tensors
+from .losses import logits_of, loss_of_model
+from .params import device_and_dtype, flatten, split, tensors_of
+
+
+class FunctionalModel:
+    """``model`` as a function of the parameters ``names`` (module docstring).
+
+    Parameters
+    ----------
+    model : the network
+    names : the differentiated parameters, in the flat vector's order
+    loss_fn : ``loss(output, target)`` (adapted, :func:`.losses.adapt_loss`), or None: the loss the model returns
+
+    Attributes
+    ----------
+    sizes, shapes, dtypes : of each differentiated parameter, in order
+    device : where they live; param_dtype : the floating dtype they promote to (data is cast to it)
+    dtype : the vectors' dtype (float32 for float16/bfloat16 models)
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], loss_fn: Callable[[Any, Any], torch.Tensor] | None):
+        tensors = tensors_of(model, names)
+        self.model, self.names, self.loss_fn = model, list(names), loss_fn
+        self.sizes = [int(t.numel()) for t in tensors]
+        self.shapes = [tuple(t.shape) for t in tensors]
+        self.dtypes = [t.dtype for t in tensors]
+        self.device, self.param_dtype = device_and_dtype(tensors)
+        self.dtype = torch.float32 if self.param_dtype in (torch.float16, torch.bfloat16) else self.param_dtype
+
+    def current(self) -> list[torch.Tensor]:
+        """The differentiated parameters' current values, detached."""
+        named = dict(self.model.named_parameters())
+        return [named[n].detach() for n in self.names]
+
+    def fixed(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of the model, detached (the differentiated ones are overridden per call)."""
+        state = {n: t.detach() for n, t in self.model.named_parameters()}
+        # Train-mode BatchNorm updates its running statistics in place: give it copies, not the model's.
+        copy_buffers = self.model.training
+        state.update((n, b.clone() if copy_buffers else b) for n, b in self.model.named_buffers())
+        return state
+
+    def split(self, V: torch.Tensor) -> Tensors:
+        """A flat vector (n,) or block (n, k) as parameter-shaped tensors ((k, *shape) for a block)."""
+        return split(V, self.sizes, self.shapes, self.dtypes)
+
+    def flatten(self, parts: Sequence[torch.Tensor], batched: bool) -> torch.Tensor:
+        """Parameter-shaped tensors (block index first when ``batched``) as a flat vector (n,) or block (n, k)."""
+        return flatten(parts, batched, self.dtype)
+
+    def closures(self, x: Any, y: Any, state: dict[str, torch.Tensor] | None = None):
+        """``(model_fn, loss_of_output, f)`` of one batch: ``model_fn(params)`` the output (its logits),
+        ``loss_of_output(output, target=y)`` and ``f(params, target=y)`` the loss; ``state`` defaults to
+        :meth:`fixed`."""
+        state = self.fixed() if state is None else state
+        names, model, loss_fn = self.names, self.model, self.loss_fn
+        args, kwargs = arguments(x)
+        y = target_of(x, y)
+        output = logits_of if loss_fn is not None else (lambda out: out)
+
+        def model_fn(p: Tensors) -> torch.Tensor:
+            return output(functional_call(model, {**state, **dict(zip(names, p))}, args, kwargs))
+
+        def loss_of_output(out: torch.Tensor, target: Any = y) -> torch.Tensor:
+            return loss_of_model(out) if loss_fn is None else loss_fn(out, target)
+
+        def f(p: Tensors, target: Any = y) -> torch.Tensor:
+            return loss_of_output(model_fn(p), target)
+
+        return model_fn, loss_of_output, f
+
+    def snapshot(self) -> Snapshot:
+        """What the model is now (:class:`Snapshot`)."""
+        return Snapshot(self.model)
 
 
 class Snapshot:
@@ -53,4 +144,17 @@ class Snapshot:
                 return False
         if any(module.training != mode for module, mode in self.modes):
             return False
-        return all(torch.equal(t, copy) for t, copy in self.values)
+        return same_values(self.values)
+
+
+def same_values(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], one_sync: bool | None = None) -> bool:
+    """Whether each tensor equals its copy (NaN never does): :func:`torch.equal` on the CPU; elsewhere
+    (``one_sync``) one reduction per tensor and one host sync for all, not one sync per tensor."""
+    if one_sync is None:
+        one_sync = any(t.device.type != "cpu" for t, _ in pairs)
+    if not one_sync:
+        return all(torch.equal(t, copy) for t, copy in pairs)
+    if any(t.shape != copy.shape for t, copy in pairs):
+        return False
+    flags = [torch.ne(t, copy).any() for t, copy in pairs if t.numel()]
+    return not flags or not bool(torch.stack([f.to(flags[0].device) for f in flags]).any())

@@ -3,23 +3,21 @@
 As :func:`torch.func.linearize`, the tangent pass of ``jvp(grad(f))`` is traced
 (``make_fx``) at the current parameters and every value that does not depend on
 the tangent (the forward pass, the gradient and their intermediates) is folded
-into a constant. What is left to run for each vector is the tangent part only:
-on the conv net with BatchNorm of ``docs/performance.md`` 2.2 gradient passes,
-against 3.1 for a second backward pass over a kept first-order graph, whose
-nodes differentiate each backward operation again. It is the analogue of the
-JAX backend's ``hvp="linearize"``.
+into a constant. What is left to run for each vector is the tangent part only,
+cheaper than a second backward pass over a kept first-order graph, whose nodes
+differentiate each backward operation again (measured in ``docs/performance.md``).
+It is the analogue of the JAX backend's ``hvp="linearize"``.
 
 The traced graph is kept as a *skeleton* that holds no tensor, with the
 constants as its leading arguments (:func:`_skeleton`): the constants are all
 the memory a linearisation holds, and every batch of the same shapes has the
 same skeleton. The price is the tracing (seconds per batch on the CPU, where a
-product takes milliseconds) and that memory: 2 to 3.5 times a kept first-order
-graph's (146 against 65 MiB for a batch of 256 of that conv net).
-For a list of batches each batch's linearisation is kept while the model is
+product takes milliseconds) and that memory, a few times a kept first-order
+graph's. For a list of batches each batch's linearisation is kept while the model is
 unchanged (the caller's test, :class:`.functional.Snapshot`: the same modules,
 parameters and buffers, with the same values), the model is in eval
 mode, and the kept constants fit the budget of the graph cache
-(:mod:`hessop.backends.torch.graphs`); otherwise it is rebuilt at every product,
+(:mod:`.graphs`), checked by the owner (:mod:`.products`); otherwise it is rebuilt at every product,
 which only pays for blocks. ``hvp="auto"`` never chooses it.
 
 With ``compile=True`` a kept linearisation's skeleton goes through
@@ -45,7 +43,8 @@ from torch.func import grad
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .compiled import check_compiled, compiler_failure
+from .checks import check_compiled
+from .compiled import compiler_failure
 from .graphs import WORKING_BUFFERS, default_budget
 from .hvp import Loss, Tensors
 

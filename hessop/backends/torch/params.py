@@ -92,7 +92,7 @@ def device_and_dtype(tensors: Sequence[torch.Tensor]) -> tuple[torch.device, tor
     return tensors[0].device, dtype
 
 
-def split(V: torch.Tensor, sizes: Sequence[int], shapes: Sequence[tuple[int, ...]],
+def split(V: torch.Tensor, sizes: list[int], shapes: Sequence[tuple[int, ...]],
           dtypes: Sequence[torch.dtype]) -> tuple[torch.Tensor, ...]:
     """A flat vector (n,) or block (n, k) as parameter-shaped tensors of the parameters' dtypes."""
     if V.ndim == 1:
@@ -103,7 +103,7 @@ def split(V: torch.Tensor, sizes: Sequence[int], shapes: Sequence[tuple[int, ...
     return tuple(p.reshape(k, *s).to(d) for p, s, d in zip(parts, shapes, dtypes))
 
 
-def param_views(flat: torch.Tensor, sizes: Sequence[int],
+def param_views(flat: torch.Tensor, sizes: list[int],
                 shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
     """Parameter-shaped views into a contiguous flat vector (n,) or block (n, k): writing them writes ``flat``."""
     if flat.ndim == 1:
