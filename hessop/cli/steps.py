@@ -85,13 +85,16 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
     k = min(budget.k, H.shape[0] - 1)
     r = eigsh(H, k=k, which="LA", tol=budget.eig_tol, seed=seed, progress=progress)
     state.save_array("eigenvectors", to_numpy(r.eigenvectors))
-    return {
+    out = {
         "eigenvalues": _floats(r.eigenvalues),
         "residual_norms": _floats(r.residual_norms),
         "converged": [bool(c) for c in np.asarray(r.converged).reshape(-1)],
         "stopped": r.stopped,
         "num_matvecs": int(r.num_matvecs),
     }
+    if budget.k > k:  # more than the model has: the report says what was computed instead
+        out["requested"] = int(budget.k)
+    return out
 
 
 def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
