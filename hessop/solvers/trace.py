@@ -118,7 +118,7 @@ class TraceResult:
 
 
 @renamed(num_matvecs="max_matvecs")
-def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
+def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
           probe: str = "rademacher", seed: int = 0, comm: Any = None, check_symmetric: bool = True,
           progress: bool = False, block_size: int = 16) -> TraceResult:
     """Estimate ``tr(A)`` of a symmetric operator from products with random vectors.
@@ -246,51 +246,45 @@ def _estimate(samples: np.ndarray, cov: float) -> tuple[float, float]:
 def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
     """Hutchinson samples: ``budget`` probes at once, or for ``rtol`` a pilot then an independent final sample.
 
-    The pilot grows in rounds until its error meets ``rtol`` and so fixes the final size; the
-    final sample's probes come from a stream of their own, so the stopping decision never saw
-    them (docs/numerics.md, "Adaptive stopping"). Returns ``(samples, stop, probes evaluated)``.
+    The pilot (``MIN_CALIBRATED`` probes) measures the variance and so fixes the size of the
+    final sample, whose probes come from a stream of their own: the stopping decision never saw
+    them (docs/numerics.md, "Adaptive stopping"). A final that misses ``rtol`` joins the pilot
+    and sizes the next. Returns ``(samples, stop, probes evaluated)``.
     """
     if rtol is None:
         samples, done = _probe_round(lm, seed, None, 0, budget, kind, comm, block_size, bar, np.zeros(0), budget)
         if not done and samples.size == 0:
             raise KeyboardInterrupt
         return samples, ("converged" if done else "interrupt"), samples.size
-    pilot, spent, attempt = np.zeros(0), 0, 0
+    pilot, last, spent, attempt = np.zeros(0), None, 0, 0
     size = min(budget, max(MIN_CALIBRATED["hutchinson"], comm.size))
-    last = None
     try:
-        while size > 0:
-            pilot, done = _probe_round(lm, seed, None, pilot.size, size, kind, comm, block_size, bar, pilot,
-                                         spent + size)
-            spent += size
-            if not done:
-                raise KeyboardInterrupt
+        pilot, done = _probe_round(lm, seed, None, 0, size, kind, comm, block_size, bar, pilot, size)
+        spent += size
+        while done:
             mean, err = mean_stderr(pilot)
             bar.error(mean, err, rtol, lm.num_matvecs * comm.size)
-            wanted = pilot.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
             if err == 0.0:  # every sample equal: exact (a diagonal matrix, the zero operator), nothing to confirm
                 return pilot, "converged", spent
-            if err <= rtol * abs(mean):
-                final_size = min(budget - spent, max(MIN_CALIBRATED["hutchinson"], math.ceil(FINAL_MARGIN * wanted)))
-                if final_size < MIN_CALIBRATED["hutchinson"]:  # no room for a calibrated final sample
-                    return (last if last is not None else pilot), "budget", spent
-                last, done = _probe_round(lm, seed, FINAL_STREAM + attempt, 0, final_size, kind, comm, block_size,
-                                          bar, np.zeros(0), spent + final_size)
-                spent += final_size
-                attempt += 1
-                if not done:
-                    raise KeyboardInterrupt
-                fmean, ferr = mean_stderr(last)
-                bar.error(fmean, ferr, rtol, lm.num_matvecs * comm.size)
-                if ferr <= rtol * abs(fmean):
-                    return last, "converged", spent
-                if final_size < math.ceil(FINAL_MARGIN * wanted):  # cut by the budget
-                    return last, "budget", spent
-                pilot = np.concatenate([pilot, last])  # a final that missed rtol joins the pilot
-                mean, err = mean_stderr(pilot)
-                wanted = pilot.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
-            size = int(min(budget - spent, max(pilot.size, 1),
-                           max(comm.size, math.ceil(1.1 * wanted) - pilot.size)))
+            wanted = math.ceil(FINAL_MARGIN * pilot.size * (err / (rtol * abs(mean) + 1e-300)) ** 2)
+            final_size = min(budget - spent, max(MIN_CALIBRATED["hutchinson"], comm.size, wanted))
+            if final_size < MIN_CALIBRATED["hutchinson"]:  # no room for a calibrated final sample
+                break
+            last, done = _probe_round(lm, seed, FINAL_STREAM + attempt, 0, final_size, kind, comm, block_size,
+                                      bar, np.zeros(0), spent + final_size)
+            spent += final_size
+            attempt += 1
+            if not done:
+                break
+            fmean, ferr = mean_stderr(last)
+            bar.error(fmean, ferr, rtol, lm.num_matvecs * comm.size)
+            if ferr <= rtol * abs(fmean):
+                return last, "converged", spent
+            if final_size < wanted:  # cut by the budget
+                return last, "budget", spent
+            pilot = np.concatenate([pilot, last])  # a final that missed rtol joins the pilot
+        if not done:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         if comm.size > 1 or pilot.size == 0:
             raise
