@@ -47,7 +47,7 @@ class BlockSpectrum:
 
 
 @renamed(trace_matvecs="trace_max_matvecs")
-def block_spectrum(H: Any, k: int = 1, trace_max_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
+def block_spectrum(H: Any, k: int = 1, *, trace_max_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
                    seed: int = 0, trace_method: str = "xtrace", with_density: bool = True,
                    with_trace: bool = True) -> BlockSpectrum:
     """The top ``k`` eigenvalues, the trace (with stderr) and optionally the SLQ density of ``H``.

@@ -93,6 +93,7 @@ class CurvatureTracker:
         self,
         make_operator: Callable[[], Any],
         path: str | os.PathLike = "track.jsonl",
+        *,
         every: int = 100,
         unit: str = "step",
         k: int = 1,

@@ -56,6 +56,7 @@ FLOOR_EPS = 100.0
 def eigsh(
     A: Any,
     k: int = 6,
+    *,
     which: str = "LA",
     method: str = "thick-restart",
     tol: float | None = None,
