@@ -20,19 +20,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hessop.cli.main import main  # noqa: E402
-from hessop.models.small import MLP, random_batches  # noqa: E402
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
-
-
-def tiny_model():
-    torch.manual_seed(3)
-    return MLP(4, 3, hidden=(6,)), torch.nn.CrossEntropyLoss()
-
-
-def tiny_data():
-    return random_batches((4,), (20, 20, 13), num_classes=3, seed=1)
+FACTORIES = HERE.parent / "test_cli.py"  # tiny_model and tiny_data
 
 
 def shuffled_data():
@@ -40,8 +31,8 @@ def shuffled_data():
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
 
 
-def _analyze(out: Path, *extra: str, data: str = "tiny_data") -> list[str]:
-    return ["analyze", "--model", f"{HERE}:tiny_model", "--data", f"{HERE}:{data}", "--dtype", "float64",
+def _analyze(out: Path, *extra: str, data: str = f"{FACTORIES}:tiny_data") -> list[str]:
+    return ["analyze", "--model", f"{FACTORIES}:tiny_model", "--data", data, "--dtype", "float64",
             "--budget", "small", "--threads", "1", "--out", str(out), "--quiet", *extra]
 
 
@@ -84,7 +75,7 @@ def test_a_state_file_that_is_a_directory_is_named(tmp_path, capsys):
 
 
 def test_a_shuffling_loader_gets_advice_the_command_line_can_follow(tmp_path):
-    proc = _cli(_analyze(tmp_path / "run", "--eig", "2", data="shuffled_data"))
+    proc = _cli(_analyze(tmp_path / "run", "--eig", "2", data=f"{HERE}:shuffled_data"))
     assert proc.returncode == 2, proc.stderr
     err = _one_sentence(proc)
     assert "shuffle=False" in err and "check_determinism" not in err and "--data factory" in err, err
@@ -98,7 +89,7 @@ def test_eig_beyond_the_model_is_said_in_the_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     res = report["steps"]["eigenvalues"]
     n = len(res["eigenvalues"]) + 1
-    assert res["requested"] == 10000 and n == sum(p.numel() for p in tiny_model()[0].parameters())
+    assert res["requested"] == 10000 and n == report["info"]["parameters"]
     text = (out / "report.md").read_text()
     assert f"10000 eigenvalues were asked for (--eig), but the model has only {n} parameters" in text
 
