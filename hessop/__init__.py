@@ -8,7 +8,7 @@ spectrum on the operator's own device. Importing hessop imports no framework.
 from .cupy import from_cupy, to_cupy
 from .distributed import RankDisagreementError, abort_on_error, shard
 from .factory import hessian
-from .operator import HessianOperator
+from .operator import CallableOperator, HessianOperator, as_operator
 from .solvers import (
     DiagonalResult,
     EigshResult,
@@ -28,7 +28,7 @@ from .solvers import (
 )
 
 __all__ = [
-    "HessianOperator", "hessian", "to_cupy", "from_cupy",
+    "HessianOperator", "CallableOperator", "as_operator", "hessian", "to_cupy", "from_cupy",
     "shard", "abort_on_error", "RankDisagreementError",
     "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",

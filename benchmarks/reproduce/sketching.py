@@ -143,7 +143,7 @@ def run(quick: bool = False, log=print) -> Verdict:
     bias = ("reproduced" if uniform and follows and falling else
             "partly reproduced" if uniform else "not reproduced")
     body = f"""Random PSD matrices `Q diag(λ) Qᵀ`, n = {n}, |Student-t(3)| eigenvalues with a fraction of exact zeros,
-{seeds} seeds; sketch `hessop.solvers.sketch.sketch(A, d, kind="rademacher")`. Shift of the top-{TOP}
+{seeds} seeds; sketch `hessop.solvers.sketch.sketch(A, d, method="rademacher")`. Shift of the top-{TOP}
 eigenvalues, `(sketch λ_i - λ_i) / λ_1`, mean over seeds; "spread" is the standard deviation of the shift over
 the top {TOP} divided by its mean (0 = perfectly uniform).
 

@@ -131,9 +131,9 @@ def _progress(total: int, progress: bool, desc: str):
 def landscape_1d(
     H: Any,
     direction: Any,
+    *,
     radius: float = 1.0,
     num_points: int = 41,
-    *,
     label: str = "direction",
     progress: bool = False,
 ) -> Landscape:
@@ -178,9 +178,9 @@ def landscape_2d(
     H: Any,
     d1: Any,
     d2: Any,
+    *,
     radius: float = 1.0,
     num_points: int = 21,
-    *,
     labels: Sequence[str] = ("direction 1", "direction 2"),
     progress: bool = False,
 ) -> Landscape:
@@ -208,7 +208,7 @@ def landscape_2d(
     return Landscape(alphas, losses, center, alphas.copy(), (_norm(u), _norm(v)), tuple(labels)[:2], done, partial)
 
 
-def filter_normalized_direction(model_or_H: Any, seed: int = 0, *, ignore_1d: bool = True) -> Array:
+def filter_normalized_direction(model_or_H: Any, *, seed: int = 0, ignore_1d: bool = True) -> Array:
     """A random Gaussian direction rescaled filter by filter to the weights' norms (Li et al. 2018).
 
     Each filter (the slice of a weight along its first axis: a convolution's

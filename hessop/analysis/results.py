@@ -138,7 +138,8 @@ class GaussNewtonRow(_Row):
     _OPTIONAL = ("hessian_negative_mass", "ggn_negative_mass")
 
 
-def _finite(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
     if x is None:
         return None
     x = float(x)
@@ -191,7 +192,7 @@ class TrackRecord(_Row):
     def to_dict(self) -> dict:
         """The line of the tracking file: the counter under its unit's name, the loop's numbers, the measurement."""
         out: dict[str, Any] = {self.unit: int(self.step), "unit": self.unit, "time": self.time}
-        out.update({k: (_finite(v) if isinstance(v, float) else v) for k, v in self.extra.items()})
+        out.update({k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in self.extra.items()})
         for name in self._MEASURED:
             value = getattr(self, name)
             if value is not None:

@@ -137,6 +137,10 @@ def _eigen(res: dict, fig: str | None) -> Section:
         f"Thick-restart Lanczos, {res['num_matvecs']} Hessian-vector products (stopped: {res['stopped']}). "
         "The relative residual ‖Hv − λv‖ / max(|λ|, ‖H‖) is each pair's backward error."
     )
+    if res.get("requested"):
+        s.text.append(f"{res['requested']} eigenvalues were asked for (--eig), but the model has only "
+                      f"{len(res['eigenvalues']) + 1} parameters: these are its {len(res['eigenvalues'])} largest, "
+                      "all but the smallest (for every eigenvalue, compute H.to_dense() and numpy.linalg.eigvalsh).")
     for i, (lam, r, c) in enumerate(zip(res["eigenvalues"], res["residual_norms"], res["converged"]), start=1):
         s.rows.append([str(i), fmt(lam, 6), fmt(r, 2), fmt(bool(c))])
     return s

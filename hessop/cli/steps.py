@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import from_numpy, to_numpy
+from .._array import from_numpy, host_floats, to_numpy
 from ..analysis.landscape import landscape_1d as line
 from ..analysis.landscape import landscape_2d as plane
 from ..analysis.layerwise import layerwise as per_block
@@ -85,13 +85,16 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
     k = min(budget.k, H.shape[0] - 1)
     r = eigsh(H, k=k, which="LA", tol=budget.eig_tol, seed=seed, progress=progress)
     state.save_array("eigenvectors", to_numpy(r.eigenvectors))
-    return {
-        "eigenvalues": _floats(r.eigenvalues),
-        "residual_norms": _floats(r.residual_norms),
+    out = {
+        "eigenvalues": host_floats(r.eigenvalues),
+        "residual_norms": host_floats(r.residual_norms),
         "converged": [bool(c) for c in np.asarray(r.converged).reshape(-1)],
         "stopped": r.stopped,
         "num_matvecs": int(r.num_matvecs),
     }
+    if budget.k > k:  # more than the model has: the report says what was computed instead
+        out["requested"] = int(budget.k)
+    return out
 
 
 def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
@@ -122,10 +125,6 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
         "num_steps": budget.density_steps,
         "num_matvecs": int(rho.num_matvecs),
     }
-
-
-def _floats(a: Any) -> list:
-    return np.asarray(to_numpy(a), dtype=np.float64).tolist()
 
 
 def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, to_numpy
+from .._array import Array, to_host
 
 _MARK = "hessop_collective"
 
@@ -61,7 +61,7 @@ def checksum(value: Any) -> np.ndarray:
     The position-weighted sum (fixed weights ``wᵢ = sin(0.75 i + 0.5)``) makes a
     permutation of the entries visible, which the plain moments would miss.
     """
-    a = _host(value).ravel()
+    a = to_host(value).ravel()
     out = np.zeros(5)
     out[0] = a.size
     step = 1 << 20  # chunks keep the float64 temporaries small for large models
@@ -73,15 +73,6 @@ def checksum(value: Any) -> np.ndarray:
         w = np.sin(0.75 * np.arange(start, start + x.size) + 0.5)
         out[1:] += bad.sum(), x.sum(), x @ x, x @ w
     return out
-
-
-def _host(value: Any) -> np.ndarray:
-    if not hasattr(value, "shape"):
-        return np.asarray(value)
-    try:
-        return to_numpy(value)
-    except TypeError:  # torch bfloat16 has no numpy twin
-        return to_numpy(value.float())
 
 
 def check_agree(comm: Communicator, value: Any, what: str = "value", *, rtol: float = 0.0,

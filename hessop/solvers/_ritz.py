@@ -167,6 +167,23 @@ class Control:
         sel = wanted(theta, self.k, self.which)
         return Snapshot(m, theta, sel, Y, self.relative(theta, theta[sel], res[sel]), np.asarray(res))
 
+    def judge(self, theta: np.ndarray, sel: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int, restarts: int,
+              exhausted: bool) -> tuple[Snapshot, str | None]:
+        """The :class:`Snapshot` of a Rayleigh-Ritz step over ``m`` basis vectors and why the run stops there.
+
+        ``"converged"`` (every wanted pair below ``tol``), ``"exhausted"`` (the basis spans the
+        whole space), ``"callback"`` (the callback asked to stop, see :meth:`report`), or None to go on.
+        The shared tail of every restarted Krylov method's step.
+        """
+        snap = self.snapshot(theta, Y, res, m)
+        if sel.size == self.k and bool(np.all(snap.rel <= self.tol)):
+            return snap, "converged"
+        if exhausted:
+            return snap, "exhausted"
+        if self.report(theta[sel], snap.rel, restarts):
+            return snap, "callback"
+        return snap, None
+
     def report(self, theta: np.ndarray, rel: np.ndarray, restarts: int, stage: str = "") -> bool:
         """Update the progress bar and ask the callback; True means stop.
 

@@ -56,6 +56,7 @@ FLOOR_EPS = 100.0
 def eigsh(
     A: Any,
     k: int = 6,
+    *,
     which: str = "LA",
     method: str = "thick-restart",
     tol: float | None = None,
@@ -189,10 +190,8 @@ def _tol(tol: float | None, lm: LinearMap) -> float:
 
     Rounding in the products (sums over samples and activations) leaves the true
     residual of a computed pair at about ``10 eps ||A||`` however long Lanczos runs,
-    while the Krylov relation's estimate keeps falling: measured against a float64
-    copy of the operator, float32 network Hessians stop at 6-10 eps, and the
-    estimate matches the true residual to three digits at ``100 eps`` but is half
-    of it at ``10 eps``. The floor keeps a factor 10 above that level.
+    while the Krylov relation's estimate keeps falling; the floor keeps a factor 10
+    above that level (the measurements: docs/numerics.md, "Why 100 ε").
     """
     floor = FLOOR_EPS * lm.eps
     if tol is None:
