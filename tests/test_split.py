@@ -189,3 +189,45 @@ def test_jax_parameters_sharded_over_two_devices_give_the_dense_top_five_with_sh
     assert np.allclose(sharded["eigenvalues"], out["dense"], rtol=0, atol=1e-8)
     assert sharded["vector_devices"] == 2 and sharded["shard_rows"] == [21, 21]  # the vectors stayed split
     assert abs(sharded["trace"] - out["plain"]["trace"]) < 1e-10 * abs(out["plain"]["trace"])  # same seed, same numbers
+
+
+def torchrun(n, script, *args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           str(ROOT / "tests" / "mpi" / script), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_and_trace(tmp_path):
+    """Issue 21's done-when check (item 2): float64 MLP, each rank its part of the data (26 and 14 samples)."""
+    pytest.importorskip("torch")
+    proc = torchrun(2, "fsdp.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rec in ranks:
+        n = rec["n"]
+        assert rec["split"] and rec["shape"] == [n, n] and rec["rows"] < n
+        assert rec["product_error"] < 1e-7  # central differences of FSDP's gradients against the dense Hessian
+        assert rec["converged"] and np.allclose(rec["eigenvalues"], rec["truth"], rtol=0, atol=1e-5)
+        assert rec["eigenvector_rows"] < n and rec["eigenvector_residual"] < 1e-5
+        estimate, stderr, exact = rec["trace"]
+        assert abs(estimate - exact) < 3 * stderr
+        assert abs(rec["loss"][0] - rec["loss"][1]) < 1e-12 and rec["gradient_error"] < 1e-12  # weights exact
+        got, want, rows = rec["restricted"]
+        assert np.allclose(got, want, atol=1e-6) and rows < 52  # restrict() by name: the second layer's block
+        assert "use hessop's solvers" in rec["host"]
+        size, error, unsplit = rec["ddp"]
+        assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group
+    assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # replicated small problems
+
+
+def test_the_old_fsdp_wrapper_is_refused_with_a_sentence_naming_fully_shard():
+    torch = pytest.importorskip("torch")
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
+    torch.nn.Module.__init__(wrapped)
+    with pytest.raises(TypeError, match="fully_shard"):
+        hessop.hessian(wrapped, torch.nn.MSELoss(), (torch.zeros(2, 1), torch.zeros(2, 1)))
