@@ -20,7 +20,7 @@ This module imports no framework.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class RowSplit:
         return f"RowSplit(rows {self.offset}:{self.stop} of {self.n}, rank {self.comm.rank} of {self.comm.size})"
 
 
-def refuse_host(noun: str, split: RowSplit, what: str) -> None:
+def refuse_host(noun: str, split: RowSplit, what: str) -> NoReturn:
     """Raise the one-sentence refusal of a host path (scipy, ``to_dense``, ``@``) on a split operator."""
     raise TypeError(
         f"{what} on this {noun} would see only this rank's {split.rows} of the {split.n} rows of a vector "

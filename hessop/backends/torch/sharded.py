@@ -141,7 +141,7 @@ class ShardedTorchBackend(Backend):
         self.param_shapes = [tuple(int(d) for d in named[n].shape) for n in names]
         self.param_sizes = [int(np.prod(s, dtype=np.int64)) for s in self.param_shapes]
         self.module_names = [n.rpartition(".")[0] or n for n in names]
-        mesh = named[names[0]].device_mesh
+        mesh = getattr(named[names[0]], "device_mesh")  # noqa: B009 - a DTensor's, unknown to nn.Parameter
         self.comm = as_comm(mesh.get_group())
         self._world = int(mesh.size())
         local = self._locals()
@@ -156,7 +156,7 @@ class ShardedTorchBackend(Backend):
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
         counter = Counter(loss, weight_fn)
-        self.batches = Batches(data, self.device, self.dtype, counter)
+        self.batches = Batches(data, self.device, self.dtype, counter)  # type: ignore[arg-type]  # as TorchBackend
         counter.check_known(self.batches.is_list and len(self.batches) == 1)
         if check_determinism:
             check_train_mode(model)
