@@ -19,6 +19,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import hessop
+import hessop.cli.analyze
 
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
@@ -88,6 +89,10 @@ try:
 except TypeError as exc:
     record["host"] = str(exc)
 
+try:
+    hessop.cli.analyze.refuse_sharded(model)
+except Exception as exc:  # noqa: BLE001 - recorded for the test
+    record["cli"] = [type(exc).__name__, str(exc)]
 ddp = DistributedDataParallel(copy.deepcopy(plain))
 D = hessop.hessian(ddp, loss, mine)
 record["ddp"] = [D.comm.size, float(np.abs(D @ v[:, 0] - dense @ v[:, 0]).max()), D.split is None]
