@@ -222,7 +222,13 @@ class HessianOperator(NativeOperator):
 
     @property
     def blocks(self) -> dict[str, slice]:
-        """Named parameter blocks (modules) in model order, as slices of the flat vector."""
+        """Named parameter blocks (modules) in model order, as slices of the flat vector (refused when split)."""
+        if self.split is not None:
+            raise TypeError(
+                "H.blocks are slices of the whole flat vector, which no rank of a split operator holds: select a "
+                "block by name with H.restrict(name) (its vectors are split too), or map this rank's rows with "
+                "H.backend.global_indices()"
+            )
         out: dict[str, slice] = {}
         start = 0
         for module, size in zip(self.backend.module_names, self.backend.param_sizes):

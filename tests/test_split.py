@@ -218,6 +218,7 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         got, want, rows = rec["restricted"]
         assert np.allclose(got, want, atol=1e-6) and rows < 52  # restrict() by name: the second layer's block
         assert "use hessop's solvers" in rec["host"]
+        assert "H.restrict(name)" in rec["blocks"]
         assert rec["cli"][0] == "UsageError" and "fully_shard" in rec["cli"][1]  # the command line refuses, for now
         size, error, unsplit = rec["ddp"]
         assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group

@@ -90,6 +90,10 @@ except TypeError as exc:
     record["host"] = str(exc)
 
 try:
+    _ = H.blocks
+except TypeError as exc:
+    record["blocks"] = str(exc)
+try:
     hessop.cli.analyze.refuse_sharded(model)
 except Exception as exc:  # noqa: BLE001 - recorded for the test
     record["cli"] = [type(exc).__name__, str(exc)]
