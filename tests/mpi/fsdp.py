@@ -1,6 +1,7 @@
 """Launched by tests/test_split.py with torchrun (2 gloo ranks): hessop.hessian of an FSDP2 model.
 
-``python fsdp.py OUTDIR``: a float64 MLP sharded with ``fully_shard``; rank 0 holds 2 batches
+``python fsdp.py OUTDIR``: a float64 MLP sharded with ``fully_shard`` (uneven shards: 11 and 3 rows
+do not split evenly over 2 ranks); rank 0 holds 2 batches
 (26 samples) and rank 1 one batch (14), so the weights and the forward-pass padding are
 exercised. Each rank compares against the dense Hessian of the unsharded model over all the data
 and writes ``OUTDIR/rank<r>.json``.
@@ -25,11 +26,11 @@ torch.set_num_threads(1)
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 4)).double()
+model = nn.Sequential(nn.Linear(6, 11), nn.Tanh(), nn.Linear(11, 3)).double()  # uneven shards
 plain = copy.deepcopy(model)
 gen = np.random.default_rng(1)
 x_all = torch.from_numpy(gen.standard_normal((40, 6)))
-y_all = torch.from_numpy(gen.integers(0, 4, 40))
+y_all = torch.from_numpy(gen.integers(0, 3, 40))
 loss = nn.CrossEntropyLoss()
 
 names = [n for n, _ in plain.named_parameters()]
@@ -83,7 +84,8 @@ sub = [i for i, name in enumerate(names) if name.startswith("2.")]
 offsets = np.cumsum([0] + [p.numel() for p in params])
 block = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in sub])
 record["restricted"] = [hessop.eigsh(H2, k=2, seed=6).eigenvalues.tolist(),
-                        np.sort(np.linalg.eigvalsh(dense[np.ix_(block, block)]))[::-1][:2].tolist(), H2.split.rows]
+                        np.sort(np.linalg.eigvalsh(dense[np.ix_(block, block)]))[::-1][:2].tolist(), H2.split.rows,
+                        int(block.size)]
 try:
     H @ np.ones(n)
 except TypeError as exc:
