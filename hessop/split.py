@@ -19,7 +19,7 @@ This module imports no framework.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
@@ -43,12 +43,17 @@ class RowSplit:
         The global index of this rank's first row.
     n : int
         The whole length of a vector.
+    index : numpy.ndarray, optional
+        Where this rank's rows sit in the operator's natural order (for FSDP2, the usual flat
+        parameter vector), when that is not ``offset .. offset + rows``. Random vectors are drawn
+        by it, so that the same seed gives the same vector in that order for any number of ranks.
     """
 
     comm: Communicator
     rows: int
     offset: int
     n: int
+    index: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_rows(cls, rows: int, comm: Any) -> RowSplit:
@@ -76,14 +81,26 @@ class RowSplit:
         """One past this rank's last row."""
         return self.offset + self.rows
 
+    def _rows(self):
+        return slice(self.offset, self.stop) if self.index is None else self.index
+
     def scatter(self, whole: Array) -> Array:
-        """This rank's rows of a whole vector ``(n,)`` or block ``(n, k)`` (no communication)."""
+        """This rank's rows of a whole vector ``(n,)`` or block ``(n, k)`` (no communication).
+
+        The whole vector is in the natural order: by :attr:`index` when it is set.
+        """
         if whole.shape[0] != self.n:
             raise ValueError(f"expected a whole vector of {self.n} rows; got shape {tuple(whole.shape)}")
-        return whole[self.offset:self.stop, ...]
+        if self.index is None:
+            return whole[self.offset:self.stop, ...]
+        return whole[np.asarray(self.index), ...] if isinstance(whole, np.ndarray) else whole[self._native_index(whole)]
+
+    def _native_index(self, like: Array) -> Array:
+        xp = namespace(like)
+        return from_numpy(np.asarray(self.index, dtype=np.int64), xp, getattr(like, "device", None))
 
     def gather(self, local: Array) -> Array:
-        """The whole vector (or block) on every rank, from each rank's rows: one all-reduce of ``n x k``.
+        """The whole vector (or block, in the natural order) on every rank: one all-reduce of ``n x k``.
 
         Costs a whole vector's memory per column on every rank, which is what a
         split operator exists to avoid: use it for small ``k`` (checks, saving a
@@ -93,7 +110,7 @@ class RowSplit:
             raise ValueError(f"expected this rank's {self.rows} rows; got shape {tuple(local.shape)}")
         host = np.asarray(to_numpy(local))
         full = np.zeros((self.n, *host.shape[1:]), dtype=host.dtype)
-        full[self.offset:self.stop, ...] = host
+        full[self._rows(), ...] = host
         full = np.asarray(to_numpy(self.comm.allreduce(full)))
         if isinstance(local, np.ndarray):
             return full

@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse.linalg
 
 import hessop
-from hessop._array import SPLIT_CHUNK, random_rows
+from hessop._array import SPLIT_CHUNK, random_at, random_rows
 from hessop.comm.base import Communicator
 from hessop.solvers._linear_map import as_linear_map
 from hessop.split import RowSplit
@@ -62,6 +62,8 @@ def test_even_split_tiles_the_rows_and_from_rows_sums_the_counts():
 def test_a_split_draw_is_the_whole_draw_for_any_number_of_ranks(cols):
     n = 2 * SPLIT_CHUNK + 17  # crosses chunk boundaries
     whole = random_rows([5, 1], n, 0, n, cols, "rademacher")
+    picked = np.random.default_rng(0).permutation(n)[:500]  # a layout by index (FSDP2: a piece of every parameter)
+    assert np.array_equal(random_at([5, 1], n, picked, cols, "rademacher"), whole[picked])
     for cuts in ([0, n], [0, 11, n], [0, SPLIT_CHUNK - 1, SPLIT_CHUNK + 3, n - 2, n]):
         parts = [random_rows([5, 1], n, a, b, cols, "rademacher") for a, b in zip(cuts[:-1], cuts[1:])]
         assert np.array_equal(np.concatenate(parts), whole)
@@ -223,6 +225,10 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         size, error, unsplit = rec["ddp"]
         assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group
     assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # replicated small problems
+    one = ranks[0]["one_rank"]  # the same model sharded over one rank: the same seeds, the same numbers
+    assert one["rows"] == ranks[0]["n"] and one["num_matvecs"] == ranks[0]["num_matvecs"]
+    assert np.allclose(one["eigenvalues"], ranks[0]["eigenvalues"], rtol=1e-9, atol=0)
+    assert abs(one["trace"] - ranks[0]["trace"][0]) < 1e-9 * abs(one["trace"])
 
 
 def test_the_old_fsdp_wrapper_is_refused_with_a_sentence_naming_fully_shard():

@@ -38,6 +38,7 @@ made the same number.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,7 @@ class ShardedTorchBackend(Backend):
         if self.split.n != self.n:
             raise ValueError(f"the ranks' shards hold {self.split.n} entries but the parameters {self.n}: "
                              "every rank must shard the same model")
+        self.split = replace(self.split, index=self.global_indices())  # draws by parameter: any number of ranks
 
     # -- layout -------------------------------------------------------------------------------------
     def _params(self) -> list:
