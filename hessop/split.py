@@ -56,8 +56,13 @@ class RowSplit:
     index: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_rows(cls, rows: int, comm: Any) -> RowSplit:
-        """The layout in which rank ``r`` holds ``rows`` rows after those of ranks ``0 .. r-1`` (one all-reduce)."""
+    def from_rows(cls, rows: int, comm: Any, n: int | None = None) -> RowSplit:
+        """The layout in which rank ``r`` holds ``rows`` rows after those of ranks ``0 .. r-1``.
+
+        One all-reduce of the row counts; with ``n``, the whole length each rank
+        expects, one more (a 10-float agreement check), and a layout whose ranks
+        disagree on ``n`` or whose rows do not add up to it fails on every rank.
+        """
         comm = as_comm(comm)
         if int(rows) != rows or rows < 0:
             raise ValueError(f"rows must be a non-negative int; got {rows!r}")
@@ -66,6 +71,12 @@ class RowSplit:
         counts = np.asarray(comm.allreduce(table), dtype=np.float64).astype(np.int64)
         if counts.sum() < 1:
             raise mark(ValueError("every rank holds zero rows: the split operator is empty"))
+        if n is not None:
+            comm.check_agree(float(n), "whole length n of a split vector",
+                             hint="every rank must build the same operator (the same model, the same size)")
+            if int(counts.sum()) != int(n):
+                raise mark(ValueError(f"the ranks' rows ({counts.tolist()}) add up to {int(counts.sum())}, not to the "
+                                      f"whole length n = {int(n)}: each rank must hold its own rows of one vector"))
         return cls(comm, int(rows), int(counts[: comm.rank].sum()), int(counts.sum()))
 
     @classmethod

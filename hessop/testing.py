@@ -177,9 +177,8 @@ class SplitSpectralOperator(NativeOperator):
         self.comm = comm
         self.eigenvalues = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
         n = self.eigenvalues.size
-        split = RowSplit.even(n, comm) if rows is None else RowSplit.from_rows(rows, comm)
-        if split.n != n:  # every rank computed the same split.n: all raise together
-            raise ValueError(f"the ranks' rows add up to {split.n}, not the operator's n = {n}")
+        rows = RowSplit.even(n, comm).rows if rows is None else rows
+        split = RowSplit.from_rows(rows, comm, n)  # ranks that disagree on n or the rows fail together
         self.split = self._layout = split
         g = rng(seed)
         self._Q = ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))

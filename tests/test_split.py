@@ -175,6 +175,9 @@ def test_split_faults_fail_on_every_rank_or_end_the_job(tmp_path):
     assert "ValueError: rank 1 lost its shard in product 5" in proc.stderr
     for rec in records:  # different k on the two ranks: both raised before any product
         assert rec["args"][0] == "RankDisagreementError" and "(k;" in rec["args"][1]
+        assert rec["layout"][0] == "RankDisagreementError" and "whole length n" in rec["layout"][1]
+        kind, message = rec["bad_rows"]
+        assert kind == "ValueError" and "add up to 92, not to the whole length n = 90" in message
 
 
 @pytest.mark.slow

@@ -165,15 +165,12 @@ class ShardedTorchBackend(Backend):
         mine = float(sum(1 for _ in self.batches.weighted()))
         self._filler = self.batches.first() if mine else None
         # the collectives last, so that a rank-local error above cannot leave the others waiting in them
-        self.split = RowSplit.from_rows(sum(self._local_sizes), self.comm)
+        self.split = RowSplit.from_rows(sum(self._local_sizes), self.comm, self.n)  # the same model everywhere
         most, least = self.comm.allreduce_max(np.array([mine, -mine]))
         self._passes = int(most)  # forwards every rank makes: every FSDP2 forward is a collective
         if -least == 0:  # known on every rank alike: all raise
             raise ValueError("a rank holds no batch of non-zero weight, but every rank of an FSDP2 model takes part "
                              "in every forward pass: give every rank at least one batch")
-        if self.split.n != self.n:
-            raise ValueError(f"the ranks' shards hold {self.split.n} entries but the parameters {self.n}: "
-                             "every rank must shard the same model")
         self.split = replace(self.split, index=self.global_indices())  # draws by parameter: any number of ranks
 
     # -- layout -------------------------------------------------------------------------------------
