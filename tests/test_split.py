@@ -90,6 +90,14 @@ def test_a_split_operator_on_one_rank_gives_the_solvers_answers():
     assert abs(t.estimate - lam.sum()) < 3 * t.stderr
 
 
+def test_the_block_spectrum_of_a_small_split_block_goes_through_the_solvers():
+    from hessop.analysis.spectrum import block_spectrum
+
+    lam = np.linspace(-1.0, 4.0, 30)
+    got = block_spectrum(SplitSpectralOperator(lam), k=2, trace_max_matvecs=30, density_steps=10)
+    assert not got.exact and np.allclose(got.eigenvalues, lam[::-1][:2], atol=1e-8)
+
+
 def test_every_host_path_of_a_split_operator_refuses_with_the_solver_to_use():
     A = SplitSpectralOperator(np.arange(1.0, 21.0))
     for attempt in (lambda: A @ np.ones(20), lambda: A.matmat(np.ones((20, 2))), lambda: A.dot(np.ones(20)),
