@@ -214,10 +214,14 @@ def torchrun(n, script, *args, timeout=300):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_and_trace(tmp_path):
-    """Issue 21's done-when check (item 2): float64 MLP with uneven shards, each rank its data (26 and 14 samples)."""
+    """Issue 21's done-when check (item 2): float64 MLP with uneven shards, each rank its data (26 and 14 samples).
+
+    The job ends with a fault on purpose (item 5): rank 1 fails in a product and torchrun ends the job.
+    """
     pytest.importorskip("torch")
-    proc = torchrun(2, "fsdp.py", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun(2, "fsdp.py", tmp_path)  # a hang would raise TimeoutExpired
+    assert proc.returncode != 0 and "ValueError: rank 1 lost its shard in a product" in proc.stdout + proc.stderr
+    assert all((tmp_path / f"rank{r}.json").exists() for r in range(2)), proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rec in ranks:
         n = rec["n"]

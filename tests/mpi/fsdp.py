@@ -5,7 +5,7 @@ do not split evenly over 2 ranks); rank 0 holds 2 batches
 (26 samples) and rank 1 one batch (14), so the weights and the forward-pass padding are
 exercised. Each rank compares against the dense Hessian of the unsharded model over all the data,
 repeats eigsh and trace on the same model sharded over itself alone (one rank, all the data), and
-writes ``OUTDIR/rank<r>.json``.
+writes ``OUTDIR/rank<r>.json``; then rank 1 fails inside a product, which must end the job.
 """
 
 import copy
@@ -117,4 +117,20 @@ record["one_rank"] = {"rows": H1.split.rows, "eigenvalues": r1.eigenvalues.tolis
                       "trace": hessop.trace(H1, max_matvecs=40, seed=4).estimate}
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as fh:
     json.dump(record, fh)
-dist.destroy_process_group()
+dist.barrier()
+# last, a fault: rank 1 fails inside a product, while rank 0 waits in FSDP's collectives; torchrun
+# must end the job with rank 1's message (the test requires a non-zero exit status and no hang)
+passes = 0
+gradient = H.backend._gradient
+
+
+def failing():
+    global passes
+    passes += 1
+    if rank == 1 and passes == 3:
+        raise ValueError("rank 1 lost its shard in a product")
+    return gradient()
+
+
+H.backend._gradient = failing
+hessop.eigsh(H, k=2, seed=7)
