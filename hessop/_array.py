@@ -183,6 +183,25 @@ def random_rows(key, n: int, start: int, stop: int, cols: int | None, kind: str 
     return out
 
 
+def random_at(key, n: int, index: np.ndarray, cols: int | None, kind: str = "gaussian") -> np.ndarray:
+    """The rows ``index`` (global positions, any order) of the draw :func:`random_rows` names by ``key``.
+
+    For a layout whose rows are not one contiguous block of the whole vector
+    (FSDP2: a piece of every parameter); draws only the chunks that hold them.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    key = [int(k) for k in np.atleast_1d(key)]
+    shape = () if cols is None else (int(cols),)
+    out = np.empty((index.size, *shape))
+    chunks = index // SPLIT_CHUNK
+    for b in np.unique(chunks):
+        lo, hi = int(b) * SPLIT_CHUNK, min((int(b) + 1) * SPLIT_CHUNK, n)
+        chunk = random_matrix(np.random.default_rng([*key, _SPLIT_STREAM, int(b)]), (hi - lo, *shape), kind)
+        where = np.flatnonzero(chunks == b)
+        out[where] = chunk[index[where] - lo]
+    return out
+
+
 def random_matrix(gen: np.random.Generator, shape, kind: str = "gaussian") -> np.ndarray:
     """Host float64 random probes: ``"gaussian"`` N(0, 1) or ``"rademacher"`` +-1 entries."""
     if kind == "gaussian":

@@ -76,8 +76,17 @@ def hessian(
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
     name = backend or _detect(model, loss)
+    sharded = False
+    if name == "torch":  # DDP unwrapped, FSDP2 detected (comm from its mesh), the old FSDP wrapper refused
+        from .backends.torch.sharded import unwrap
+
+        model, comm, sharded = unwrap(model, comm)
 
     def build() -> Any:  # on this rank's shard; a failure on any rank raises on every rank (together)
+        if sharded:
+            from .backends.torch.sharded import ShardedTorchBackend
+
+            return ShardedTorchBackend(model, loss, data, curvature=curvature, **options)
         if name == "torch":
             from .backends.torch import TorchBackend
 

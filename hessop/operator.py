@@ -30,13 +30,23 @@ from scipy.sparse.linalg import LinearOperator
 from ._array import Array, device_of, from_numpy, import_cupy, numpy_dtype, same_device, to_numpy
 from ._collective import summed
 from .backends.base import Backend
-from .comm.base import Communicator
+from .comm.base import Communicator, mark
 from .distributed import as_comm
 from .split import RowSplit, refuse_host
 
 
 def _nan() -> float:
     return float("nan")
+
+
+def _finite_everywhere(comm: Communicator, out: Array, what: str) -> Array:
+    """``out`` (this rank's rows of a split result), or an error on every rank if any rank's rows are not finite."""
+    xp = array_api_compat.array_namespace(out)
+    bad = comm.allreduce_scalar(float(not bool(xp.all(xp.isfinite(out)))))
+    if bad:
+        raise mark(FloatingPointError(f"the {what} holds NaN or Inf on {int(bad)} of {comm.size} ranks; check "
+                                      "the model, the data and the dtype"))
+    return out
 
 
 DENSE_LIMIT = 8192
@@ -148,7 +158,9 @@ class HessianOperator(NativeOperator):
         The framework's curvature-vector products over this process's data.
     comm : Communicator, mpi4py communicator or torch.distributed process group, optional
         Adds the processes' partial products (default: one process); see
-        :func:`hessop.distributed.as_comm`.
+        :func:`hessop.distributed.as_comm`. A backend with a ``split`` layout (the
+        parameters themselves are split, e.g. FSDP2) returns its rows of products
+        over every rank's data already: the operator is then split too.
 
     Notes
     -----
@@ -162,7 +174,8 @@ class HessianOperator(NativeOperator):
     def __init__(self, backend: Backend, comm: Any = None):
         self.backend = backend
         self.comm: Communicator = as_comm(comm)
-        if self.comm.size > 1:  # one 10-float all-reduce
+        self.split = getattr(backend, "split", None)
+        if self.comm.size > 1 and self.split is None:  # one 10-float all-reduce
             self.comm.check_agree(backend.flat_params(), "model parameters",
                                   hint="every rank must build the same model (same seed or checkpoint)")
         super().__init__(backend.n, backend.xp, backend.device, backend.dtype)
@@ -180,8 +193,11 @@ class HessianOperator(NativeOperator):
         return self.backend.curvature
 
     def _product(self, V: Array) -> Array:
-        out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"),
-                     "in a product")
+        if self.split is not None:  # the backend's own collectives summed over the ranks' data
+            out = _finite_everywhere(self.comm, self.backend.hvp_sum(V), "product")
+        else:
+            out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"),
+                         "in a product")
         if self._product_error is None and self.comm.size > 1:
             self._product_error = self._measured_error()
         return out * self._scale if self._scale != 1.0 else out
@@ -227,6 +243,12 @@ class HessianOperator(NativeOperator):
     @property
     def blocks(self) -> dict[str, slice]:
         """Named parameter blocks (modules) in the order of the flat vector, as slices of it."""
+        if self.split is not None:
+            raise TypeError(
+                "H.blocks are slices of the whole flat vector, which no rank of a split operator holds: select a "
+                "block by name with H.restrict(name) (its vectors are split too), or map this rank's rows with "
+                "H.backend.global_indices()"
+            )
         out: dict[str, slice] = {}
         start = 0
         for module, size in zip(self.backend.module_names, self.backend.param_sizes):
@@ -265,8 +287,11 @@ class HessianOperator(NativeOperator):
 
     def gradient(self) -> Array:
         """The gradient of the loss over all the data, a native vector."""
-        g = summed(self.comm, self.comm.allreduce, self.backend.grad_sum, lambda: self.parameters() * float("nan"),
-                   "in the gradient")
+        if self.split is not None:
+            g = _finite_everywhere(self.comm, self.backend.grad_sum(), "gradient")
+        else:
+            g = summed(self.comm, self.comm.allreduce, self.backend.grad_sum,
+                       lambda: self.parameters() * float("nan"), "in the gradient")
         return g * self._scale if self._scale != 1.0 else g
 
     def parameters(self) -> Array:

@@ -19,8 +19,8 @@ This module imports no framework.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -43,16 +43,26 @@ class RowSplit:
         The global index of this rank's first row.
     n : int
         The whole length of a vector.
+    index : numpy.ndarray, optional
+        Where this rank's rows sit in the operator's natural order (for FSDP2, the usual flat
+        parameter vector), when that is not ``offset .. offset + rows``. Random vectors are drawn
+        by it, so that the same seed gives the same vector in that order for any number of ranks.
     """
 
     comm: Communicator
     rows: int
     offset: int
     n: int
+    index: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_rows(cls, rows: int, comm: Any) -> RowSplit:
-        """The layout in which rank ``r`` holds ``rows`` rows after those of ranks ``0 .. r-1`` (one all-reduce)."""
+    def from_rows(cls, rows: int, comm: Any, n: int | None = None) -> RowSplit:
+        """The layout in which rank ``r`` holds ``rows`` rows after those of ranks ``0 .. r-1``.
+
+        One all-reduce of the row counts; with ``n``, the whole length each rank
+        expects, one more (a 10-float agreement check), and a layout whose ranks
+        disagree on ``n`` or whose rows do not add up to it fails on every rank.
+        """
         comm = as_comm(comm)
         if int(rows) != rows or rows < 0:
             raise ValueError(f"rows must be a non-negative int; got {rows!r}")
@@ -61,6 +71,12 @@ class RowSplit:
         counts = np.asarray(comm.allreduce(table), dtype=np.float64).astype(np.int64)
         if counts.sum() < 1:
             raise mark(ValueError("every rank holds zero rows: the split operator is empty"))
+        if n is not None:
+            comm.check_agree(float(n), "whole length n of a split vector",
+                             hint="every rank must build the same operator (the same model, the same size)")
+            if int(counts.sum()) != int(n):
+                raise mark(ValueError(f"the ranks' rows ({counts.tolist()}) add up to {int(counts.sum())}, not to the "
+                                      f"whole length n = {int(n)}: each rank must hold its own rows of one vector"))
         return cls(comm, int(rows), int(counts[: comm.rank].sum()), int(counts.sum()))
 
     @classmethod
@@ -76,14 +92,26 @@ class RowSplit:
         """One past this rank's last row."""
         return self.offset + self.rows
 
+    def _rows(self):
+        return slice(self.offset, self.stop) if self.index is None else self.index
+
     def scatter(self, whole: Array) -> Array:
-        """This rank's rows of a whole vector ``(n,)`` or block ``(n, k)`` (no communication)."""
+        """This rank's rows of a whole vector ``(n,)`` or block ``(n, k)`` (no communication).
+
+        The whole vector is in the natural order: by :attr:`index` when it is set.
+        """
         if whole.shape[0] != self.n:
             raise ValueError(f"expected a whole vector of {self.n} rows; got shape {tuple(whole.shape)}")
-        return whole[self.offset:self.stop, ...]
+        if self.index is None:
+            return whole[self.offset:self.stop, ...]
+        return whole[np.asarray(self.index), ...] if isinstance(whole, np.ndarray) else whole[self._native_index(whole)]
+
+    def _native_index(self, like: Array) -> Array:
+        xp = namespace(like)
+        return from_numpy(np.asarray(self.index, dtype=np.int64), xp, getattr(like, "device", None))
 
     def gather(self, local: Array) -> Array:
-        """The whole vector (or block) on every rank, from each rank's rows: one all-reduce of ``n x k``.
+        """The whole vector (or block, in the natural order) on every rank: one all-reduce of ``n x k``.
 
         Costs a whole vector's memory per column on every rank, which is what a
         split operator exists to avoid: use it for small ``k`` (checks, saving a
@@ -93,7 +121,7 @@ class RowSplit:
             raise ValueError(f"expected this rank's {self.rows} rows; got shape {tuple(local.shape)}")
         host = np.asarray(to_numpy(local))
         full = np.zeros((self.n, *host.shape[1:]), dtype=host.dtype)
-        full[self.offset:self.stop, ...] = host
+        full[self._rows(), ...] = host
         full = np.asarray(to_numpy(self.comm.allreduce(full)))
         if isinstance(local, np.ndarray):
             return full
@@ -104,7 +132,7 @@ class RowSplit:
         return f"RowSplit(rows {self.offset}:{self.stop} of {self.n}, rank {self.comm.rank} of {self.comm.size})"
 
 
-def refuse_host(noun: str, split: RowSplit, what: str) -> None:
+def refuse_host(noun: str, split: RowSplit, what: str) -> NoReturn:
     """Raise the one-sentence refusal of a host path (scipy, ``to_dense``, ``@``) on a split operator."""
     raise TypeError(
         f"{what} on this {noun} would see only this rank's {split.rows} of the {split.n} rows of a vector "

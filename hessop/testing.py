@@ -51,7 +51,8 @@ def nn_like_spectrum(
     return np.sort(np.concatenate([outliers, bulk, np.zeros(n_null), negative]))
 
 
-def student_t_spectrum(n: int, df: float = 3.0, zero_fraction: float = 0.5, scale: float = 1.0, seed: int = 0) -> np.ndarray:
+def student_t_spectrum(n: int, df: float = 3.0, zero_fraction: float = 0.5, scale: float = 1.0,
+                       seed: int = 0) -> np.ndarray:
     """Heavy-tailed eigenvalues: |Student-t| draws, with a ``zero_fraction`` of exact zeros (PSD)."""
     g = rng(seed)
     n_zero = int(round(zero_fraction * n))
@@ -176,10 +177,9 @@ class SplitSpectralOperator(NativeOperator):
         self.comm = comm
         self.eigenvalues = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
         n = self.eigenvalues.size
-        split = RowSplit.even(n, comm) if rows is None else RowSplit.from_rows(rows, comm)
-        if split.n != n:  # every rank computed the same split.n: all raise together
-            raise ValueError(f"the ranks' rows add up to {split.n}, not the operator's n = {n}")
-        self.split = split
+        rows = RowSplit.even(n, comm).rows if rows is None else rows
+        split = RowSplit.from_rows(rows, comm, n)  # ranks that disagree on n or the rows fail together
+        self.split = self._layout = split
         g = rng(seed)
         self._Q = ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))
         self._rows = ((self._Q * self.eigenvalues) @ self._Q.T)[split.offset:split.stop]
@@ -187,11 +187,11 @@ class SplitSpectralOperator(NativeOperator):
         super().__init__(n, xp, "cpu", xp.float64)
 
     def _product(self, V: Array) -> Array:
-        return self._rows @ self.split.gather(np.asarray(to_numpy(V)))
+        return self._rows @ self._layout.gather(np.asarray(to_numpy(V)))
 
     def to_dense(self) -> np.ndarray:
         """Refused: no rank holds the whole matrix's columns (one sentence naming the solvers)."""
-        refuse_host(self.noun, self.split, "to_dense()")
+        refuse_host(self.noun, self._layout, "to_dense()")
 
     def eigenvectors(self) -> np.ndarray:
         """The exact eigenvectors (whole, host float64), as :meth:`SpectralOperator.eigenvectors`."""

@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse.linalg
 
 import hessop
-from hessop._array import SPLIT_CHUNK, random_rows
+from hessop._array import SPLIT_CHUNK, random_at, random_rows
 from hessop.comm.base import Communicator
 from hessop.solvers._linear_map import as_linear_map
 from hessop.split import RowSplit
@@ -62,6 +62,8 @@ def test_even_split_tiles_the_rows_and_from_rows_sums_the_counts():
 def test_a_split_draw_is_the_whole_draw_for_any_number_of_ranks(cols):
     n = 2 * SPLIT_CHUNK + 17  # crosses chunk boundaries
     whole = random_rows([5, 1], n, 0, n, cols, "rademacher")
+    picked = np.random.default_rng(0).permutation(n)[:500]  # a layout by index (FSDP2: a piece of every parameter)
+    assert np.array_equal(random_at([5, 1], n, picked, cols, "rademacher"), whole[picked])
     for cuts in ([0, n], [0, 11, n], [0, SPLIT_CHUNK - 1, SPLIT_CHUNK + 3, n - 2, n]):
         parts = [random_rows([5, 1], n, a, b, cols, "rademacher") for a, b in zip(cuts[:-1], cuts[1:])]
         assert np.array_equal(np.concatenate(parts), whole)
@@ -86,6 +88,14 @@ def test_a_split_operator_on_one_rank_gives_the_solvers_answers():
     assert r.all_converged and np.allclose(r.eigenvalues, lam[::-1][:3], atol=1e-10)
     t = hessop.trace(A, max_matvecs=40)
     assert abs(t.estimate - lam.sum()) < 3 * t.stderr
+
+
+def test_the_block_spectrum_of_a_small_split_block_goes_through_the_solvers():
+    from hessop.analysis.spectrum import block_spectrum
+
+    lam = np.linspace(-1.0, 4.0, 30)
+    got = block_spectrum(SplitSpectralOperator(lam), k=2, trace_max_matvecs=30, density_steps=10)
+    assert not got.exact and np.allclose(got.eigenvalues, lam[::-1][:2], atol=1e-8)
 
 
 def test_every_host_path_of_a_split_operator_refuses_with_the_solver_to_use():
@@ -173,6 +183,9 @@ def test_split_faults_fail_on_every_rank_or_end_the_job(tmp_path):
     assert "ValueError: rank 1 lost its shard in product 5" in proc.stderr
     for rec in records:  # different k on the two ranks: both raised before any product
         assert rec["args"][0] == "RankDisagreementError" and "(k;" in rec["args"][1]
+        assert rec["layout"][0] == "RankDisagreementError" and "whole length n" in rec["layout"][1]
+        kind, message = rec["bad_rows"]
+        assert kind == "ValueError" and "add up to 92, not to the whole length n = 90" in message
 
 
 @pytest.mark.slow
@@ -189,3 +202,55 @@ def test_jax_parameters_sharded_over_two_devices_give_the_dense_top_five_with_sh
     assert np.allclose(sharded["eigenvalues"], out["dense"], rtol=0, atol=1e-8)
     assert sharded["vector_devices"] == 2 and sharded["shard_rows"] == [21, 21]  # the vectors stayed split
     assert abs(sharded["trace"] - out["plain"]["trace"]) < 1e-10 * abs(out["plain"]["trace"])  # same seed, same numbers
+
+
+def torchrun(n, script, *args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           str(ROOT / "tests" / "mpi" / script), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_and_trace(tmp_path):
+    """Issue 21's done-when check (item 2): float64 MLP with uneven shards, each rank its data (26 and 14 samples).
+
+    The job ends with a fault on purpose (item 5): rank 1 fails in a product and torchrun ends the job.
+    """
+    pytest.importorskip("torch")
+    proc = torchrun(2, "fsdp.py", tmp_path)  # a hang would raise TimeoutExpired
+    assert proc.returncode != 0 and "ValueError: rank 1 lost its shard in a product" in proc.stdout + proc.stderr
+    assert all((tmp_path / f"rank{r}.json").exists() for r in range(2)), proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rec in ranks:
+        n = rec["n"]
+        assert rec["split"] and rec["shape"] == [n, n] and rec["rows"] < n
+        assert rec["product_error"] < 1e-7  # central differences of FSDP's gradients against the dense Hessian
+        assert rec["converged"] and np.allclose(rec["eigenvalues"], rec["truth"], rtol=0, atol=1e-5)
+        assert rec["eigenvector_rows"] < n and rec["eigenvector_residual"] < 1e-5
+        estimate, stderr, exact = rec["trace"]
+        assert abs(estimate - exact) < 3 * stderr
+        assert abs(rec["loss"][0] - rec["loss"][1]) < 1e-12 and rec["gradient_error"] < 1e-12  # weights exact
+        got, want, rows, size = rec["restricted"]
+        assert np.allclose(got, want, atol=1e-6) and rows < size  # restrict() by name: the second layer's block
+        assert "use hessop's solvers" in rec["host"]
+        assert "H.restrict(name)" in rec["blocks"]
+        assert rec["cli"][0] == "UsageError" and "fully_shard" in rec["cli"][1]  # the command line refuses, for now
+        size, error, unsplit = rec["ddp"]
+        assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group
+    assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # replicated small problems
+    one = ranks[0]["one_rank"]  # the same model sharded over one rank: the same seeds, the same numbers
+    assert one["rows"] == ranks[0]["n"] and one["num_matvecs"] == ranks[0]["num_matvecs"]
+    assert np.allclose(one["eigenvalues"], ranks[0]["eigenvalues"], rtol=1e-9, atol=0)
+    assert abs(one["trace"] - ranks[0]["trace"][0]) < 1e-9 * abs(one["trace"])
+
+
+def test_the_old_fsdp_wrapper_is_refused_with_a_sentence_naming_fully_shard():
+    torch = pytest.importorskip("torch")
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
+    torch.nn.Module.__init__(wrapped)
+    with pytest.raises(TypeError, match="fully_shard"):
+        hessop.hessian(wrapped, torch.nn.MSELoss(), (torch.zeros(2, 1), torch.zeros(2, 1)))

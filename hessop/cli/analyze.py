@@ -76,8 +76,19 @@ def cli_advice(message: str) -> str:
             "factory return the same batches on every pass and the --model factory a model in eval mode")
 
 
-def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: Any) -> Any:
+def refuse_sharded(model: Any) -> None:
+    """A model whose parameters are split across processes (FSDP2) is refused: the command line keeps,
+    broadcasts and resumes whole weights and whole eigenvectors, which such a model does not have."""
+    if any(type(p).__name__ == "DTensor" for p in getattr(model, "parameters", lambda: [])()):
+        raise UsageError(
+            "--model: the factory returned a model sharded with fully_shard (FSDP2), which hessop analyze does not "
+            "support yet (it keeps whole weights and eigenvectors); call hessop.hessian and the solvers from a "
+            "torchrun script instead (docs/distributed.md, 'Split models')"
+        )
 
+
+def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: Any) -> Any:
+    refuse_sharded(model)
     session.keep_weights(model, state)
     try:
         H = hessian(model, loss_fn, data, comm=session.comm)

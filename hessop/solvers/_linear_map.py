@@ -39,7 +39,18 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, from_numpy, namespace, numpy_dtype, random_matrix, random_rows, replicated, rng, to_numpy
+from .._array import (
+    Array,
+    from_numpy,
+    namespace,
+    numpy_dtype,
+    random_at,
+    random_matrix,
+    random_rows,
+    replicated,
+    rng,
+    to_numpy,
+)
 from ..operator import NativeOperator
 from ..split import RowSplit
 
@@ -104,8 +115,13 @@ class LinearMap:
             return self.asarray(random_matrix(rng(seed), shape, kind))
         shape = tuple(np.atleast_1d(shape))
         key = int(rng(seed).integers(2**63))
-        cols = int(shape[1]) if len(shape) == 2 else None
-        return self.asarray(random_rows([key], self.n, self.split.offset, self.split.stop, cols, kind))
+        return self.asarray(self._draw([key], int(shape[1]) if len(shape) == 2 else None, kind))
+
+    def _draw(self, key, cols, kind):
+        split = self.split
+        if split.index is not None:
+            return random_at(key, self.n, split.index, cols, kind)
+        return random_rows(key, self.n, split.offset, split.stop, cols, kind)
 
     def probes(self, keys: list, kind: str) -> Array:
         """Columns drawn from ``default_rng(key)`` for each seed sequence ``key`` (a split map: its rows)."""
@@ -114,8 +130,7 @@ class LinearMap:
         if self.split is None:
             cols = [random_matrix(np.random.default_rng(key), self.n, kind) for key in keys]
         else:
-            lo, hi = self.split.offset, self.split.stop
-            cols = [random_rows(key, self.n, lo, hi, None, kind) for key in keys]
+            cols = [self._draw(key, None, kind) for key in keys]
         return self.asarray(np.stack(cols, axis=1))
 
     def zeros(self, shape) -> Array:

@@ -3,8 +3,9 @@
 ``python split.py OUTDIR results [quick]``: every solver (``quick``: eigsh, XTrace and SLQ) on a
 :class:`~hessop.testing.SplitSpectralOperator` (uneven rows on 3 or more ranks); each rank writes
 ``OUTDIR/rank<r>.json`` with what it got.
-``python split.py OUTDIR faults``: ranks that disagree on a solver's arguments must all raise
-(caught and recorded); then the last rank fails inside a product, which must end the job.
+``python split.py OUTDIR faults``: ranks that disagree on a solver's arguments, on the operator's
+size or on its rows must all raise (caught and recorded); then the last rank fails inside a
+product, which must end the job.
 """
 
 import json
@@ -58,6 +59,14 @@ else:
         hessop.eigsh(A, k=3 + r, seed=1)
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         record["args"] = [type(exc).__name__, str(exc)]
+    try:  # the last rank builds a larger operator: mismatched layouts
+        SplitSpectralOperator(nn_like_spectrum(n + (r == p - 1), seed=1), comm, seed=3)
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        record["layout"] = [type(exc).__name__, str(exc)]
+    try:  # rows that do not add up to n
+        SplitSpectralOperator(lam, comm, seed=3, rows=n // p + 1)
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        record["bad_rows"] = [type(exc).__name__, str(exc)]
     with open(f"{outdir}/rank{r}.json", "w") as fh:
         json.dump(record, fh)
     count = 0

@@ -1,0 +1,271 @@
+"""Models whose parameters are split across processes: torch FSDP2 (``fully_shard``), and DDP unwrapped.
+
+:func:`unwrap` looks at what the user passed to :func:`hessop.hessian`:
+
+* a ``DistributedDataParallel`` module is unwrapped (its ``module``) and treated
+  as data parallel over its process group, as hessop's own data parallelism;
+* the older ``FullyShardedDataParallel`` wrapper is refused with a sentence
+  naming ``fully_shard``;
+* a model whose parameters are DTensors sharded on dimension 0 over a 1-D
+  device mesh (what ``torch.distributed.fsdp.fully_shard`` makes) gets a
+  :class:`ShardedTorchBackend`, and the process group comes from the mesh.
+
+*Layout.* A vector of the split operator is, on each rank, the concatenation in
+parameter order of the rank's local shards (``p.to_local()``, flattened); the
+ranks' pieces follow each other in rank order (:class:`hessop.split.RowSplit`).
+So the whole vector is ordered rank by rank, not parameter by parameter;
+:meth:`ShardedTorchBackend.global_indices` maps this rank's rows to positions in
+the usual flat parameter vector.
+
+*Products.* FSDP2's backward gives each rank its shard of the gradient, but a
+second derivative through its reduce-scatter hooks does not exist (``grad`` of
+a gradient fails: the gradients come from the hooks, not the graph). So a
+product is a central finite difference of FSDP's own gradients, perturbing only
+the local shards in place: ``(g(θ + h v) - g(θ - h v)) / 2h`` with the step of
+:func:`hessop.backends.torch.hvp.finite_difference`, ``h ‖v‖ = ε^(1/3) (1 + ‖θ‖)``
+(the norms summed over ranks). Per rank a product holds the gradient pass and
+three local vectors (θ's shards, one gradient, the result).
+
+*Weights.* Each rank's loss is ``Σ_b w_b loss_b`` over its batches (the batch
+weights of :mod:`hessop.backends.base`); FSDP2 divides the reduce-scattered
+gradient by the number of ranks, which is multiplied back, and the operator
+divides by the total weight of all ranks, so the product is exact for any
+split of the data (tokens, padding). Every forward of an FSDP2 model is a
+collective, so ranks with fewer batches make zero-weight passes until all have
+made the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..._array import namespace
+from ...distributed import as_comm
+from ...split import RowSplit
+from ..base import Backend
+from .data import Batches, arguments, check_train_mode, target_of
+from .losses import Counter, adapt_loss, loss_of_model
+from .params import reduction_of
+
+SUPPORTED = ("params", "hvp", "reduction", "weight_fn", "check_determinism", "progress")
+
+
+def unwrap(model: Any, comm: Any) -> tuple[Any, Any, bool]:
+    """``(model, comm, sharded)``: DDP unwrapped, FSDP2 detected (its process group), old FSDP refused."""
+    import torch.distributed as dist
+
+    if not isinstance(model, nn.Module) or not dist.is_available():
+        return model, comm, False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        raise TypeError(
+            "hessop does not support the FullyShardedDataParallel wrapper (FSDP1): shard the model with "
+            "torch.distributed.fsdp.fully_shard (FSDP2), whose parameters hessop splits the vectors along"
+        )
+    if isinstance(model, DistributedDataParallel):
+        return model.module, (model.process_group if comm is None else comm), False
+    meshes = _meshes(model)
+    if not meshes:
+        return model, comm, False
+    if len(meshes) > 1 or meshes[0].ndim != 1:
+        raise ValueError(
+            "hessop splits vectors over a 1-D device mesh (fully_shard over init_device_mesh(device, (world,))); "
+            f"this model's parameters live on {len(meshes)} mesh(es) of {meshes[0].ndim} dimension(s)"
+        )
+    group = meshes[0].get_group()
+    if comm is not None and as_comm(comm).size != as_comm(group).size:
+        raise ValueError("comm= names other processes than the model's device mesh; leave comm=None for an FSDP2 model")
+    return model, group, True
+
+
+def _meshes(model: nn.Module) -> list:
+    from torch.distributed.tensor import DTensor
+
+    meshes: list = []
+    for p in model.parameters():
+        if isinstance(p, DTensor) and all(p.device_mesh is not m for m in meshes):
+            meshes.append(p.device_mesh)
+    return meshes
+
+
+class ShardedTorchBackend(Backend):
+    """Hessian-vector products of an FSDP2 model on this rank's shards (module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Sharded with ``fully_shard`` (parameters are DTensors ``Shard(0)`` on a 1-D mesh).
+    loss, data, reduction, weight_fn
+        As :class:`~hessop.backends.torch.TorchBackend`; each rank passes its own data.
+    params : sequence of names, optional
+        The parameters to differentiate (default: every ``requires_grad`` one).
+    hvp : {"auto", "finite-difference"}
+        The one strategy that works through FSDP2's gradient hooks.
+    """
+
+    curvature = "hessian"
+
+    def __init__(self, model: nn.Module, loss: Callable | None, data: Any, *, curvature: str = "hessian",
+                 params: Sequence[str] | None = None, hvp: str = "auto", reduction: str | None = None,
+                 weight_fn: Callable | None = None, check_determinism: bool = True, progress: bool = False):
+        if curvature != "hessian":
+            raise ValueError(f"an FSDP2 model gives the Hessian (finite differences of its gradients), not the "
+                             f"{curvature}; pass curvature='hessian'")
+        if hvp not in ("auto", "finite-difference"):
+            raise ValueError(f"an FSDP2 model's products are finite differences of its gradients (second "
+                             f"derivatives do not pass its hooks); pass hvp='auto', not {hvp!r}")
+        from torch.distributed.tensor import DTensor, Shard
+
+        self._init = dict(loss=loss, data=data, reduction=reduction, weight_fn=weight_fn,
+                          check_determinism=check_determinism, progress=progress)
+        self.model = model
+        named = dict(model.named_parameters())
+        names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
+        unknown = [n for n in names if n not in named]
+        if unknown or not names:
+            raise ValueError(f"params {unknown or names} name no parameter of the model; parameters are named like "
+                             f"{list(named)[:4]}")
+        for n in names:
+            p = named[n]
+            if not isinstance(p, DTensor) or tuple(p.placements) != (Shard(0),):
+                raise ValueError(f"parameter {n} is not sharded on dimension 0 by fully_shard; shard every module "
+                                 "whose parameters hessop differentiates (or pass params= the sharded ones)")
+        self.param_names = names
+        self.param_shapes = [tuple(int(d) for d in named[n].shape) for n in names]
+        self.param_sizes = [int(np.prod(s, dtype=np.int64)) for s in self.param_shapes]
+        self.module_names = [n.rpartition(".")[0] or n for n in names]
+        mesh = getattr(named[names[0]], "device_mesh")  # noqa: B009 - a DTensor's, unknown to nn.Parameter
+        self.comm = as_comm(mesh.get_group())
+        self._world = int(mesh.size())
+        local = self._locals()
+        self.device, self.dtype = local[0].device, local[0].dtype
+        if self.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(f"finite differences need float32 or float64 parameters, not {self.dtype}; cast the "
+                             "model before sharding it")
+        self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
+        self._local_sizes = [int(t.numel()) for t in local]
+        self._starts = [self._first_row(named[n], t) for n, t in zip(names, local)]
+        self.loss_fn = None if loss is None else adapt_loss(loss)
+        self.reduction = reduction_of(loss, reduction)
+        self.normalize = self.reduction == "mean"
+        counter = Counter(loss, weight_fn)
+        self.batches = Batches(data, self.device, self.dtype, counter)  # type: ignore[arg-type]  # as TorchBackend
+        counter.check_known(self.batches.is_list and len(self.batches) == 1)
+        if check_determinism:
+            check_train_mode(model)
+        self.local_count = self.batches.count(counter.samples_only)
+        mine = float(sum(1 for _ in self.batches.weighted()))
+        self._filler = self.batches.first() if mine else None
+        # the collectives last, so that a rank-local error above cannot leave the others waiting in them
+        self.split = RowSplit.from_rows(sum(self._local_sizes), self.comm, self.n)  # the same model everywhere
+        most, least = self.comm.allreduce_max(np.array([mine, -mine]))
+        self._passes = int(most)  # forwards every rank makes: every FSDP2 forward is a collective
+        if -least == 0:  # known on every rank alike: all raise
+            raise ValueError("a rank holds no batch of non-zero weight, but every rank of an FSDP2 model takes part "
+                             "in every forward pass: give every rank at least one batch")
+        self.split = replace(self.split, index=self.global_indices())  # draws by parameter: any number of ranks
+
+    # -- layout -------------------------------------------------------------------------------------
+    def _params(self) -> list:
+        named = dict(self.model.named_parameters())
+        return [named[n] for n in self.param_names]
+
+    def _locals(self) -> list[torch.Tensor]:
+        return [p.to_local() for p in self._params()]
+
+    def _first_row(self, p, local: torch.Tensor) -> int:
+        """Index along dimension 0 of this rank's first row of ``p`` (``torch.chunk``'s split, as FSDP2's)."""
+        rows = int(p.shape[0])
+        chunk = -(-rows // self._world)
+        start = min(self.comm.rank * chunk, rows)
+        if int(local.shape[0]) != max(0, min(rows - start, chunk)):
+            raise ValueError(f"cannot read the layout of {p.shape} sharded over {self._world} ranks "
+                             f"(this rank holds {tuple(local.shape)})")
+        return start
+
+    def global_indices(self) -> np.ndarray:
+        """For each of this rank's rows, its index in the usual flat vector (parameters in order, row-major)."""
+        out, base = [], 0
+        for shape, size, start, local in zip(self.param_shapes, self.param_sizes, self._starts, self._local_sizes):
+            inner = size // shape[0] if shape and shape[0] else 1
+            out.append(base + start * inner + np.arange(local))
+            base += size
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def flat_params(self) -> torch.Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in self._locals()])
+
+    # -- passes over the data (collective: every rank makes the same number of forwards) ------------
+    def _loss(self, x: Any, y: Any) -> torch.Tensor:
+        args, kwargs = arguments(x)
+        out = self.model(*args, **kwargs)
+        return loss_of_model(out) if self.loss_fn is None else self.loss_fn(out, target_of(x, y))
+
+    def _passes_over_data(self):
+        """``(x, y, weight)`` for this rank's batches, then zero-weight fillers up to every rank's count."""
+        done = 0
+        for _, x, y, count in self.batches.weighted():
+            done += 1
+            yield x, y, (count if self.normalize else 1.0)
+        while done < self._passes:
+            done += 1
+            yield self._filler[0], self._filler[1], 0.0
+
+    def _gradient(self) -> torch.Tensor:
+        """This rank's rows of ``Σ_b w_b ∇loss_b`` over every rank's batches (one backward per batch)."""
+        self.model.zero_grad(set_to_none=True)
+        for x, y, weight in self._passes_over_data():
+            (self._loss(x, y) * weight).backward()
+        parts = []
+        for p, size in zip(self._params(), self._local_sizes):
+            g = p.grad
+            parts.append(torch.zeros(size, dtype=self.dtype, device=self.device) if g is None
+                         else g.to_local().detach().reshape(-1))
+        self.model.zero_grad(set_to_none=True)
+        return torch.cat(parts) * float(self._world)  # FSDP2 divides the reduce-scattered sum by the ranks
+
+    def loss_sum(self) -> float:
+        with torch.no_grad():
+            return float(sum(float(self._loss(x, y)) * weight for x, y, weight in self._passes_over_data()))
+
+    def grad_sum(self) -> torch.Tensor:
+        return self._gradient()
+
+    def _shift(self, flat: torch.Tensor) -> None:
+        """Set this rank's shards to ``flat`` (in place: FSDP2 gathers them at the next forward)."""
+        with torch.no_grad():
+            for t, piece in zip(self._locals(), torch.split(flat, self._local_sizes)):
+                t.copy_(piece.reshape(t.shape))
+
+    def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
+        """``Σ_b w_b H_b V`` on this rank's rows: two gradient passes per column (central difference)."""
+        cols = V[:, None] if V.ndim == 1 else V
+        theta = self.flat_params().clone()
+        sums = np.concatenate([[float(theta.double().square().sum())],
+                               cols.double().square().sum(dim=0).cpu().numpy()])
+        sums = np.asarray(self.comm.allreduce(sums), dtype=np.float64)  # ‖θ‖², ‖v_j‖² over all ranks
+        eps = float(torch.finfo(self.dtype).eps)
+        out = torch.zeros_like(cols)
+        try:
+            for j in range(cols.shape[1]):
+                if sums[1 + j] == 0.0:
+                    continue
+                h = eps ** (1 / 3) * (1 + sums[0] ** 0.5) / sums[1 + j] ** 0.5
+                self._shift(theta + h * cols[:, j])
+                plus = self._gradient()
+                self._shift(theta - h * cols[:, j])
+                out[:, j] = (plus - self._gradient()) / (2 * h)
+        finally:
+            self._shift(theta)
+        return out[:, 0] if V.ndim == 1 else out
+
+    def restrict(self, names: Sequence[str]) -> ShardedTorchBackend:
+        return ShardedTorchBackend(self.model, params=list(names), **self._init)
