@@ -12,6 +12,7 @@ from .operator import HessianOperator
 from .solvers import (
     DiagonalResult,
     EigshResult,
+    FunmResult,
     LanczosDecomposition,
     SketchResult,
     SolveResult,
@@ -20,6 +21,7 @@ from .solvers import (
     density,
     diagonal,
     eigsh,
+    funm,
     lanczos,
     sketch,
     solve,
@@ -33,5 +35,6 @@ __all__ = [
     "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
     "solve", "SolveResult",
+    "funm", "FunmResult",
 ]
 __version__ = "0.1.0"
