@@ -23,6 +23,7 @@ from .solvers import (
     eigsh,
     funm,
     lanczos,
+    logdet,
     sketch,
     solve,
     spectral_distance,
@@ -36,5 +37,6 @@ __all__ = [
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
     "solve", "SolveResult",
     "funm", "FunmResult",
+    "logdet",
 ]
 __version__ = "0.1.0"

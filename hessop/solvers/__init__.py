@@ -13,10 +13,12 @@ from .lanczos import LanczosDecomposition, lanczos
 from .sketch import SketchResult, sketch
 from .solve import SolveResult, SolveState, solve
 from .trace import TraceResult, trace
+from .trace_function import logdet, trace_function
 
 __all__ = [
     "DiagonalResult", "EigshResult", "LanczosDecomposition", "SketchResult", "SpectralDensity", "TraceResult",
     "density", "diagonal", "eigsh", "lanczos", "sketch", "spectral_distance", "trace",
     "SolveResult", "SolveState", "solve",
     "FunmResult", "funm",
+    "logdet", "trace_function",
 ]

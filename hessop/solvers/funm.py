@@ -99,13 +99,10 @@ def matrix_function(f: str | Callable) -> tuple[Callable[[np.ndarray], np.ndarra
     return (lambda t: np.asarray(f(t), dtype=np.float64)), getattr(f, "__name__", "f"), -math.inf
 
 
-def apply_function(fn: Callable, name: str, low: float, alpha: np.ndarray, beta: np.ndarray,
-                   with_condition: bool = False):
-    """``f(T) e_1`` for the tridiagonal ``T = tridiag(beta, alpha, beta)`` (host float64).
+def ritz_function(fn: Callable, name: str, low: float, alpha: np.ndarray, beta: np.ndarray):
+    """Ritz values ``θ``, eigenvectors ``U`` of ``T = tridiag(beta, alpha, beta)`` and ``f(θ)`` (host float64).
 
-    With ``with_condition``, also the relative condition number of ``f`` at ``T``,
-    ``max|f'(θ)| · max|θ| / max|f(θ)|`` (a bound on the Fréchet derivative's for a normal
-    matrix; Higham 2008, sec. 3.1), ``f'`` by central differences.
+    Raises a ``ValueError`` with a sentence when ``θ`` leaves ``f``'s domain or ``f`` is not finite there.
     """
     if alpha.size == 1:
         theta, U = alpha.copy(), np.ones((1, 1))
@@ -118,9 +115,17 @@ def apply_function(fn: Callable, name: str, low: float, alpha: np.ndarray, beta:
     if not np.all(np.isfinite(values)):
         raise ValueError(f"f = {name} is not finite at the Ritz value(s) {theta[~np.isfinite(values)][:3]}; "
                          "the operator has eigenvalues where f is undefined (add damping)")
+    return theta, U, values
+
+
+def apply_function(fn: Callable, name: str, low: float, alpha: np.ndarray, beta: np.ndarray):
+    """``f(T) e_1`` for ``T = tridiag(beta, alpha, beta)``, and the relative condition number of ``f`` at ``T``.
+
+    The condition number ``max|f'(θ)| · max|θ| / max|f(θ)|`` bounds the Fréchet derivative's for a
+    normal matrix (Higham 2008, sec. 3.1); ``f'`` by central differences.
+    """
+    theta, U, values = ritz_function(fn, name, low, alpha, beta)
     y = U @ (values * U[0, :])
-    if not with_condition:
-        return y
     t = np.maximum(theta, low) if low > -math.inf else theta
     h = 1e-5 * np.maximum(np.abs(t), 1e-300)
     lo = np.maximum(t - h, low) if low > -math.inf else t - h
@@ -207,7 +212,7 @@ def _funm(lm: LinearMap, v: Array, fn, name: str, low: float, rtol: float, budge
             K.extend(1)
             m = K.size
             alpha, beta = np.asarray(K.alpha), np.asarray(K.beta)
-            y, cond = apply_function(fn, name, low, alpha, beta[: m - 1], with_condition=True)
+            y, cond = apply_function(fn, name, low, alpha, beta[: m - 1])
             history.append(v0 * y)
             exhausted = K.r is None or m >= lm.n  # an invariant Krylov space: f(T) e_1 is exact
             floor = _rounding(history[-1], lm.eps, m, cond)
