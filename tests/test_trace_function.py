@@ -73,3 +73,18 @@ def test_interrupt_keeps_the_finished_probes():
     with pytest.warns(RuntimeWarning, match="standard error rests on"):
         r = logdet(Interrupting(lam, seed=7))
     assert not r.converged and 2 <= r.num_probes < 60 and abs(r.estimate - np.sum(np.log(lam))) <= 5 * r.stderr
+
+
+@pytest.mark.filterwarnings("ignore:trace of log")
+@pytest.mark.parametrize("size", [2, 3])
+def test_probe_parallel_ranks_return_the_single_process_result(size):
+    from test_trace import run_ranks
+
+    A = SpectralOperator(np.linspace(0.5, 2.0, 80), seed=8)
+    one = logdet(A, num_probes=7, deflate=2)
+    results, _ = run_ranks(size, lambda c: logdet(A, num_probes=7, deflate=2, comm=c))
+    for r in results:
+        np.testing.assert_allclose(r.samples, one.samples, rtol=1e-12)
+        assert r.estimate == pytest.approx(one.estimate, rel=1e-12)
+    # the probes' products once, the symmetry probe and the deflation's eigsh on every rank
+    assert len({r.num_matvecs for r in results}) == 1 and results[0].num_matvecs > one.num_matvecs
