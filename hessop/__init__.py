@@ -12,6 +12,7 @@ from .operator import CallableOperator, HessianOperator, as_operator
 from .solvers import (
     DiagonalResult,
     EigshResult,
+    FunmResult,
     LanczosDecomposition,
     SketchResult,
     SolveResult,
@@ -20,7 +21,9 @@ from .solvers import (
     density,
     diagonal,
     eigsh,
+    funm,
     lanczos,
+    logdet,
     sketch,
     solve,
     spectral_distance,
@@ -33,5 +36,7 @@ __all__ = [
     "eigsh", "trace", "diagonal", "density", "spectral_distance", "sketch", "lanczos",
     "EigshResult", "TraceResult", "DiagonalResult", "SpectralDensity", "SketchResult", "LanczosDecomposition",
     "solve", "SolveResult",
+    "funm", "FunmResult",
+    "logdet",
 ]
 __version__ = "0.1.0"

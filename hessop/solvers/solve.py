@@ -228,11 +228,17 @@ def _solve(run: Run, B: Array, x0, method: str, vector: bool, damping: float) ->
                 out[c].methods += (name,)
             if stopped:
                 break
-        if stopped == "interrupt":
-            residual[todo] = [out[c].estimate for c in todo]
-            break
         Xs = _stack(xp, [cols_x[c] for c in todo])
-        Rt = _stack(xp, [B[:, c] for c in todo]) - lm(Xs)  # the true residual, judged and restarted from
+        try:
+            if stopped == "interrupt":
+                raise KeyboardInterrupt
+            Rt = _stack(xp, [B[:, c] for c in todo]) - lm(Xs)  # the true residual, judged and restarted from
+        except KeyboardInterrupt:  # no product after Ctrl-C: the recurrences' estimates, marked not converged
+            for c in todo:
+                if out[c].status == "interrupt":  # this round's estimate; a column not run keeps its last true one
+                    residual[c] = out[c].estimate
+                out[c].status = "interrupt"
+            break
         res = _host(colnorm(xp, Rt)) / run.bnorm[todo]
         keep = []
         for i, c in enumerate(todo):

@@ -120,7 +120,7 @@ class TraceResult:
 @renamed(num_matvecs="max_matvecs")
 def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
           probe: str = "rademacher", seed: int = 0, comm: Any = None, check_symmetric: bool = True,
-          progress: bool = False, block_size: int = 16) -> TraceResult:
+          progress: bool = False, block_size: int = 16, f: Any = None) -> TraceResult:
     """Estimate ``tr(A)`` of a symmetric operator from products with random vectors.
 
     Parameters
@@ -152,6 +152,10 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float 
         and after each adaptive round the products spent and ``stderr / |estimate|`` against ``rtol``.
     block_size : int
         Probes per batched product.
+    f : {"sqrt", "exp", "log", "inv"} or callable, optional
+        Estimate ``tr f(A)`` instead, by stochastic Lanczos quadrature
+        (:func:`~hessop.solvers.trace_function.trace_function`, whose defaults apply; ``rtol``,
+        ``probe``, ``seed``, ``comm``, ``progress`` and an explicit ``max_matvecs`` are passed on).
 
     Returns
     -------
@@ -184,6 +188,10 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float 
     >>> r.converged, bool(r.stderr <= 0.01 * r.estimate), r.num_matvecs < 2000
     (True, True, True)
     """
+    if f is not None:  # tr f(A): stochastic Lanczos quadrature; 60 is Hutchinson's default budget, not SLQ's
+        from .trace_function import trace_function
+        return trace_function(A, f, rtol=rtol, max_matvecs=None if max_matvecs == 60 else max_matvecs, probe=probe,
+                              seed=seed, comm=comm, progress=progress, check_symmetric=check_symmetric)
     check_arguments("trace", A, comm, method=method, max_matvecs=max_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
     budget = check_budget(max_matvecs, MINIMUM[method], f"trace(method={method!r})")
