@@ -31,7 +31,7 @@ from .._array import Array, namespace, to_numpy
 from .._collective import check_arguments
 from ._krylov import KrylovBasis
 from ._linear_map import LinearMap, as_linear_map
-from ._ortho import host, norm
+from ._ortho import host
 from ._progress import Progress
 from .probes import check_seed
 
@@ -197,8 +197,7 @@ def funm(A: Any, v: Array, f: str | Callable, *, rtol: float = 1e-6, max_matvecs
 
 
 def _funm(lm: LinearMap, v: Array, fn, name: str, low: float, rtol: float, budget: int, seed, bar) -> FunmResult:
-    xp = lm.xp
-    v0 = float(host(norm(xp, v))[0])
+    v0 = float(host(lm.norm(v))[0])
     if v0 == 0.0:
         return FunmResult(lm.zeros((lm.n,)), 0.0, 0.0, True, lm.num_matvecs, 0, "converged", name)
     K = KrylovBasis(lm, min(lm.n, 32), seed)
