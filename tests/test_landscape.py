@@ -17,7 +17,8 @@ def least_squares(seed=0):
     """A linear model at its least-squares minimum: the loss is exactly L* + ½ aᵀ H a."""
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(40, 5, generator=g, dtype=torch.float64)
-    y = X @ torch.randn(5, 1, generator=g, dtype=torch.float64) + 0.3 * torch.randn(40, 1, generator=g, dtype=torch.float64)
+    noise = 0.3 * torch.randn(40, 1, generator=g, dtype=torch.float64)
+    y = X @ torch.randn(5, 1, generator=g, dtype=torch.float64) + noise
     model = nn.Linear(5, 1).double()
     A = torch.cat([X, torch.ones(40, 1, dtype=torch.float64)], dim=1)
     sol = torch.linalg.lstsq(A, y).solution[:, 0]

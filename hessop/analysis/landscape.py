@@ -257,7 +257,8 @@ def _filter_normalize(values: np.ndarray, shapes: list[tuple[int, ...]], gen: np
         seg = slice(start, start + size)
         start += size
         if len(shape) <= 1:
-            out[seg] = 0.0 if ignore_1d else out[seg] * np.linalg.norm(values[seg]) / max(np.linalg.norm(out[seg]), 1e-300)
+            scale = np.linalg.norm(values[seg]) / max(np.linalg.norm(out[seg]), 1e-300)
+            out[seg] = 0.0 if ignore_1d else out[seg] * scale
             continue
         w = values[seg].reshape(shape[0], -1)
         r = out[seg].reshape(shape[0], -1)

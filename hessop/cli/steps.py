@@ -2,8 +2,8 @@
 
 A step takes the Hessian operator and the run's settings and returns a
 JSON-able dict of numbers (and their quality: residuals, standard errors,
-product counts): the result's own ``to_dict()`` where it has one. Arrays a later step needs (the eigenvectors the landscapes
-follow) are kept in the run state, so a resumed run continues exactly where
+product counts): the result's own ``to_dict()`` where it has one. Arrays a later
+step needs (the eigenvectors the landscapes follow) are kept in the run state, so a resumed run continues exactly where
 it stopped. Each step draws its random numbers from its own seed, derived
 from the run's seed and the step's name, so skipping finished steps does not
 change the numbers of the others.
@@ -131,7 +131,8 @@ def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[fl
     vecs = state.load_array("eigenvectors", rows=H.shape[0])
     vals = state.result("eigenvalues")["eigenvalues"]
     if vecs.shape[1] < count:
-        raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; use --eig 2 or more")
+        raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; "
+                         "use --eig 2 or more")
     native = [from_numpy(vecs[:, i], H.xp, H.device, H.native_dtype) for i in range(count)]
     return native, vals[:count]
 
@@ -151,7 +152,8 @@ def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
     curves = []
     for i, (d, lam) in enumerate(zip(dirs, vals), start=1):
         ls = line(H, d, radius=radius, num_points=budget.points_1d, label=f"v{i}", progress=progress)
-        curves.append({**ls.to_dict(), "direction": f"v{i}", "eigenvalue": float(lam), "slope": float(xp.sum(grad * d))})
+        curves.append({**ls.to_dict(), "direction": f"v{i}", "eigenvalue": float(lam),
+                       "slope": float(xp.sum(grad * d))})
     return {"radius": radius, "center_loss": float(ls.center_loss), "curves": curves}
 
 
