@@ -186,7 +186,8 @@ def fig_layerwise_stages(out: Path) -> None:
     model, probe, _ = trained_resnet(True, True)
     H = hessop.hessian(model, LOSS, probe)
     G = hessop.hessian(model, LOSS, probe, curvature="ggn")
-    res = layerwise(H, blocks="stages", k=1, trace_max_matvecs=S.layer_matvecs, density_steps=S.layer_steps, num_probes=2,
+    res = layerwise(H, blocks="stages", k=1, trace_max_matvecs=S.layer_matvecs, density_steps=S.layer_steps,
+                    num_probes=2,
                     ggn=G, seed=SEED)
     print(res.to_markdown(), flush=True)
     _log(f"sum of stage traces {sum(r.trace for r in res.rows):.4g}")

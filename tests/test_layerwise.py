@@ -92,7 +92,8 @@ def test_distances_compare_probability_measures_and_top_scaling_removes_magnitud
     repeated = SpectralDensity.from_eigenvalues([0.0] * 4 + [1.0] * 2 + [3.0] * 2)  # twice the size, same law
 
     def both(a, b, scale="none"):
-        return spectral_distance(a, b, metric="wasserstein", scale=scale), spectral_distance(a, b, metric="jensen-shannon", scale=scale)
+        return (spectral_distance(a, b, metric="wasserstein", scale=scale),
+                spectral_distance(a, b, metric="jensen-shannon", scale=scale))
 
     assert both(rho, repeated) == pytest.approx((0.0, 0.0), abs=1e-12)
     w1, js = both(rho, doubled)
@@ -220,7 +221,8 @@ def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
     back = type(res).from_dict(doc)
     assert back.rows == res.rows and back.full == res.full
     np.testing.assert_allclose(back.full_density.nodes, res.full_density.nodes)
-    old_names = {**{k: v for k, v in BUDGET.items() if k != "trace_max_matvecs"}, "trace_matvecs": BUDGET["trace_max_matvecs"]}
+    old_names = {**{k: v for k, v in BUDGET.items() if k != "trace_max_matvecs"},
+                 "trace_matvecs": BUDGET["trace_max_matvecs"]}
     with pytest.warns(DeprecationWarning, match="blocks"), pytest.warns(DeprecationWarning, match="trace_max_matvecs"):
         old = layerwise(H, groups="modules", **old_names)
     assert old.rows == res.rows

@@ -46,7 +46,8 @@ def run(quick: bool = False, log=print) -> Verdict:
     model, x, y, final = _network(quick)
     H = hessop.hessian(model, torch.nn.CrossEntropyLoss(), (x, y), hvp="double-backward")
     steps, probes = (30, 1) if quick else (60, 2)
-    raw = layerwise(H, blocks="modules", k=1, trace_max_matvecs=30, density_steps=steps, num_probes=probes, scale="none")
+    raw = layerwise(H, blocks="modules", k=1, trace_max_matvecs=30, density_steps=steps, num_probes=probes,
+                    scale="none")
     # The shape-only comparison reuses the same densities, each divided by its own largest |eigenvalue|.
     shape_rows = []
     for r in raw.rows:

@@ -123,7 +123,8 @@ def _fmt(x) -> str:
 
 
 def spectral_distances(rho_a: Any, rho_b: Any, scale: str = "none") -> tuple[float, float]:
-    """Deprecated: ``(spectral_distance(a, b, "wasserstein", scale=...), spectral_distance(a, b, "jensen-shannon", ...))``."""
+    """Deprecated: the pair ``(spectral_distance(a, b, metric="wasserstein", scale=...),
+    spectral_distance(a, b, metric="jensen-shannon", scale=...))``; call ``spectral_distance`` once per metric."""
     warnings.warn("spectral_distances(a, b, scale) is spectral_distance(a, b, metric, scale=scale), one metric a call",
                   DeprecationWarning, stacklevel=2)
     return (spectral_distance(rho_a, rho_b, metric="wasserstein", scale=scale),

@@ -162,13 +162,8 @@ class Communicator(abc.ABC):
         table[self.rank] = x.ravel()
         return np.asarray(self.allreduce(table), dtype=np.float64).max(axis=0).reshape(x.shape)
 
-    def check_agree(self, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
-        """Raise :class:`RankDisagreementError` on every rank if ``value`` differs across ranks.
-
-        See :func:`check_agree`: one pass over ``value`` and one 10-float
-        :meth:`allreduce_max`; free with one process.
-        """
-        check_agree(self, value, what, rtol=rtol, hint=hint)
+    check_agree = check_agree
+    """``comm.check_agree(value, what, rtol=..., hint=...)``: the module's :func:`check_agree` as a method."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"

@@ -13,6 +13,7 @@ networks) Hutch++ and XTrace reach a given accuracy with far fewer products.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -229,7 +230,8 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float 
                           stacklevel=4)  # the caller of the @renamed wrapper
     if stop == "budget":
         share = stderr / max(abs(estimate), 1e-300)
-        unconfirmed = " (and no room was left for the independent final sample that confirms it)" * (share <= rtol)
+        unconfirmed = " (and no room was left for the independent final sample that confirms it)" * bool(
+            rtol is not None and share <= rtol)
         warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {share:.2g} of the estimate after"
                       f" {used} products{unconfirmed}; raise max_matvecs (now {budget}) or loosen rtol",
                       RuntimeWarning, stacklevel=3)
@@ -376,7 +378,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
                 if final[2]:  # cut by the budget
                     return last[0], last[1], "budget", name
             have, left = cache["Y"].shape[1], budget - (lm.num_matvecs - start)
-            k_next = _largest(lambda j, have=have, left=left: cost(j, have) <= left, k, min(2 * k, lm.n))
+            k_next = _largest(functools.partial(_fits, cost, have, left), k, min(2 * k, lm.n))
             if k_next <= k:
                 return last[0], last[1], "budget", name
             k = k_next
@@ -422,6 +424,11 @@ def _final(lm: LinearMap, step: Callable, k: int, cache: dict, kind, seed, block
     return samples, cov, size < want
 
 
+def _fits(cost: Callable[[int, int], int], have: int, left: int, k: int) -> bool:
+    """Whether a round with a ``k``-column sketch, ``have`` columns cached, fits in ``left`` products."""
+    return cost(k, have) <= left
+
+
 def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     """The largest ``k`` in ``[lo, hi]`` with ``fits(k)``, or ``lo`` if none does."""
     for k in range(hi, lo - 1, -1):
@@ -430,7 +437,7 @@ def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     return lo
 
 
-def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int, block_size: int):
+def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int | None, block_size: int):
     """Sketch ``Ω`` with ``k`` columns and ``Y = AΩ``, computing only the columns not cached.
 
     On Ctrl-C the finished columns are cached before the ``KeyboardInterrupt`` goes on.

@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from ._linear_map import LinearMap
-from ._ortho import host
+from ._ortho import host, take_columns
 from ._ritz import Control, EigshResult, to_device
 
 
@@ -49,10 +49,9 @@ def verified(lm: LinearMap, control: Control, result: EigshResult, budget: int) 
     if result.stopped == "interrupt" or budget - lm.num_matvecs < valid.size:
         return replace(result, converged=np.zeros(theta.shape, dtype=bool))
     xp = lm.xp
-    X = result.eigenvectors if valid.size == theta.size else xp.take(
-        result.eigenvectors, xp.asarray(valid, device=lm.device), axis=1)
+    X = result.eigenvectors if valid.size == theta.size else take_columns(xp, result.eigenvectors, valid)
     R = lm(X) - X * to_device(lm, theta[valid][None, :])
-    norms = host(xp.linalg.vector_norm(R, axis=0), xp.linalg.vector_norm(X, axis=0))
+    norms = np.sqrt(host(lm.dots(R, R), lm.dots(X, X)))
     res, size = norms[:valid.size], norms[valid.size:]
     res = np.where(size > 0, res / np.where(size > 0, size, 1.0), np.inf)
     if not np.all(np.isfinite(res)):
