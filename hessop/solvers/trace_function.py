@@ -29,6 +29,7 @@ from .._collective import check_arguments
 from ._krylov import KrylovBasis
 from ._linear_map import LinearMap, as_linear_map
 from ._progress import Progress
+from ._trace_result import TraceResult
 from .funm import matrix_function, ritz_function
 from .probes import (
     MIN_CALIBRATED,
@@ -41,7 +42,6 @@ from .probes import (
     probes,
     warn_uncalibrated,
 )
-from .trace import TraceResult
 
 __all__ = ["logdet", "trace_function"]
 
