@@ -98,6 +98,32 @@ def test_no_import_circle_in_hessop():
     assert not cycles, f"import circles among hessop modules: {cycles}"
 
 
+LAYERS = [  # bottom first; a module may import its own layer and those below it (docs/design.md, "Layers")
+    ("hessop._array", "hessop.comm", "hessop._renamed"),
+    ("hessop.distributed", "hessop._collective", "hessop.split"),
+    ("hessop.backends",),
+    ("hessop.operator", "hessop.factory"),
+    ("hessop.solvers", "hessop.testing", "hessop.cupy"),
+    ("hessop.models",),
+    ("hessop.analysis",),
+    ("hessop.cli",),
+    ("hessop", "hessop.__main__"),
+]
+
+
+def _layer(module: str) -> int:
+    for level, prefixes in enumerate(LAYERS):
+        if any(module == p or (p != "hessop" and module.startswith(p + ".")) for p in prefixes):
+            return level
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it where it belongs (docs/design.md)")
+
+
+def test_imports_point_down_the_layers():
+    upward = [f"{name} -> {target}" for name, targets in sorted(_without_parents(_graph()).items())
+              for target in sorted(targets) if _layer(target) > _layer(name)]
+    assert not upward, f"imports that point up a layer: {upward}"
+
+
 def test_the_torch_backend_reads_no_private_attribute_of_another_module():
     """``backend._graphs``-style reads across modules: each module keeps its state behind its own methods."""
     offenders = []
