@@ -13,6 +13,7 @@ PyTorch model and its JAX twin produce the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat
@@ -154,8 +155,9 @@ def numpy_dtype(xp, dtype) -> np.dtype:
     return np.dtype(str(dtype).rsplit(".", 1)[-1])
 
 
-def rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    """A numpy Generator from a seed, an existing generator (returned as is) or None (fresh entropy)."""
+def rng(seed: int | Sequence[int] | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from a seed (an int or a sequence of ints), an existing generator (returned as is)
+    or None (fresh entropy)."""
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 

@@ -9,6 +9,8 @@ certification (:mod:`.certify`) and :func:`.lanczos.lanczos` all drive it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._array import Array, rng
@@ -23,15 +25,15 @@ class KrylovBasis:
     ``alpha[j]`` is ``q_jᵀ A q_j`` and ``beta[j]`` the coupling between columns
     ``j`` and ``j+1``; :attr:`r` is the normalised next vector (``None`` after a
     breakdown) with coefficient ``beta[-1]``; the next step after a breakdown
-    starts from a fresh random vector orthogonal to the basis. Restarted solvers may overwrite the leading columns and :attr:`r` between
-    calls (thick restart).
+    starts from a fresh random vector orthogonal to the basis. Restarted solvers may
+    overwrite the leading columns and :attr:`r` between calls (thick restart).
     """
 
     def __init__(self, lm: LinearMap, capacity: int, seed=0, *, reorthogonalize: bool = True, keep: bool = True):
         self.lm, self.xp = lm, lm.xp
         self.reorthogonalize = reorthogonalize
         self.keep = keep or reorthogonalize
-        self.Q = lm.zeros((lm.n, max(int(capacity), 1))) if self.keep else None
+        self.Q: Any = lm.zeros((lm.n, max(int(capacity), 1))) if self.keep else None
         self.size = 0
         self.alpha: list[float] = []
         self.beta: list[float] = []

@@ -36,7 +36,7 @@ def put(Q: Array, start: int, V: Array) -> Array:
     return Q
 
 
-def cgs2(lm: LinearMap, Q: Array | None, W: Array) -> tuple[Array, Array | None]:
+def cgs2(lm: LinearMap, Q: Array | None, W: Array) -> tuple[Array, Array]:
     """Remove from ``W`` its components in the orthonormal columns of ``Q`` (two CGS passes).
 
     Returns ``(W', H)`` with ``W = Q H + W'`` and ``Qᵀ W' ≈ 0``; ``H`` has the

@@ -25,7 +25,7 @@ import numpy as np
 from .._array import rng, to_numpy
 from ._linear_map import LinearMap
 from ._ortho import cgs2, columns, noise_floor, orthonormalize, put
-from ._ritz import Control, EigshResult, rayleigh_ritz, to_device
+from ._ritz import Control, EigshResult, Snapshot, rayleigh_ritz, to_device
 from .thick_restart import _kept, default_ncv
 
 
@@ -51,10 +51,12 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
     m, restarts, anorm = 0, 0, 0.0
     P = _start_block(lm, v0, b, gen)
     B = np.zeros((P.shape[1], 0))
-    snap, stopped = None, "budget"
+    snap: Snapshot | None = None
+    stopped = "budget"
     try:
         while True:
             if m + P.shape[1] > ncv and m < n:  # basis full: thick restart
+                assert snap is not None  # a full basis has had its Rayleigh-Ritz step
                 m_old, theta, Y = snap.m, snap.theta, snap.Y
                 coupling = np.linalg.norm(B @ Y[m_old - B.shape[1]:m_old, :], axis=0)
                 converged = control.relative(theta, theta, coupling) <= tol

@@ -39,7 +39,7 @@ from .._array import rng
 from ._krylov import KrylovBasis
 from ._linear_map import LinearMap
 from ._ortho import put
-from ._ritz import Control, EigshResult, rayleigh_ritz, to_device, wanted
+from ._ritz import Control, EigshResult, Snapshot, rayleigh_ritz, to_device, wanted
 
 
 def thick_restart_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0=None, seed=0,
@@ -64,7 +64,7 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
     K.start(v0 if v0 is not None else lm.random(gen, (lm.n,)))
     nk, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
     restarts = 0
-    snap = None  # the last Rayleigh-Ritz (_ritz.Snapshot)
+    snap: Snapshot | None = None  # the last Rayleigh-Ritz
     stopped = "budget"
     try:
         while True:
@@ -74,6 +74,7 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
                         break
                     K.grow(min(2 * K.capacity, ncv))
                     continue
+                assert snap is not None  # a full basis has had its Rayleigh-Ritz step
                 m, theta, Y = snap.m, snap.theta, snap.Y
                 coupling = K.beta[m - 1] * Y[m - 1, :]
                 converged = control.relative(theta, theta, np.abs(coupling)) <= tol

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -121,7 +122,7 @@ def _measured(build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tens
                 add(u)
 
     roots = [graph.loss, *graph.grads]
-    stack = [t.grad_fn for t in roots if t.grad_fn is not None]
+    stack: list[Any] = [t.grad_fn for t in roots if t.grad_fn is not None]  # next_functions hold None too
     seen: set = set()
     while stack:
         node = stack.pop()

@@ -113,7 +113,8 @@ def ggn(
 ) -> Tensors:
     """``Jᵀ (∇²ℓ) J v`` for the network output ``model_fn(params)`` and the loss ``ℓ`` of that output."""
     primals = tuple(p.detach() for p in params)
-    output, pullback = vjp(model_fn, primals)
+    pulled = vjp(model_fn, primals)
+    output, pullback = pulled[0], pulled[1]
     output = output.detach()
     loss_grad = grad(loss_of_output)
 

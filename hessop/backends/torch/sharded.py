@@ -158,7 +158,7 @@ class ShardedTorchBackend(Backend):
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
         counter = Counter(loss, weight_fn)
-        self.batches = Batches(data, self.device, self.dtype, counter)  # type: ignore[arg-type]  # as TorchBackend
+        self.batches = Batches(data, self.device, self.dtype, counter)
         counter.check_known(self.batches.is_list and len(self.batches) == 1)
         if check_determinism:
             check_train_mode(model)
