@@ -5,11 +5,17 @@ once and kept, batch weights through ``weight_fn``) are stated once in
 :mod:`hessop.backends.base`. Here a batch is any pytree (a ``tuple``, ``dict`` or
 array); with ``model_fn`` it is an ``(inputs, targets)`` pair. Every batch must
 have the first one's pytree structure. A batch's default weight is the leading
-dimension of its first leaf.
+dimension of its first leaf, its samples; for an ``(inputs, targets)`` pair it is the
+targets' number of elements over the first batch's elements per sample, which is the
+same wherever the targets' shapes agree and the mean over every target element (every
+token) where they differ, as a mean loss divides by them. The loss is a function hessop
+cannot read, so batches whose shapes differ beyond the first dimension also warn once:
+a loss that averages per sequence or skips padding needs ``weight_fn``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +28,9 @@ class Batches:
 
     def __init__(self, data: Any, device, weight_fn, pairs: bool):
         self._device, self._weight_fn, self._pairs = device, weight_fn, pairs
+        self._per_sample: int | None = None  # the first batch's target elements per sample
+        self._shapes: list[tuple] | None = None  # the first batch's leaf shapes beyond the first dimension
+        self._warned = False
         if isinstance(data, list):
             batches: Iterable | None = data
         elif isinstance(data, (tuple, dict)) or hasattr(data, "shape"):
@@ -90,7 +99,31 @@ class Batches:
                 "cannot count the samples of a batch whose first leaf is not an array with a leading batch "
                 "dimension; pass weight_fn=lambda batch: ..."
             )
-        return int(leaves[0].shape[0])
+        rows = int(leaves[0].shape[0])
+        shapes = [tuple(getattr(a, "shape", ()))[1:] for a in leaves]
+        if self._shapes is None:
+            self._shapes = shapes
+        elif shapes != self._shapes and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"the batches differ in shape beyond the first dimension ({shapes} against {self._shapes}), so "
+                "each (inputs, targets) batch is weighted by its targets' number of elements, as a mean loss "
+                "divides by them (other batches by their samples); if the loss averages per sample first or skips "
+                "padding, state each batch's weight with weight_fn=lambda batch: ...",
+                UserWarning,
+                stacklevel=2,
+            )
+        targets = jax.tree_util.tree_leaves(batch[1]) if _is_pair(batch) else []
+        if not targets or not getattr(targets[0], "ndim", 0) or targets[0].shape[0] != rows or rows == 0:
+            return rows
+        per = int(targets[0].size) // rows
+        if self._per_sample is None:
+            self._per_sample = per
+        return rows * per / self._per_sample if per and self._per_sample else rows
+
+
+def _is_pair(batch) -> bool:
+    return isinstance(batch, (tuple, list)) and len(batch) == 2
 
 
 def _to_device(a, device):
