@@ -268,6 +268,6 @@ def _vector(lm: LinearMap, v) -> Array:
         raise ValueError(f"v must have shape ({lm.n},); got {tuple(v.shape)}")
     if v.dtype != lm.dtype:
         v = xp.astype(v, lm.dtype)
-    if not math.isfinite(float(host(xp.sum(v))[0])):
+    if not math.isfinite(float(host(norm(xp, v))[0])):
         raise ValueError("v holds NaN or Inf")
     return v

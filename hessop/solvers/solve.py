@@ -346,7 +346,7 @@ def _block(lm: LinearMap, b, name: str) -> tuple[Array, bool]:
     vector = B.ndim == 1
     if vector:
         B = xp.reshape(B, (lm.n, 1))
-    if not np.all(np.isfinite(_host(xp.sum(B, axis=0)))):
+    if not np.all(np.isfinite(_host(colnorm(xp, B)))):
         raise ValueError(f"{name} holds NaN or Inf")
     return B, vector
 
