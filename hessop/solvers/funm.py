@@ -193,7 +193,10 @@ def funm(A: Any, v: Array, f: str | Callable, *, rtol: float = 1e-6, max_matvecs
     budget = int(max_matvecs) if max_matvecs is not None else lm.num_matvecs + lm.n
     v = _vector(lm, v)
     with Progress(progress, f"funm ({name})", "matvec") as bar:
-        return _funm(bar.ticking(lm), v, fn, name, low, rtol, budget, seed, bar)
+        result = _funm(bar.ticking(lm), v, fn, name, low, rtol, budget, seed, bar)
+        if result.stopped != "interrupt":
+            bar.finish()
+        return result
 
 
 def _funm(lm: LinearMap, v: Array, fn, name: str, low: float, rtol: float, budget: int, seed, bar) -> FunmResult:

@@ -190,7 +190,10 @@ def solve(A: Any, b: Array, *, damping: float = 0.0, method: str = "auto", rtol:
         shifted = bar.ticking(shifted)
         run = Run(shifted, budget, float(rtol), np.zeros(k), lambda *_: False)
         run.report = _reporter(callback, bar, float(rtol), lambda: run.lm.num_matvecs)
-        return _solve(run, B, x0, method, vector, float(damping))
+        result = _solve(run, B, x0, method, vector, float(damping))
+        if result.stopped != "interrupt":
+            bar.finish()
+        return result
 
 
 def _solve(run: Run, B: Array, x0, method: str, vector: bool, damping: float) -> SolveResult:
