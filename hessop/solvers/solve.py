@@ -36,8 +36,9 @@ REASONS = {
     "budget": "the budget of products was spent (raise max_matvecs)",
     "callback": "the callback asked to stop",
     "interrupt": "interrupted (Ctrl-C); the residual is the recurrence's estimate, no product was made after it",
-    "least-squares": "b is not in the range of A + damping·I (the system is inconsistent): x is a least-squares "
-                     "solution; add damping or project b",
+    "least-squares": "MINRES reached a least-squares point (||(A+λI)r|| at rounding level against ||A+λI|| ||r||): b "
+                     "has a part outside the range of A + damping·I (an inconsistent system), or the system is too "
+                     "ill-conditioned for this precision; add damping, project b, or use float64",
     "curvature": "CG met a direction of non-positive curvature: A + damping·I is not positive definite (use "
                  "method='minres' or 'auto', or raise damping)",
     "exhausted": "the Krylov space became invariant before the residual fell to rtol",
