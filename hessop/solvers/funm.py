@@ -181,7 +181,8 @@ def funm(A: Any, v: Array, f: str | Callable, *, rtol: float = 1e-6, max_matvecs
     >>> r.converged, bool(np.linalg.norm(r.x - exact) <= r.error)
     (True, True)
     """
-    check_arguments("funm", A, None, rtol=rtol, max_matvecs=max_matvecs, seed=seed, check_symmetric=check_symmetric)
+    check_arguments("funm", A, None, v=v, f=f if isinstance(f, str) else None, rtol=rtol, max_matvecs=max_matvecs,
+                    seed=seed, check_symmetric=check_symmetric)
     fn, name, low = matrix_function(f)
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must lie in (0, 1); got {rtol}")

@@ -170,7 +170,7 @@ def solve(A: Any, b: Array, *, damping: float = 0.0, method: str = "auto", rtol:
     >>> r.converged, r.method, bool(r.residual <= 1e-8)
     (True, 'cg', True)
     """
-    check_arguments("solve", A, None, damping=damping, method=method, rtol=rtol, max_matvecs=max_matvecs,
+    check_arguments("solve", A, None, b=b, x0=x0, damping=damping, method=method, rtol=rtol, max_matvecs=max_matvecs,
                     seed=seed, check_symmetric=check_symmetric)
     method = check_method(method, METHODS)
     if isinstance(damping, bool) or not isinstance(damping, (int, float, np.integer, np.floating)) \

@@ -118,7 +118,8 @@ def trace_function(A: Any, f: str | Callable, *, damping: float = 0.0, deflate: 
         ``converged`` is False when ``rtol`` was not met, a probe hit ``max_steps`` without its
         quadrature settling, or the run was interrupted (Ctrl-C keeps the finished probes).
     """
-    check_arguments("trace_function", A, comm, damping=damping, deflate=deflate, num_probes=num_probes, rtol=rtol,
+    check_arguments("trace_function", A, comm, f=f if isinstance(f, str) else None, damping=damping, deflate=deflate,
+                    num_probes=num_probes, rtol=rtol,
                     max_matvecs=max_matvecs, max_steps=max_steps, probe=probe, seed=seed,
                     check_symmetric=check_symmetric)
     fn, name, low = matrix_function(f)
