@@ -54,6 +54,8 @@ class SolveState:
     method: str
     residuals: np.ndarray
     num_matvecs: int
+    columns: tuple[int, ...] = ()
+    """The columns of ``b`` still iterating (``residuals`` in their order)."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,7 @@ def _reporter(callback, bar: Progress, rtol: float, spent: Callable[[], int]):
         bar.note(f"{method}, residual {worst:.1e} / {rtol:.0e}")
         if callback is None:
             return False
-        answer = callback(SolveState(method, np.array(rel), spent()))
+        answer = callback(SolveState(method, np.array(rel), spent(), tuple(cols)))
         return answer is True or answer == "stop"
 
     return report
