@@ -3,6 +3,7 @@
     python benchmarks/functions.py solve      # products and time to rtol: hessop.solve vs scipy cg / minres
     python benchmarks/functions.py funm       # how often funm's error estimate is below the true error
     python benchmarks/functions.py logdet     # ±2σ / ±3σ coverage of logdet over 300 seeds; error per product
+    python benchmarks/functions.py anchors    # logdet against matfree's SLQ at fixed depths (benchmark env)
 
 Prints markdown tables (copied into docs/numerics.md, "Functions of the operator"). One thread.
 """
@@ -161,17 +162,49 @@ def bench_logdet(n: int = 200, seeds: int = 300, damping: float = 1e-2) -> None:
             print(f"| {probes} | {k} | {r.num_matvecs} | {abs(r.estimate - truth):.3g} | {r.stderr:.3g} |")
 
 
+def bench_anchors(seeds: int = 10, damping: float = 1e-2) -> None:
+    """log det error per product: matfree's SLQ (fixed Lanczos depth, 60 probes) against hessop.logdet."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from matfree import decomp, stochtrace
+        from matfree import funm as mf_funm
+    except ImportError:
+        print("matfree not installed (benchmark environment: pip install --no-deps matfree==0.6.3): skipped")
+        return
+    lam = np.abs(nn_like_spectrum(1500, seed=3))
+    A = SpectralOperator(lam, seed=1, implicit=True)
+    D = jnp.asarray(A.to_dense() + damping * np.eye(1500))
+    truth = float(np.sum(np.log(lam + damping)))
+    print(f"NN-like |λ|, n = 1500, damping {damping}, 60 Rademacher probes, mean over {seeds} seeds\n")
+    print("| estimator | products | mean abs error | mean stderr |")
+    print("|---|---|---|---|")
+    for depth in (5, 10, 20, 30):
+        integrand = mf_funm.monte_carlo_funm_sym_logdet(decomp.tridiag_sym(depth))
+        est = stochtrace.estimator_monte_carlo(integrand, stochtrace.sampler_signs(jnp.ones(1500), num=60))
+        errs = [abs(float(est(lambda v: D @ v, jax.random.PRNGKey(s))) - truth) for s in range(seeds)]
+        print(f"| matfree SLQ, depth {depth} | {60 * depth} | {np.mean(errs):.3g} | (none) |")
+    for k in (0, 10):
+        runs = [logdet(A, damping=damping, seed=s, deflate=k) for s in range(seeds)]
+        print(f"| hessop.logdet{f', deflate={k}' if k else ''} | {np.mean([r.num_matvecs for r in runs]):.0f} | "
+              f"{np.mean([abs(r.estimate - truth) for r in runs]):.3g} | {np.mean([r.stderr for r in runs]):.3g} |")
+
+
 if __name__ == "__main__":
     import warnings
 
     warnings.simplefilter("ignore", RuntimeWarning)  # uncalibrated few-probe rows are asked for on purpose
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["solve", "funm", "logdet"])
+    parser.add_argument("what", choices=["solve", "funm", "logdet", "anchors"])
     parser.add_argument("--seeds", type=int, default=None)
     args = parser.parse_args()
     if args.what == "solve":
         bench_solve()
         bench_curvlinops()
+    elif args.what == "anchors":
+        bench_anchors(seeds=args.seeds or 10)
     elif args.what == "funm":
         bench_funm(seeds=args.seeds or 60)
     else:

@@ -10,8 +10,9 @@ python -m venv --system-site-packages "$ENV"
     pyhessian==0.1 \
     curvlinops-for-pytorch==3.0.1 \
     backpack-for-pytorch==1.7.1 einconv==0.1.0 einops==0.8.2 linear-operator==0.6.1 unfoldnd==0.2.3 \
-    hessian-eigenthings==1.0.0a5
+    hessian-eigenthings==1.0.0a5 \
+    matfree==0.6.3
 "$ENV/bin/python" - <<'PY'
-import curvlinops, hessian_eigenthings, pyhessian, torch
+import curvlinops, hessian_eigenthings, matfree, pyhessian, torch
 print("benchmark environment ready: torch", torch.__version__)
 PY

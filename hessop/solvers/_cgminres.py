@@ -178,7 +178,7 @@ def minres(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]
     (beta1,) = _split(host(colnorm(xp, R)), 1)
     _finite(beta1)
     s = {"oldb": np.zeros(m), "beta": beta1, "dbar": np.zeros(m), "epsln": np.zeros(m), "phibar": beta1.copy(),
-         "cs": -np.ones(m), "sn": np.zeros(m), "tnorm2": np.zeros(m), "gmax": np.zeros(m),
+         "cs": -np.ones(m), "sn": np.zeros(m), "anorm": np.zeros(m), "gmax": np.zeros(m),
          "target": run.rtol * run.bnorm[cols]}
     R1 = R2 = Y = R
     W = W2 = lm.zeros(R.shape)
@@ -218,7 +218,9 @@ def minres(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]
             _finite(alfa_h, beta_h)
             first = False
             oldb, beta = s["beta"], beta_h
-            s["tnorm2"] = s["tnorm2"] + alfa_h**2 + oldb**2 + beta**2
+            # ||A||_2 from below: the largest row norm of the tridiagonal T (Frobenius, as in Paige &
+            # Saunders, grows with the iterations and would loosen the least-squares test below)
+            s["anorm"] = np.maximum(s["anorm"], np.sqrt(alfa_h**2 + oldb**2 + beta**2))
             oldeps = s["epsln"]
             cs, sn, dbar = s["cs"], s["sn"], s["dbar"]
             delta = cs * dbar + sn * alfa_h
@@ -239,7 +241,7 @@ def minres(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]
             W, W2 = (V - d_oldeps * W2 - d_delta * W) * d_denom, W
             X = X + d_phi * W
             state = (cols, X, s["phibar"])
-            anorm = np.sqrt(s["tnorm2"])
+            anorm = s["anorm"]
             run.anorm = max(run.anorm, float(np.max(anorm)))
             stop = run.report("minres", cols, s["phibar"] / run.bnorm[cols])
             conv = s["phibar"] <= s["target"]

@@ -181,7 +181,8 @@ def funm(A: Any, v: Array, f: str | Callable, *, rtol: float = 1e-6, max_matvecs
     >>> r.converged, bool(np.linalg.norm(r.x - exact) <= r.error)
     (True, True)
     """
-    check_arguments("funm", A, None, rtol=rtol, max_matvecs=max_matvecs, seed=seed, check_symmetric=check_symmetric)
+    check_arguments("funm", A, None, v=v, f=f if isinstance(f, str) else None, rtol=rtol, max_matvecs=max_matvecs,
+                    seed=seed, check_symmetric=check_symmetric)
     fn, name, low = matrix_function(f)
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must lie in (0, 1); got {rtol}")
@@ -193,7 +194,10 @@ def funm(A: Any, v: Array, f: str | Callable, *, rtol: float = 1e-6, max_matvecs
     budget = int(max_matvecs) if max_matvecs is not None else lm.num_matvecs + lm.n
     v = _vector(lm, v)
     with Progress(progress, f"funm ({name})", "matvec") as bar:
-        return _funm(bar.ticking(lm), v, fn, name, low, rtol, budget, seed, bar)
+        result = _funm(bar.ticking(lm), v, fn, name, low, rtol, budget, seed, bar)
+        if result.stopped != "interrupt":
+            bar.finish()
+        return result
 
 
 def _funm(lm: LinearMap, v: Array, fn, name: str, low: float, rtol: float, budget: int, seed, bar) -> FunmResult:
@@ -267,6 +271,6 @@ def _vector(lm: LinearMap, v) -> Array:
         raise ValueError(f"v must have shape ({lm.n},); got {tuple(v.shape)}")
     if v.dtype != lm.dtype:
         v = xp.astype(v, lm.dtype)
-    if not math.isfinite(float(host(xp.sum(v))[0])):
+    if not math.isfinite(float(host(norm(xp, v))[0])):
         raise ValueError("v holds NaN or Inf")
     return v

@@ -36,8 +36,9 @@ REASONS = {
     "budget": "the budget of products was spent (raise max_matvecs)",
     "callback": "the callback asked to stop",
     "interrupt": "interrupted (Ctrl-C); the residual is the recurrence's estimate, no product was made after it",
-    "least-squares": "b is not in the range of A + damping·I (the system is inconsistent): x is a least-squares "
-                     "solution; add damping or project b",
+    "least-squares": "MINRES reached a least-squares point (||(A+λI)r|| at rounding level against ||A+λI|| ||r||): b "
+                     "has a part outside the range of A + damping·I (an inconsistent system), or the system is too "
+                     "ill-conditioned for this precision; add damping, project b, or use float64",
     "curvature": "CG met a direction of non-positive curvature: A + damping·I is not positive definite (use "
                  "method='minres' or 'auto', or raise damping)",
     "exhausted": "the Krylov space became invariant before the residual fell to rtol",
@@ -53,6 +54,8 @@ class SolveState:
     method: str
     residuals: np.ndarray
     num_matvecs: int
+    columns: tuple[int, ...] = ()
+    """The columns of ``b`` still iterating (``residuals`` in their order)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ def solve(A: Any, b: Array, *, damping: float = 0.0, method: str = "auto", rtol:
     >>> r.converged, r.method, bool(r.residual <= 1e-8)
     (True, 'cg', True)
     """
-    check_arguments("solve", A, None, damping=damping, method=method, rtol=rtol, max_matvecs=max_matvecs,
+    check_arguments("solve", A, None, b=b, x0=x0, damping=damping, method=method, rtol=rtol, max_matvecs=max_matvecs,
                     seed=seed, check_symmetric=check_symmetric)
     method = check_method(method, METHODS)
     if isinstance(damping, bool) or not isinstance(damping, (int, float, np.integer, np.floating)) \
@@ -190,7 +193,10 @@ def solve(A: Any, b: Array, *, damping: float = 0.0, method: str = "auto", rtol:
         shifted = bar.ticking(shifted)
         run = Run(shifted, budget, float(rtol), np.zeros(k), lambda *_: False)
         run.report = _reporter(callback, bar, float(rtol), lambda: run.lm.num_matvecs)
-        return _solve(run, B, x0, method, vector, float(damping))
+        result = _solve(run, B, x0, method, vector, float(damping))
+        if result.stopped != "interrupt":
+            bar.finish()
+        return result
 
 
 def _solve(run: Run, B: Array, x0, method: str, vector: bool, damping: float) -> SolveResult:
@@ -314,7 +320,7 @@ def _reporter(callback, bar: Progress, rtol: float, spent: Callable[[], int]):
         bar.note(f"{method}, residual {worst:.1e} / {rtol:.0e}")
         if callback is None:
             return False
-        answer = callback(SolveState(method, np.array(rel), spent()))
+        answer = callback(SolveState(method, np.array(rel), spent(), tuple(cols)))
         return answer is True or answer == "stop"
 
     return report
@@ -346,7 +352,7 @@ def _block(lm: LinearMap, b, name: str) -> tuple[Array, bool]:
     vector = B.ndim == 1
     if vector:
         B = xp.reshape(B, (lm.n, 1))
-    if not np.all(np.isfinite(_host(xp.sum(B, axis=0)))):
+    if not np.all(np.isfinite(_host(colnorm(xp, B)))):
         raise ValueError(f"{name} holds NaN or Inf")
     return B, vector
 

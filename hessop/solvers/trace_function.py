@@ -28,6 +28,7 @@ from .._array import Array
 from .._collective import check_arguments
 from ._krylov import KrylovBasis
 from ._linear_map import LinearMap, as_linear_map
+from ._ortho import cgs2, host, norm
 from ._progress import Progress
 from ._trace_result import TraceResult
 from .funm import matrix_function, ritz_function
@@ -117,7 +118,8 @@ def trace_function(A: Any, f: str | Callable, *, damping: float = 0.0, deflate: 
         ``converged`` is False when ``rtol`` was not met, a probe hit ``max_steps`` without its
         quadrature settling, or the run was interrupted (Ctrl-C keeps the finished probes).
     """
-    check_arguments("trace_function", A, comm, damping=damping, deflate=deflate, num_probes=num_probes, rtol=rtol,
+    check_arguments("trace_function", A, comm, f=f if isinstance(f, str) else None, damping=damping, deflate=deflate,
+                    num_probes=num_probes, rtol=rtol,
                     max_matvecs=max_matvecs, max_steps=max_steps, probe=probe, seed=seed,
                     check_symmetric=check_symmetric)
     fn, name, low = matrix_function(f)
@@ -183,7 +185,7 @@ def _deflated(lm: LinearMap, Q: Array | None, damping: float) -> LinearMap:
         return dataclasses.replace(lm, product=(lambda V: product(V) + damping * V) if damping else product)
 
     def project(V: Array) -> Array:
-        return V - Q @ (Q.T @ V)
+        return cgs2(Q, V)[0]  # the Krylov kernels' Gram-Schmidt: its reductions are routed in one place
 
     def deflated(V: Array) -> Array:
         W = project(V)
@@ -239,9 +241,8 @@ def _one(op: LinearMap, fn, name, low, Q, i: int, max_steps: int, kind: str, see
     """One probe's quadrature ``||z||² Σ τ_j f(θ_j)`` and 1 if it settled (-1 if it hit ``max_steps``)."""
     z = probes(op, seed, [i], kind)[:, 0]
     if Q is not None:
-        z = z - Q @ (Q.T @ z)
-        z = z - Q @ (Q.T @ z)
-    zz = float(op.xp.sum(z * z))
+        z = cgs2(Q, z)[0]
+    zz = float(host(norm(op.xp, z))[0]) ** 2
     if zz == 0.0:
         return 0.0, 1.0
     steps = min(max_steps, op.n)
