@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import array_api_compat
 import numpy as np
 import pytest
 import scipy.sparse.linalg
@@ -68,6 +69,18 @@ def test_a_split_draw_is_the_whole_draw_for_any_number_of_ranks(cols):
         parts = [random_rows([5, 1], n, a, b, cols, "rademacher") for a, b in zip(cuts[:-1], cuts[1:])]
         assert np.array_equal(np.concatenate(parts), whole)
     assert not np.array_equal(random_rows([5, 2], n, 0, n, cols), random_rows([5, 1], n, 0, n, cols))
+
+
+def test_a_layout_by_index_cuts_and_draws_whole_vectors_by_position():
+    from hessop.solvers._linear_map import LinearMap
+
+    xp = array_api_compat.array_namespace(np.zeros(1))
+    split = RowSplit(FakeRank(1, 2), rows=3, offset=5, n=10, index=np.array([9, 0, 4]))
+    lm = LinearMap(lambda V: V, 10, xp, xp.float64, "cpu", split=split)
+    assert lm.vector(np.arange(10.0)).tolist() == [9.0, 0.0, 4.0] and lm.zeros((10, 2)).shape == (3, 2)
+    key = int(np.random.default_rng(4).integers(2**63))
+    assert np.array_equal(lm.random(np.random.default_rng(4), (10,)), random_rows([key], 10, 0, 10, None)[[9, 0, 4]])
+    assert split.scatter(np.arange(10.0)).tolist() == [9.0, 0.0, 4.0]
 
 
 def test_tsqr_of_a_split_map_is_orthonormal_even_for_a_rank_deficient_block():

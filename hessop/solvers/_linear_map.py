@@ -96,7 +96,7 @@ class LinearMap:
         if isinstance(v, np.ndarray) or not array_api_compat.is_array_api_obj(v):
             a = np.asarray(to_numpy(v) if hasattr(v, "shape") else v, dtype=np.float64)
             if self.split is not None and a.shape[:1] == (self.n,) and self.rows != self.n:
-                a = a[self.split.offset:self.split.stop]
+                a = self.split.scatter(a)
             return self.asarray(a)
         return v if v.dtype == self.dtype else self.xp.astype(v, self.dtype)
 
@@ -116,8 +116,9 @@ class LinearMap:
         key = int(rng(seed).integers(2**63))
         return self.asarray(self._draw([key], int(shape[1]) if len(shape) == 2 else None, kind))
 
-    def _draw(self, key, cols, kind):
+    def _draw(self, key, cols, kind) -> np.ndarray:
         split = self.split
+        assert split is not None
         if split.index is not None:
             return random_at(key, self.n, split.index, cols, kind)
         return random_rows(key, self.n, split.offset, split.stop, cols, kind)
