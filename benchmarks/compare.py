@@ -187,7 +187,8 @@ NOTES = (
     "Errors: top-k is the largest relative error of the k largest eigenvalues; trace is the relative error "
     f"(estimate ± the tool's standard error where it gives one), all with {TRACE_BUDGET} HVPs (PyHessian with "
     f"`maxIter={TRACE_BUDGET}, tol=-inf`: its default `tol=1e-3` stops after as few as 2 products, at a larger "
-    "error, which made its rows incomparable); each trace error is a single random draw; density is the 1-Wasserstein distance between the "
+    "error, which made its rows incomparable); each trace error is a single random draw; density is the "
+    "1-Wasserstein distance between the "
     f"tool's spectral measure (one probe, {DENSITY_STEPS} Lanczos steps) and the exact eigenvalues, divided by the "
     "spectral width. Top-k uses each tool's default tolerance: hessop thick-restart Lanczos (relative residual "
     "1e-6, raised to the float32 floor 100 ε = 1.2e-5; its count includes a 2-product symmetry probe), ARPACK "
@@ -246,7 +247,8 @@ def main(argv=None, log=print, on_block=None) -> dict[str, str]:
         res = run_problem(name, args.repeats, ks=(1,) if large or gpt else (1, 20), log=log,
                           tasks=LARGE_TASKS if large else GPT_TASKS if gpt else None, long=10.0 if large else 60.0,
                           num_threads=args.threads)
-        res.update(key=name, repeats=args.repeats, threads=args.threads or "default", seconds=time.perf_counter() - start,
+        res.update(key=name, repeats=args.repeats, threads=args.threads or "default",
+                   seconds=time.perf_counter() - start,
                    load=(load, os.getloadavg()[0]))
         blocks[name] = model_block(res, args.repeats, v)
         if on_block is not None:

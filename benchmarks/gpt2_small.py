@@ -112,7 +112,7 @@ def hvp_row(label: str, model, data, loss, **options) -> tuple[dict, object]:
     held = max(rss_bytes() - before, 0)
     chosen = H.backend.chosen.get("vector", "")
     row = {"row": label + (f" [{chosen}]" if options.get("hvp", "auto") == "auto" else ""), **out,
-           "held": held, "kept": H.backend._graphs.used}
+           "held": held, "kept": H.backend.products.graphs.used}
     return row, H
 
 

@@ -126,7 +126,7 @@ def measure_jax(
     data = [(g.standard_normal((batch_size, in_features)).astype(dtype), g.integers(0, classes, batch_size))
             for _ in range(num_batches)]
 
-    H = hessian(loss, params, data, model_fn=apply, hvp="jvp")
+    H = hessian(loss, params, data, model_fn=apply, hvp="forward-over-reverse")
     n = H.shape[0]
     v = H.xp.asarray(g.standard_normal(n), dtype=H.native_dtype)
     V = H.xp.asarray(g.standard_normal((n, block)), dtype=H.native_dtype)

@@ -54,8 +54,8 @@ def cases(problem, tasks: list[str], hvps: list[str]) -> list[tuple[str, Callabl
     out: list[tuple[str, Callable[[], Any]]] = []
     if "hvp" in tasks:
         H.apply(v)  # builds and keeps the first-order graph
-        graph = H.backend._graphs.graphs.get(0)
-        vs = H.backend._split(v)
+        graph = H.backend.products.graphs.graphs.get(0)
+        vs = H.backend.functional.split(v)
         out += [(f"hvp: hessop [{s}]", lambda G=G: G.apply(v)) for s, G in ops.items()]
         if graph is not None:
             out.append(("hvp: hessop's kept graph, backward only", lambda: graph.hvp(vs)))
@@ -83,7 +83,8 @@ def cases(problem, tasks: list[str], hvps: list[str]) -> list[tuple[str, Callabl
                  lambda m=method, G=G: trace(G, method=m, max_matvecs=TRACE_BUDGET, check_symmetric=False))
                 for s, G in ops.items()]
         if curvlinops is not None:
-            out.append((f"trace:{method} curvlinops", lambda f=getattr(curvlinops, name): f(C, TRACE_BUDGET)))
+            estimator = getattr(curvlinops, name)
+            out.append((f"trace:{method} curvlinops", lambda f=estimator: f(C, TRACE_BUDGET)))
     return out
 
 

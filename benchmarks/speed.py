@@ -25,7 +25,8 @@ Compiled (``--compile``)
     ``hvp="auto"`` (kept graphs), with ``graph_cache=False`` (every product redoes each batch's forward
     pass), with ``hvp="linearize"``, with ``compile=True`` (over a list in eval mode: the linearised
     tangent pass compiled) and with ``compile=True, graph_cache=False`` (nothing kept: the whole
-    forward-over-reverse product compiled, as for a DataLoader or a training model); fastest of ``--repeats`` interleaved repeats,
+    forward-over-reverse product compiled, as for a DataLoader or a training model); fastest of ``--repeats``
+    interleaved repeats,
     ``x grad`` the ratio to the gradient row; compile time (the first compiled product, which also runs the eager
     check) and linearize time (the first linearized product) reported apart. Inductor caches what it
     compiled on disk (``/tmp/torchinductor_$USER``): a second run compiles faster than the first.
@@ -243,9 +244,10 @@ def top20(seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict]:
 
 
 def top20_table(rows: list[dict]) -> str:
-    lines = ["| seed | hessop certified | hessop certify=False | ARPACK | tol | converged |", "|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['seed']} | {r['certified']} | {r['uncertified']} | {r['arpack']} | {r['tol']:.1e} | {r['converged']} |"
-              for r in rows]
+    lines = ["| seed | hessop certified | hessop certify=False | ARPACK | tol | converged |",
+             "|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['seed']} | {r['certified']} | {r['uncertified']} | {r['arpack']} | {r['tol']:.1e} "
+              f"| {r['converged']} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -53,11 +53,11 @@ SEED = 0
 FULL = SimpleNamespace(mlp_epochs=20, probes=4, steps=90, points=41, plane=25, depth=14, resnet_epochs=15,
                        probe_images=512, switch_matvecs=60, switch_steps=60, layer_matvecs=60, layer_steps=60,
                        gn_matvecs=40, gn_steps=50, htr_epochs=20, htr_track_every=3, htr_final_matvecs=100,
-                       demo_budget="full")
+                       demo_budget="full", influence_train=300, influence_top=40)
 QUICK = SimpleNamespace(mlp_epochs=2, probes=1, steps=20, points=9, plane=5, depth=8, resnet_epochs=1,
                         probe_images=64, switch_matvecs=8, switch_steps=15, layer_matvecs=8, layer_steps=15,
                         gn_matvecs=4, gn_steps=10, htr_epochs=1, htr_track_every=1, htr_final_matvecs=8,
-                        demo_budget="small")
+                        demo_budget="small", influence_train=100, influence_top=8)
 S = FULL  # the sizes in use; --quick swaps in QUICK
 OUT = ROOT / "docs" / "img"
 LOSS = nn.CrossEntropyLoss()
@@ -186,7 +186,8 @@ def fig_layerwise_stages(out: Path) -> None:
     model, probe, _ = trained_resnet(True, True)
     H = hessop.hessian(model, LOSS, probe)
     G = hessop.hessian(model, LOSS, probe, curvature="ggn")
-    res = layerwise(H, "stages", k=1, trace_max_matvecs=S.layer_matvecs, density_steps=S.layer_steps, num_probes=2,
+    res = layerwise(H, blocks="stages", k=1, trace_max_matvecs=S.layer_matvecs, density_steps=S.layer_steps,
+                    num_probes=2,
                     ggn=G, seed=SEED)
     print(res.to_markdown(), flush=True)
     _log(f"sum of stage traces {sum(r.trace for r in res.rows):.4g}")
@@ -224,6 +225,25 @@ def fig_htr_training(out: Path) -> None:
     HTR.figure(htr_runs(), str(out / "htr_training.png"))
 
 
+def fig_influence(out: Path) -> None:
+    """Influence against leave-one-out retraining (benchmarks/influence_loo.py), both models side by side."""
+    spec = importlib.util.spec_from_file_location("influence_loo", ROOT / "benchmarks" / "influence_loo.py")
+    loo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loo)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    titles = {"logistic": "logistic regression (650 parameters)", "mlp": "MLP 64-16-10 (1,210 parameters)"}
+    for ax, kind in zip(axes, ("logistic", "mlp")):
+        e = loo.experiment(kind, num_train=S.influence_train, top=S.influence_top)
+        _log(f"{kind}: Pearson {e['pearson']:.3f}, Spearman {e['spearman']:.3f}, {e['products']} products "
+             f"({e['method']}), true residual {e['residual']:.1e}")
+        lim = 1.1 * max(abs(e["predicted"]).max(), abs(e["actual"]).max())
+        ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=1, zorder=0)
+        ax.scatter(e["actual"], e["predicted"], s=14)
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="actual change of the test loss (retrained)",
+               ylabel="predicted: -influence / N", title=f"{titles[kind]}\nPearson r = {e['pearson']:.2f}")
+    savefig(fig, out / "influence_loo.png")
+
+
 def _demo(out: Path) -> None:
     """Run ``hessop demo`` (the command itself, seed 0) once and copy two of its figures."""
     with tempfile.TemporaryDirectory(prefix="hessop-demo-") as report:
@@ -244,6 +264,7 @@ FIGURES = {
     "gauss_newton": fig_gauss_newton,
     "track": fig_track,
     "htr_training": fig_htr_training,
+    "influence_loo": fig_influence,
     "demo": _demo,  # writes demo_landscape_1d.png and demo_layerwise.png (docs/cli.md)
 }
 

@@ -125,7 +125,8 @@ def figure(results: list[dict], path: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("mlp", "resnet"), default="mlp")
     p.add_argument("--gamma", type=float, default=1e-3, help="weight of the trace penalty (default 1e-3)")
     p.add_argument("--every", type=int, default=1, help="apply the penalty every f_r steps (default 1)")

@@ -101,6 +101,24 @@ def to_numpy(x: Array) -> np.ndarray:
         return np.asarray(x)
 
 
+def to_host(value: Any) -> np.ndarray:
+    """Any value (a scalar, a list, a native array of any framework and dtype) as a host numpy array.
+
+    Torch's bfloat16, which has no numpy twin, comes back as float32.
+    """
+    if not hasattr(value, "shape"):
+        return np.asarray(value)
+    try:
+        return to_numpy(value)
+    except TypeError:  # torch bfloat16 has no numpy twin
+        return to_numpy(value.float())
+
+
+def host_floats(value: Any) -> list[float]:
+    """``value`` as a list of Python floats (float64): the JSON form of an array."""
+    return np.asarray(to_host(value), dtype=np.float64).tolist()
+
+
 def from_numpy(a: np.ndarray, xp, device=None, dtype=None) -> Array:
     """Move a host array into namespace ``xp`` on ``device``, optionally casting to ``dtype``.
 

@@ -157,7 +157,7 @@ def check_arguments(solver: str, A: Any = None, comm: Any = None, **arguments: A
         Numbers, strings, ``None``, tuples of them, or arrays (compared by
         :func:`~hessop.comm.checksum`).
     """
-    comms = []
+    comms: list[Any] = []
     for c in (getattr(A, "comm", None), comm):
         if c is None:
             continue

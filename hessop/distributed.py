@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .comm.base import Communicator, RankDisagreementError, checksum, is_collective
+from .comm.base import check_agree as _check_agree
 from .comm.mpi import MPIComm
 from .comm.serial import SerialComm
 
@@ -81,14 +82,9 @@ def world() -> Communicator:
     return as_comm(MPI.COMM_WORLD)
 
 
-def check_agree(comm: Any, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
-    """Raise :class:`RankDisagreementError` on every rank if ``value`` is not the same on all ranks.
-
-    ``comm`` is anything :func:`as_comm` takes; the check is
-    :meth:`hessop.comm.Communicator.check_agree` (one pass over ``value`` and
-    one 10-float all-reduce).
-    """
-    as_comm(comm).check_agree(value, what, rtol=rtol, hint=hint)
+def check_agree(comm: Any, value: Any, *args: Any, **kwargs: Any) -> None:
+    """:func:`hessop.comm.base.check_agree` for ``comm`` anything :func:`as_comm` takes (an mpi4py communicator)."""
+    _check_agree(as_comm(comm), value, *args, **kwargs)
 
 
 # -- data sharding -----------------------------------------------------------------------------
@@ -236,10 +232,9 @@ class abort_on_error(contextlib.ContextDecorator):
     def __enter__(self) -> abort_on_error:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
             self._handle(exc_type, exc, tb)
-        return False
 
     def install(self) -> abort_on_error:
         """Abort the job on any uncaught exception from now on (chains the previous hook)."""

@@ -180,6 +180,7 @@ class HessianOperator(NativeOperator):
                                   hint="every rank must build the same model (same seed or checkpoint)")
         super().__init__(backend.n, backend.xp, backend.device, backend.dtype)
         self._scale = 1.0
+        self._product_error: float | None = None
         if backend.normalize:
             total = self.comm.allreduce_scalar(backend.local_count)
             if total <= 0:
@@ -197,7 +198,26 @@ class HessianOperator(NativeOperator):
         else:
             out = summed(self.comm, self.comm.allreduce, lambda: self.backend.hvp_sum(V), lambda: V * float("nan"),
                          "in a product")
+        if self._product_error is None and self.comm.size > 1:
+            self._product_error = self._measured_error()
         return out * self._scale if self._scale != 1.0 else out
+
+    @property
+    def product_error(self) -> float | None:
+        """The products' relative error: 0.0 for exact products, the measured estimate for finite differences,
+        None before it is measured (the first product). Under several processes, the largest over the ranks,
+        taken once at the first product. Solvers report no residual below it."""
+        if self.comm.size == 1:
+            return getattr(self.backend, "product_error", 0.0)
+        return self._product_error
+
+    def _measured_error(self) -> float:
+        """The backend's error after the first product, the largest over the ranks (collective, called once)."""
+        error = getattr(self.backend, "product_error", 0.0)
+        error = 0.0 if error is None else float(error)
+        if self.comm.size > 1:
+            error = float(self.comm.allreduce_max(np.array([error]))[0])
+        return error
 
     # -- structure -----------------------------------------------------------------------
     @property
@@ -222,7 +242,7 @@ class HessianOperator(NativeOperator):
 
     @property
     def blocks(self) -> dict[str, slice]:
-        """Named parameter blocks (modules) in model order, as slices of the flat vector (refused when split)."""
+        """Named parameter blocks (modules) in the order of the flat vector, as slices of it."""
         if self.split is not None:
             raise TypeError(
                 "H.blocks are slices of the whole flat vector, which no rank of a split operator holds: select a "

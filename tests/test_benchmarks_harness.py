@@ -23,7 +23,8 @@ def test_errors_against_truth():
 
 
 def test_behind_compares_speed_only_at_comparable_accuracy():
-    mine, fast_bad, fast_good = _case("hessop", "top1", 1.0, 10), _case("A", "top1", 0.1, 30), _case("B", "top1", 0.5, 30)
+    mine, fast_bad = _case("hessop", "top1", 1.0, 10), _case("A", "top1", 0.1, 30)
+    fast_good = _case("B", "top1", 0.5, 30)
     errors = {id(mine): 1e-6, id(fast_bad): 1e-3, id(fast_good): 1.5e-6}
     lines = behind([mine, fast_bad, fast_good], errors)
     assert len(lines) == 1 and lines[0].startswith("top1: B 2.0x faster")

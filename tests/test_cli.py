@@ -178,10 +178,12 @@ def test_analyze_imports_factories_beside_the_user_and_takes_a_dataloader(tmp_pa
         "from torch.utils.data import DataLoader, TensorDataset\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)), torch.nn.MSELoss()\n"
+        "    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))\n"
+        "    return model, torch.nn.MSELoss()\n"
         "def loader(rank, size):\n"
         "    g = torch.Generator().manual_seed(rank)\n"
-        "    return DataLoader(TensorDataset(torch.randn(30, 3, generator=g), torch.randn(30, 2, generator=g)), batch_size=8)\n"
+        "    x, y = torch.randn(30, 3, generator=g), torch.randn(30, 2, generator=g)\n"
+        "    return DataLoader(TensorDataset(x, y), batch_size=8)\n"
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
@@ -257,7 +259,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["analyze", "--quiet", "--out", str(tmp / "never"), "--model", ok_model, "--data", ok_data, "--resume"],
          "no saved run"),
         (base + ["--model", ok_model, "--data", ok_data, "--threads", "0"], "positive number of threads"),
-        (["analyze", "--model", ok_model, "--data", ok_data, "--out", str(garbage / "sub")], "cannot create the report folder"),
+        (["analyze", "--model", ok_model, "--data", ok_data, "--out", str(garbage / "sub")],
+         "cannot create the report folder"),
         # issue 12, item 10: checked before any work, with exit 2
         (base + ["--model", f"{bad_file}:build", "--data", ok_data], "cannot load"),
         (base + ["--model", ok_model, "--data", ok_data, "--seed", "-1"], "--seed -1: give a non-negative integer"),

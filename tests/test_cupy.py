@@ -108,7 +108,7 @@ def test_device_mismatch_is_refused():
 
 
 def test_to_cupy_refuses_operators_off_the_gpu():
-    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax")
     import jax.numpy as jnp
 
     from hessop.factory import hessian

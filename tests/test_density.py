@@ -96,14 +96,14 @@ def test_spectral_distances():
     A, _ = dense(lam, seed=2)
     rho = density(A, num_probes=4, num_steps=40)
     exact = SpectralDensity.from_eigenvalues(lam)
-    assert spectral_distance(rho, rho) == 0.0 and spectral_distance(rho, rho, "jensen-shannon") == 0.0
+    assert spectral_distance(rho, rho) == 0.0 and spectral_distance(rho, rho, metric="jensen-shannon") == 0.0
     assert spectral_distance(rho, exact) == pytest.approx(spectral_distance(exact, rho))
-    near = spectral_distance(rho, lam, "jensen-shannon")
-    far = spectral_distance(rho, 2.0 * lam + 1.0, "jensen-shannon")
+    near = spectral_distance(rho, lam, metric="jensen-shannon")
+    far = spectral_distance(rho, 2.0 * lam + 1.0, metric="jensen-shannon")
     assert 0.0 < near < 0.15 < far <= 1.0
     assert spectral_distance(rho, lam + 1.0) == pytest.approx(1.0, abs=0.05)  # a shift moves mass by 1
     with pytest.raises(ValueError, match="unknown metric"):
-        spectral_distance(rho, lam, "kl")
+        spectral_distance(rho, lam, metric="kl")
 
 
 def test_custom_sigma_grid_and_plot():

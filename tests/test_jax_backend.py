@@ -151,10 +151,21 @@ def test_linearize_mode_matches_jvp():
     D, _, _ = dense_hessian(params)
     H = hessian(loss, params, [(X, Y)], hvp="linearize")
     assert hessian(loss, params, (X, Y)).backend._hvp_mode == "linearize"  # "auto" caches a single batch
-    assert hessian(loss, params, SPLIT).backend._hvp_mode == "jvp"  # and nothing for several
+    assert hessian(loss, params, SPLIT).backend._hvp_mode == "forward-over-reverse"  # and nothing for several
     V = jnp.asarray(RNG.standard_normal((24, 4)))
     np.testing.assert_allclose(np.asarray(H.apply(V)), D @ np.asarray(V), atol=1e-12)
     np.testing.assert_allclose(np.asarray(H.apply(V[:, 0])), D @ np.asarray(V[:, 0]), atol=1e-12)
+
+
+def test_the_strategy_has_the_torch_backends_name_and_the_old_one_still_works():
+    params = make_params()
+    D, _, _ = dense_hessian(params)
+    H = hessian(loss, params, SPLIT, hvp="forward-over-reverse")
+    with pytest.warns(DeprecationWarning, match="hvp='jvp' is now hvp='forward-over-reverse'"):
+        old = hessian(loss, params, SPLIT, hvp="jvp")
+    V = jnp.asarray(RNG.standard_normal((24, 3)))
+    for op in (H, old):
+        np.testing.assert_allclose(np.asarray(op.apply(V)), D @ np.asarray(V), atol=1e-12)
 
 
 def test_float32_and_bfloat16_parameters():

@@ -17,7 +17,8 @@ def least_squares(seed=0):
     """A linear model at its least-squares minimum: the loss is exactly L* + ½ aᵀ H a."""
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(40, 5, generator=g, dtype=torch.float64)
-    y = X @ torch.randn(5, 1, generator=g, dtype=torch.float64) + 0.3 * torch.randn(40, 1, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 1, generator=g, dtype=torch.float64)
+    y = X @ w + 0.3 * torch.randn(40, 1, generator=g, dtype=torch.float64)
     model = nn.Linear(5, 1).double()
     A = torch.cat([X, torch.ones(40, 1, dtype=torch.float64)], dim=1)
     sol = torch.linalg.lstsq(A, y).solution[:, 0]
@@ -91,7 +92,7 @@ def test_an_interrupted_landscape_keeps_what_it_has(monkeypatch):
         return real(flat)
 
     monkeypatch.setattr(H, "loss_at", flaky)
-    land = landscape_1d(H, filter_normalized_direction(H, 0), num_points=7)
+    land = landscape_1d(H, filter_normalized_direction(H, seed=0), num_points=7)
     # points 0-2 evaluated, point 3 is the centre (H.loss()), the 4th loss_at call is interrupted
     assert land.partial and land.num_evaluations == 4
     assert np.all(np.isfinite(land.losses[:4])) and np.all(np.isnan(land.losses[4:]))
@@ -119,7 +120,7 @@ def test_landscape_plots_and_serialises(tmp_path):
     _, H = mlp()
     lam, Q = eigpairs(H)
     one = landscape_1d(H, Q[:, -1], radius=0.5, num_points=5)
-    two = landscape_2d(H, Q[:, -1], filter_normalized_direction(H, 1), radius=0.5, num_points=3,
+    two = landscape_2d(H, Q[:, -1], filter_normalized_direction(H, seed=1), radius=0.5, num_points=3,
                        labels=("top eigenvector", "random"))
     assert isinstance(one, Landscape)
     savefig(one.plot(), tmp_path / "line.png")

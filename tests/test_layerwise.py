@@ -47,7 +47,7 @@ def dense_block(dense, H, names):
 def test_block_traces_of_a_partition_sum_to_the_full_trace_exactly():
     H = operator([3, 6, 4, 3])  # 67 parameters: the full one is estimated, every layer (<= 28) is exact
     dense = H.to_dense()
-    res = layerwise(H, "modules", **BUDGET)
+    res = layerwise(H, blocks="modules", **BUDGET)
     assert [r.block for r in res.rows] == ["0", "2", "4"]
     assert sum(r.num_params for r in res.rows) == H.shape[0] > DENSE_BELOW
     assert all(r.trace_stderr == 0.0 for r in res.rows)
@@ -64,7 +64,7 @@ def test_block_traces_of_a_partition_sum_to_the_full_trace_exactly():
 def test_estimated_block_traces_sum_to_the_full_trace_within_their_stderr():
     H = operator([10, 8, 6, 3])  # 163 parameters; the first layer (88) is estimated
     dense = H.to_dense()
-    res = layerwise(H, {"first": "0", "rest": [r"[24]\.weight", r"[24]\.bias"]}, k=2, **BUDGET)
+    res = layerwise(H, blocks={"first": "0", "rest": [r"[24]\.weight", r"[24]\.bias"]}, k=2, **BUDGET)
     first, rest = res.rows
     assert first.num_params == 88 and rest.num_params == 75
     assert first.trace_stderr > 0 and rest.trace_stderr > 0
@@ -92,7 +92,8 @@ def test_distances_compare_probability_measures_and_top_scaling_removes_magnitud
     repeated = SpectralDensity.from_eigenvalues([0.0] * 4 + [1.0] * 2 + [3.0] * 2)  # twice the size, same law
 
     def both(a, b, scale="none"):
-        return spectral_distance(a, b, "wasserstein", scale=scale), spectral_distance(a, b, "jensen-shannon", scale=scale)
+        return (spectral_distance(a, b, metric="wasserstein", scale=scale),
+                spectral_distance(a, b, metric="jensen-shannon", scale=scale))
 
     assert both(rho, repeated) == pytest.approx((0.0, 0.0), abs=1e-12)
     w1, js = both(rho, doubled)
@@ -107,7 +108,7 @@ def test_distances_compare_probability_measures_and_top_scaling_removes_magnitud
 def test_gauss_newton_rows_and_the_linear_output_layer_has_no_residual():
     H = operator([3, 6, 4, 3])
     G = operator([3, 6, 4, 3], curvature="ggn")
-    res = layerwise(H, "modules", ggn=G, **BUDGET)
+    res = layerwise(H, blocks="modules", ggn=G, **BUDGET)
     head = res.rows[-1]
     # the output layer enters the logits linearly: its block of the residual H - G vanishes
     assert head.ggn_trace == pytest.approx(head.trace, rel=1e-10)
@@ -156,7 +157,7 @@ def test_layerwise_plots_and_keeps_partial_results_on_interrupt(tmp_path, monkey
     module = importlib.import_module("hessop.analysis.layerwise")
 
     H = operator([3, 6, 4, 3])
-    res = layerwise(H, "modules", **BUDGET)
+    res = layerwise(H, blocks="modules", **BUDGET)
     savefig(res.plot(), tmp_path / "layerwise.png")
     assert (tmp_path / "layerwise.png").stat().st_size > 1000
 
@@ -170,7 +171,7 @@ def test_layerwise_plots_and_keeps_partial_results_on_interrupt(tmp_path, monkey
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, "block_spectrum", flaky)
-    part = layerwise(H, "modules", **BUDGET)
+    part = layerwise(H, blocks="modules", **BUDGET)
     assert part.partial and [r.block for r in part.rows] == ["0"]
     assert dataclasses.asdict(part)["rows"][0]["trace"] == res.rows[0].trace
 
@@ -210,7 +211,7 @@ def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
         return jnp.mean((jnp.tanh(a @ p["l1"]["w"] + p["l1"]["b"]) @ p["l2"]["w"] - b) ** 2)
 
     H = hessop.hessian(loss, params, (x, y))
-    res = layerwise(H, "modules", **BUDGET)
+    res = layerwise(H, blocks="modules", **BUDGET)
     dense = H.to_dense().astype(np.float64)
     assert [r.block for r in res.rows] == ["l1", "l2"]
     for r in res.rows:  # both blocks are small: exact
@@ -220,7 +221,8 @@ def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
     back = type(res).from_dict(doc)
     assert back.rows == res.rows and back.full == res.full
     np.testing.assert_allclose(back.full_density.nodes, res.full_density.nodes)
-    old_names = {**{k: v for k, v in BUDGET.items() if k != "trace_max_matvecs"}, "trace_matvecs": BUDGET["trace_max_matvecs"]}
+    old_names = {**{k: v for k, v in BUDGET.items() if k != "trace_max_matvecs"},
+                 "trace_matvecs": BUDGET["trace_max_matvecs"]}
     with pytest.warns(DeprecationWarning, match="blocks"), pytest.warns(DeprecationWarning, match="trace_max_matvecs"):
         old = layerwise(H, groups="modules", **old_names)
     assert old.rows == res.rows

@@ -14,7 +14,8 @@ def count(model: nn.Module, kind) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
 
 
-@pytest.mark.parametrize("make, blocks, params", [(resnet20, 3, 269_722), (resnet32, 5, 464_154), (resnet38, 6, 561_370)])
+@pytest.mark.parametrize("make, blocks, params",
+                         [(resnet20, 3, 269_722), (resnet32, 5, 464_154), (resnet38, 6, 561_370)])
 def test_depths_have_the_papers_blocks_and_parameters(make, blocks, params):
     model = make()
     # He et al. (2016): 6n + 2 layers, 0.27 M parameters for ResNet20 with option-A shortcuts

@@ -54,7 +54,8 @@ class QuadraticBackend(Backend):
 
     def restrict(self, names):
         offsets = np.cumsum([0] + self.param_sizes)
-        keep = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i, nm in enumerate(self.param_names) if nm in names])
+        keep = np.concatenate([np.arange(offsets[i], offsets[i + 1])
+                               for i, nm in enumerate(self.param_names) if nm in names])
         sub = [b[:, keep][:, :, keep] for b in self.batches]
         chosen = [i for i, nm in enumerate(self.param_names) if nm in names]
         return QuadraticBackend(sub, "mean" if self.normalize else "sum",
@@ -128,7 +129,8 @@ def test_blocks_group_a_modules_tensors_in_order(batches):
 
 @pytest.mark.parametrize(
     "patterns, expected",
-    [(("fc1",), ["fc1.weight", "fc1.bias"]), (("fc2.bias",), ["fc2.bias"]), ((r".*\.weight",), ["fc1.weight", "fc2.weight"])],
+    [(("fc1",), ["fc1.weight", "fc1.bias"]), (("fc2.bias",), ["fc2.bias"]),
+     ((r".*\.weight",), ["fc1.weight", "fc2.weight"])],
 )
 def test_restrict_selects_by_name_prefix_or_regex(batches, patterns, expected):
     H = HessianOperator(QuadraticBackend(batches))

@@ -14,9 +14,9 @@ from hessop.testing import geometric_spectrum, indefinite_spectrum, low_rank_spe
 def test_exact_at_full_size_with_refinement(name, kind):
     lam = geometric_spectrum(60, 0.8) if kind == "nystrom" else nn_like_spectrum(60, num_outliers=3)
     A, _ = dense(lam, seed=1, name=name)
-    s = sketch(A, d=60, kind=kind, refine=True)
+    s = sketch(A, d=60, method=kind, refine=True)
     np.testing.assert_allclose(s.eigenvalues, lam[::-1], atol=1e-9 * np.abs(lam).max())
-    assert s.refined and s.num_matvecs == 2 + 60 + 60 and s.kind == kind
+    assert s.refined and s.num_matvecs == 2 + 60 + 60 and s.method == kind
     assert np.all(np.diff(s.eigenvalues) <= 0)  # descending
 
 
@@ -46,11 +46,11 @@ def test_rademacher_top_eigenvalues_within_frobenius_over_root_d():
 def test_nystrom_recovers_a_low_rank_psd_operator():
     lam = low_rank_spectrum(200, rank=6)
     A, _ = dense(lam, seed=3)
-    s = sketch(A, d=15, kind="nystrom")
+    s = sketch(A, d=15, method="nystrom")
     np.testing.assert_allclose(s.eigenvalues[:6], lam[::-1][:6], rtol=1e-8)
     np.testing.assert_allclose(s.eigenvalues[6:], 0.0, atol=1e-8)
     assert s.trace == pytest.approx(lam.sum(), rel=1e-8) and np.isnan(s.trace_stderr) and s.num_matvecs == 17
-    top = sketch(dense(geometric_spectrum(200, 0.7), seed=1)[0], d=40, kind="nystrom").eigenvalues
+    top = sketch(dense(geometric_spectrum(200, 0.7), seed=1)[0], d=40, method="nystrom").eigenvalues
     np.testing.assert_allclose(top[:5], 0.7 ** np.arange(5), rtol=1e-4)
 
 
@@ -58,8 +58,8 @@ def test_nystrom_recovers_a_low_rank_psd_operator():
     (dict(d=0), "between 1 and n"),
     (dict(d=31), "between 1 and n"),
     (dict(d=2.5), "between 1 and n"),
-    (dict(kind="gaussian"), "unknown method"),
-    (dict(kind="nystrom", d=10), "positive semi-definite"),
+    (dict(method="gaussian"), "unknown method"),
+    (dict(method="nystrom", d=10), "positive semi-definite"),
 ])
 def test_bad_input(kwargs, match):
     A, _ = dense(indefinite_spectrum(30), seed=1)

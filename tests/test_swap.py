@@ -42,7 +42,8 @@ def cross_entropy(out, y):
 def pair():
     torch.manual_seed(0)
     model = MLP(4, 3, hidden=(5,)).double()  # the contract suite's shape: JAX reuses the solvers' compiled ops
-    H_torch = hessian(model, torch.nn.CrossEntropyLoss(), [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in BATCHES])
+    torch_batches = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in BATCHES]
+    H_torch = hessian(model, torch.nn.CrossEntropyLoss(), torch_batches)
     params = OrderedDict((name, jnp.asarray(p.detach().numpy())) for name, p in model.named_parameters())
     H_jax = hessian(cross_entropy, params, BATCHES, model_fn=jax_apply)
     return H_torch, H_jax

@@ -78,7 +78,7 @@ def dense_ggn(model, loss, batches) -> np.ndarray:
     for x, y in batches:
         o = out(flat0, x)
         J = jacrev(out)(flat0, x).reshape(o.numel(), -1)
-        H_out = hessian(lambda t: loss(t, _target(y)))(o).reshape(o.numel(), o.numel())
+        H_out = hessian(lambda t, y=y: loss(t, _target(y)))(o).reshape(o.numel(), o.numel())
         G = G + (len(y) / total if mean else 1) * (J.T @ H_out @ J)
     return G.numpy()
 
@@ -235,12 +235,44 @@ def test_params_option_selects_by_tensor_or_name():
     loss = nn.CrossEntropyLoss()
     by_tensor = TorchBackend(model, loss, data, params=[model.fc2.weight, model.fc1.bias])
     by_name = TorchBackend(model, loss, data, params=["fc1.bias", "fc2.weight"])
-    assert by_tensor.param_names == by_name.param_names == ["fc1.bias", "fc2.weight"]  # model order
+    assert by_tensor.param_names == ["fc2.weight", "fc1.bias"]  # the order given
+    assert by_name.param_names == ["fc1.bias", "fc2.weight"]
+    with pytest.raises(ValueError, match="'fc1.bias' is given twice"):
+        TorchBackend(model, loss, data, params=["fc1.bias", model.fc1.bias])
     model.fc1.weight.requires_grad_(False)
     try:
         assert "fc1.weight" not in TorchBackend(model, loss, data).param_names
     finally:
         model.fc1.weight.requires_grad_(True)
+
+
+def test_params_out_of_model_order_keep_the_order_given():
+    """A vector built in the user's order was read in the model's: the operator was a permuted Hessian."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    data = random_batches((4,), [6, 5], seed=3)
+    loss = nn.CrossEntropyLoss()
+    given = [model[2].bias, model[0].weight, model[2].weight]
+    H = make_operator(model, loss, data, params=given)
+    assert H.parameter_names == ["2.bias", "0.weight", "2.weight"]
+    assert list(H.blocks) == ["2", "0", "2#23"]  # 2's two parameters are not adjacent in the flat vector
+    names = dict((id(p), n) for n, p in model.named_parameters())
+
+    def total(*ps):
+        state = {**dict(model.named_parameters()), **{names[id(p)]: q for p, q in zip(given, ps)}}
+        return sum(loss(functional_call(model, state, (x.double(),)), y) * len(y) for x, y in data) / 11
+
+    blocks = torch.autograd.functional.hessian(total, tuple(p.detach() for p in given))
+    dense = torch.cat([torch.cat([b.reshape(p.numel(), q.numel()) for b, q in zip(row, given)], 1)
+                       for row, p in zip(blocks, given)]).numpy()
+    np.testing.assert_allclose(H.to_dense(), dense, atol=1e-12)
+    grads = torch.autograd.grad(total(*given), given)
+    torch.testing.assert_close(H.gradient(), torch.cat([g.reshape(-1) for g in grads]))
+    torch.testing.assert_close(H.parameters(), torch.cat([p.detach().reshape(-1) for p in given]))
+    assert H.loss_at(H.parameters()) == pytest.approx(H.loss(), rel=1e-14)
+    sub = H.restrict("0.weight", "2.bias")  # the operator's order, the user's
+    assert sub.parameter_names == ["2.bias", "0.weight"]
+    np.testing.assert_allclose(sub.to_dense(), dense[:23, :23], atol=1e-12)
 
 
 def test_loss_gradient_and_loss_at_match_autograd():
@@ -490,7 +522,7 @@ def test_graph_cache_over_several_batches_matches_dense_and_uncached(case, strat
     kept = make_operator(model, loss, data, hvp=strategy, graph_cache=True)
     none = make_operator(model, loss, data, hvp=strategy, graph_cache=False)
     everything = [(H.apply(V[:, 0]), H.apply(V), H.apply(V)) for H in (kept, none)]
-    assert sorted(kept.backend._graphs.graphs) == [0, 1, 2] and not none.backend._graphs.graphs
+    assert sorted(kept.backend.products.graphs.graphs) == [0, 1, 2] and not none.backend.products.graphs.graphs
     for cached, uncached in zip(*everything):
         torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
     scale = np.abs(expected).max()
@@ -504,20 +536,21 @@ def test_graph_cache_budget_keeps_only_what_fits():
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     full = make_operator(model, loss, data, hvp="double-backward", graph_cache=True)
     reference = full.apply(v)
-    sizes = full.backend._graphs.used
+    sizes = full.backend.products.graphs.used
     assert sizes > 0
     for budget, kept in [(0, []), (sizes, [0, 1, 2])]:
         H = make_operator(model, loss, data, hvp="double-backward", graph_cache_bytes=budget)
         for _ in range(2):
             torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
-        assert sorted(H.backend._graphs.graphs) == kept
+        assert sorted(H.backend.products.graphs.graphs) == kept
     partial = make_operator(model, loss, data, hvp="double-backward", graph_cache_bytes=sizes - 1)
     torch.testing.assert_close(partial.apply(v), reference, rtol=0, atol=0)
     torch.testing.assert_close(partial.apply(v), reference, rtol=0, atol=0)
-    assert 1 <= len(partial.backend._graphs.graphs) < 3 and partial.backend._graphs.too_big
+    assert 1 <= len(partial.backend.products.graphs.graphs) < 3 and partial.backend.products.graphs.too_big
     auto = make_operator(model, loss, data, hvp="double-backward")  # the default budget, far above this model
     torch.testing.assert_close(auto.apply(v), reference, rtol=0, atol=0)
-    assert sorted(auto.backend._graphs.graphs) == [0, 1, 2] and 0 < auto.backend._graphs.budget <= 2 << 30
+    graphs = auto.backend.products.graphs
+    assert sorted(graphs.graphs) == [0, 1, 2] and 0 < graphs.budget <= 2 << 30
 
 
 @pytest.mark.parametrize("case", ["mlp-ce-mean", "cnn-ce-mean"])
@@ -528,7 +561,7 @@ def test_graph_cache_follows_an_optimizer_step_over_several_batches(case):
     H = make_operator(model, loss, data, hvp="double-backward")
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     before = H.apply(v)
-    assert len(H.backend._graphs.graphs) == 3
+    assert len(H.backend.products.graphs.graphs) == 3
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     optimizer.zero_grad()
     sum(loss(model(x.double()), _target(y)) for x, y in data).backward()

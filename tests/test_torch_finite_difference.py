@@ -24,8 +24,8 @@ def _relative_errors(model, loss, data, dtype, seeds=4):
 
 @pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_error_against_exact_products_is_near_eps_to_the_two_thirds(dtype, bound):
-    """The central difference with h‖v‖ = ε^(1/3)(1 + ‖θ‖) is accurate to ~ε^(2/3): measured 4e-11-2e-10 in
-    float64, 3e-5-1.5e-4 in float32 (benchmarks/finite_difference.py); the bounds leave a factor of 5 or more."""
+    """The central difference at the step measured at the first product is accurate to ~ε^(2/3): 2e-11-6e-11
+    in float64, 1.5e-5-4e-5 in float32 (benchmarks/finite_difference.py); the bounds leave a factor of 10 or more."""
     torch.manual_seed(0)
     mlp = MLP(8, 3, (12,)).to(dtype).eval()
     errors = _relative_errors(mlp, nn.CrossEntropyLoss(), random_batches((8,), [7, 5], seed=1), dtype)

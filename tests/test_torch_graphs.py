@@ -19,7 +19,7 @@ def test_default_budget_reserves_a_products_working_memory(monkeypatch):
     kept = _operator(graph_cache=True)
     v = torch.randn(kept.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     reference = kept.apply(v)
-    size = kept.backend._graphs.used
+    size = kept.backend.products.graphs.used
     params = kept.shape[0] * 8  # float64 parameters, in bytes
     assert size > 0
     reserved = 4 * params + size
@@ -30,12 +30,12 @@ def test_default_budget_reserves_a_products_working_memory(monkeypatch):
         H = _operator()
         for _ in range(2):
             torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
-        assert H.backend._graphs.budget == min(torch_graphs.DEFAULT_CAP, (free - reserved) // 4)
-        assert bool(H.backend._graphs.graphs) == keeps
+        assert H.backend.products.graphs.budget == min(torch_graphs.DEFAULT_CAP, (free - reserved) // 4)
+        assert bool(H.backend.products.graphs.graphs) == keeps
     monkeypatch.setattr(torch_graphs, "_host_available", lambda: reserved // 2)  # less free than the reserve
     H = _operator()
     torch.testing.assert_close(H.apply(v), reference, rtol=0, atol=0)
-    assert H.backend._graphs.budget == 0 and not H.backend._graphs.graphs
+    assert H.backend.products.graphs.budget == 0 and not H.backend.products.graphs.graphs
 
 
 def test_graphs_kept_while_timing_are_dropped_when_auto_picks_a_strategy_without_them(monkeypatch):
@@ -51,6 +51,7 @@ def test_graphs_kept_while_timing_are_dropped_when_auto_picks_a_strategy_without
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(H.apply(v), exact.apply(v), rtol=1e-12, atol=1e-12)
     assert H.backend.chosen == {"vector": "forward-over-reverse"}
-    assert not H.backend._graphs.graphs and H.backend._graphs.used == 0  # the timing's graph is not held
+    graphs = H.backend.products.graphs
+    assert not graphs.graphs and graphs.used == 0  # the timing's graph is not held
     H.apply(v)
-    assert not H.backend._graphs.graphs
+    assert not H.backend.products.graphs.graphs

@@ -14,8 +14,8 @@ import torch
 from test_torch_backend import SIZES, _cnn, _mlp, dense_hessian
 from torch import nn
 
-from hessop.backends.torch import TorchBackend
 from hessop.backends.torch import strategy as torch_strategy
+from hessop.backends.torch.functional import FunctionalModel
 from hessop.factory import hessian as make_operator
 
 
@@ -30,8 +30,8 @@ def test_kept_products_skip_the_general_path_and_stay_exact(monkeypatch):
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     H.apply(v)  # the first product: chooses, keeps the graphs, checks repeatability
     general = []
-    fixed = TorchBackend._fixed
-    monkeypatch.setattr(TorchBackend, "_fixed", lambda self: general.append(1) or fixed(self))
+    fixed = FunctionalModel.fixed
+    monkeypatch.setattr(FunctionalModel, "fixed", lambda self: general.append(1) or fixed(self))
     scale = None
     for _ in range(3):
         expected = dense_hessian(model, loss, data) @ v.numpy()
@@ -59,7 +59,7 @@ def test_kept_products_find_a_nonfinite_batch():
     H = make_operator(model, nn.CrossEntropyLoss(), data)
     v = torch.ones(H.shape[0], dtype=torch.float64)
     H.apply(v)
-    assert H.backend._kept is not None
+    assert H.backend.products.kept is not None
     bad = v.clone()
     bad[0] = float("nan")
     with pytest.raises(FloatingPointError, match="batch 0"):
@@ -84,7 +84,7 @@ def test_auto_times_once_for_vectors_and_once_for_blocks(monkeypatch):
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=gen)
     for _ in range(2):  # the first product, then one over the kept graphs (convolutions' strided products)
         np.testing.assert_allclose(_apply(H, v), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max(), rtol=0)
-    assert H.backend._kept is not None
+    assert H.backend.products.kept is not None
     np.testing.assert_allclose(_apply(H, v[::1].clone()[:, None].expand(-1, 2)[:, 1]),  # a strided vector
                                expected @ v.numpy(), atol=1e-12 * np.abs(expected).max(), rtol=0)
     assert timed == [] and H.backend.chosen == {"vector": "double-backward"}
@@ -109,7 +109,7 @@ def test_auto_without_kept_graphs_times_the_exact_strategies_once(monkeypatch):
         np.testing.assert_allclose(_apply(H, x), expected @ x.numpy(), atol=1e-11 * np.abs(expected).max(), rtol=0)
     assert timed == [["double-backward", "forward-over-reverse"],
                      ["double-backward", "double-backward-vmap", "forward-over-reverse"]]
-    assert H.backend._kept is None  # nothing is kept, so every product takes the general path
+    assert H.backend.products.kept is None  # nothing is kept, so every product takes the general path
 
 
 @pytest.mark.parametrize("bad", [dict(compile=1), dict(compile=True, hvp="double-backward"),
@@ -171,8 +171,9 @@ def test_compiled_products_equal_eager_and_dense(mode):
         np.testing.assert_allclose(out, expected @ x.numpy(), atol=1e-12 * scale * 3, rtol=0)
         np.testing.assert_allclose(out, _apply(eager, x), atol=1e-13 * scale * 3, rtol=0)
     assert H.backend.chosen == {"vector": "compiled", "block": "compiled"}
-    compiled = H.backend._linearized.compiled
-    assert (len(compiled), H.backend._compiled is None) == ((len(set(SIZES)), True) if mode == "eval" else (0, False))
+    compiled = H.backend.products.linearized.compiled
+    expected = (len(set(SIZES)), True) if mode == "eval" else (0, False)
+    assert (len(compiled), H.backend.products.compiled is None) == expected
 
 
 def test_first_product_over_a_kept_graph_builds_one_graph(monkeypatch):
@@ -226,7 +227,7 @@ def test_linearisations_are_kept_only_within_the_graph_cache_budget(monkeypatch)
         H = make_operator(model, loss, data, hvp="linearize", graph_cache_bytes=budget)
         for _ in range(2):
             np.testing.assert_allclose(_apply(H, v), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max(), rtol=0)
-        assert len(H.backend._linearized.fns) == kept
+        assert len(H.backend.products.linearized.fns) == kept
         assert len(built) == 2 * len(data) - kept  # the batches not kept are linearised at every product
 
 
@@ -239,15 +240,15 @@ def test_compile_falls_back_to_the_whole_product_beyond_the_budget():
     model, data = _mlp()
     loss = nn.CrossEntropyLoss()
     probe = make_operator(model, loss, data).backend
-    params = tuple(probe._current())
+    params = tuple(probe.functional.current())
     x, y = data[0][0].double(), data[0][1]  # as the backend casts the batch to the model's dtype
-    first = _linearized_gradient(probe._closures(x, y)[2], params, target_of(x, y)).nbytes(params)
+    first = _linearized_gradient(probe.functional.closures(x, y)[2], params, target_of(x, y)).nbytes(params)
     H = make_operator(model, loss, data, compile=True, graph_cache_bytes=first)  # room for the first batch only
     expected = dense_hessian(model, loss, data)
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     for _ in range(2):
         np.testing.assert_allclose(_apply(H, v), expected @ v.numpy(), atol=1e-12 * np.abs(expected).max() * 3, rtol=0)
-    assert list(H.backend._linearized.fns) == [0] and H.backend._compiled is not None
+    assert list(H.backend.products.linearized.fns) == [0] and H.backend.products.compiled is not None
 
 
 def test_auto_takes_the_leanest_of_near_ties_where_memory_is_measured():

@@ -116,7 +116,8 @@ def test_any_loss_states_its_weight_with_weight_fn():
 
     H = make_operator(model, flat_ce, data, weight_fn=lambda batch: (batch[1] != PAD).sum())
     np.testing.assert_allclose(H.to_dense(), _dense_token_mean(model, data), atol=1e-12)
-    plain = make_operator(model, flat_ce, data)  # without it, batches weigh their sequences: not the token mean
+    with pytest.warns(UserWarning, match="weight_fn"):  # without it, batches weigh their elements, padding included
+        plain = make_operator(model, flat_ce, data)
     assert np.abs(plain.to_dense() - _dense_token_mean(model, data)).max() > 1e-3
     with pytest.raises(ValueError, match="weight_fn returned -1.0 for batch 0"):
         make_operator(model, flat_ce, data, weight_fn=lambda batch: -1)

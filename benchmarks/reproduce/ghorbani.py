@@ -1,4 +1,5 @@
-"""Ghorbani, Krishnan & Xiao (2019), "An investigation into neural net optimization via Hessian eigenvalue density" (ICML).
+"""Ghorbani, Krishnan & Xiao (2019), "An investigation into neural net optimization via Hessian eigenvalue
+density" (ICML).
 
 Their accuracy figure: on a small network whose Hessian can be diagonalised,
 the stochastic Lanczos quadrature (SLQ) density with ``m = 90`` steps is

@@ -46,11 +46,12 @@ def run(quick: bool = False, log=print) -> Verdict:
     model, x, y, final = _network(quick)
     H = hessop.hessian(model, torch.nn.CrossEntropyLoss(), (x, y), hvp="double-backward")
     steps, probes = (30, 1) if quick else (60, 2)
-    raw = layerwise(H, "modules", k=1, trace_max_matvecs=30, density_steps=steps, num_probes=probes, scale="none")
+    raw = layerwise(H, blocks="modules", k=1, trace_max_matvecs=30, density_steps=steps, num_probes=probes,
+                    scale="none")
     # The shape-only comparison reuses the same densities, each divided by its own largest |eigenvalue|.
     shape_rows = []
     for r in raw.rows:
-        w1, js = (spectral_distance(raw.densities[r.block], raw.full_density, m, scale="top")
+        w1, js = (spectral_distance(raw.densities[r.block], raw.full_density, metric=m, scale="top")
                   for m in ("wasserstein", "jensen-shannon"))
         shape_rows.append(replace(r, wasserstein_to_full=w1, jensen_shannon_to_full=js))
     results = {"none": raw, "top": replace(raw, rows=shape_rows, scale="top")}
@@ -99,9 +100,10 @@ def run(quick: bool = False, log=print) -> Verdict:
     picks = "; ".join(f"{m.split('_')[0]} ({s}): **{v}**" for (s, m), v in closest.items())
     verdict = ("reproduced" if hits == 4 and strict >= 2 else "partly reproduced" if hits >= 2 else "not reproduced")
     body = f"""MLP 64-32-32-32-32-32-10 (tanh, {H.shape[0]:,} parameters) trained on the first 500 digits
-(final training loss {final:.3f}). `hessop.analysis.layerwise(H, "modules", density_steps={steps},
+(final training loss {final:.3f}). `hessop.analysis.layerwise(H, blocks="modules", density_steps={steps},
 num_probes={probes})` compares raw eigenvalues ("raw"); `hessop.spectral_distance(block, full, metric,
-scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape"). Full network: top eigenvalue {fullrow.top_eigenvalue:.3g}, trace {fullrow.trace:.3g}.
+scale="top")` compares the same densities with every spectrum divided by its top eigenvalue first ("shape").
+Full network: top eigenvalue {fullrow.top_eigenvalue:.3g}, trace {fullrow.trace:.3g}.
 
 | layer | parameters | top eigenvalue | trace | W1 (raw) | JS (raw) | W1 (shape) | JS (shape) |
 |---|---|---|---|---|---|---|---|

@@ -135,8 +135,8 @@ Does the paper's direction appear here?
 * Removing residual connections makes the deeper ResNet{deep} sharper: {say(res_deep)} (the paper: sharper).
 
 **Verdict.** This is a small-scale check, not a reproduction of their numbers: networks half as wide, depths 8 and 20
-instead of 20 to 56, 8x8 digits instead of CIFAR-10, a few hundred steps instead of full training, one seed. Curvature at a
-point that is not a converged minimum depends on how far training got, and the variants reach different
+instead of 20 to 56, 8x8 digits instead of CIFAR-10, a few hundred steps instead of full training, one seed. Curvature
+at a point that is not a converged minimum depends on how far training got, and the variants reach different
 losses (table), so differences of less than a few-fold should not be read as an effect. Where the three
 answers above agree with the paper, its direction appears at this scale; where they do not, we do not see it here.
 

@@ -132,6 +132,7 @@ def run(quick: bool = False, log=print) -> Verdict:
     rows = "\n".join(f"| {m} | {pl[m]['matvecs']} | {pl[m]['converged']}/20 | {pl[m]['stopped']} | "
                      f"{pl[m]['seconds']:.0f} |" for m in methods)
     settled = pl["power"]["settled"]
+    power_verb = "needed" if settled == 20 else f"had settled {settled} of the 20 pairs when its budget ran out at"
     found = np.asarray(pl["power"]["eigenvalues"], dtype=np.float64)
     power_top = np.sort(found[np.isfinite(found)])[::-1][:settled]  # an unfinished pair can be NaN
     agree = float(np.max(np.abs(power_top - pl["lanczos"]["eigenvalues"][:power_top.size]), initial=0.0)
@@ -142,7 +143,7 @@ def run(quick: bool = False, log=print) -> Verdict:
     bias = ("reproduced" if uniform and follows and falling else
             "partly reproduced" if uniform else "not reproduced")
     body = f"""Random PSD matrices `Q diag(λ) Qᵀ`, n = {n}, |Student-t(3)| eigenvalues with a fraction of exact zeros,
-{seeds} seeds; sketch `hessop.solvers.sketch.sketch(A, d, kind="rademacher")`. Shift of the top-{TOP}
+{seeds} seeds; sketch `hessop.solvers.sketch.sketch(A, d, method="rademacher")`. Shift of the top-{TOP}
 eigenvalues, `(sketch λ_i - λ_i) / λ_1`, mean over seeds; "spread" is the standard deviation of the shift over
 the top {TOP} divided by its mean (0 = perfectly uniform).
 
@@ -174,8 +175,9 @@ rule stops) long before it is accurate, and deflating an inaccurate vector spoil
 the true one, shifted by nearly the same amount (largest spread {spread:.2f}), and the shift
 {'tracks' if follows else 'does not track'} the tail-mass prediction `(tr A - Σ_top λ)/d` within a factor of two;
 it {'falls' if falling else 'does not fall monotonically'} as the zero fraction grows and as the sketch grows.
-Power iteration vs Lanczos: power iteration {'needed' if settled == 20 else f'had settled {settled} of the 20 pairs when its budget ran out at'} {pl['power']['matvecs']} HVPs, against
-{pl['lanczos']['matvecs']} for Lanczos ({'' if settled == 20 else 'at least '}{ratio_pl:.1f}x; the paper reports 349 vs 45, 7.8x).
+Power iteration vs Lanczos: power iteration {power_verb} {pl['power']['matvecs']} HVPs, against
+{pl['lanczos']['matvecs']} for Lanczos ({'' if settled == 20 else 'at least '}{ratio_pl:.1f}x;
+the paper reports 349 vs 45, 7.8x).
 The exact counts depend on the tolerance, the model and its training state, and the stopping rules (Lanczos:
 relative Ritz residual 1e-3 for all twenty pairs; power iteration: PyHessian's eigenvalue-change rule, which
 is looser), so only the ratio's direction and rough size are comparable.

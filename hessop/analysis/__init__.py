@@ -6,7 +6,8 @@ a typed result whose rows are dataclasses that serialise themselves
 operator (:mod:`.spectrum`), parameter blocks (:mod:`.blocks`), layer- and
 stage-wise spectra (:mod:`.layerwise`), the Gauss-Newton decomposition
 (:mod:`.gauss_newton`), curvature tracking through training (:mod:`.tracking`),
-Hessian trace regularisation (:mod:`.regularizer`, PyTorch) and the figures of
+Hessian trace regularisation (:mod:`.regularizer`, PyTorch), influence functions
+(:mod:`.influence_functions`, PyTorch) and the figures of
 all of them and of the ``hessop`` report (:mod:`.plots`). Importing this package
 does not import a framework.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "GaussNewtonResult",
     "GaussNewtonRow",
     "HessianTraceRegularizer",
+    "InfluenceResult",
     "Landscape",
     "LayerwiseResult",
     "LayerwiseRow",
@@ -33,6 +35,7 @@ __all__ = [
     "block_spectrum",
     "filter_normalized_direction",
     "gauss_newton_decomposition",
+    "influence",
     "landscape_1d",
     "landscape_2d",
     "layerwise",
@@ -54,4 +57,8 @@ def __getattr__(name: str):
         from .regularizer import HessianTraceRegularizer
 
         return HessianTraceRegularizer
+    if name in ("influence", "InfluenceResult"):  # imports torch, so only on demand
+        from . import influence_functions
+
+        return getattr(influence_functions, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,8 @@ from ..operator import restrict_names
 __all__ = ["resolve_blocks"]
 
 
-def resolve_blocks(H: Any, blocks: None | str | Mapping[str, Any] | Sequence[str] = None) -> OrderedDict[str, tuple[str, ...]]:
+def resolve_blocks(H: Any,
+                   blocks: None | str | Mapping[str, Any] | Sequence[str] = None) -> OrderedDict[str, tuple[str, ...]]:
     """``{block name: parameter names}`` in model order.
 
     ``None`` or ``"modules"``: one block per module owning parameters;

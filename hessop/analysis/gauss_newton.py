@@ -63,7 +63,8 @@ class GaussNewtonResult:
         for r in self.rows:
             lines.append("| " + " | ".join([
                 r.block, f"{r.num_params:,}", f"{r.hessian_eigenvalues[0]:.4g}", f"{r.ggn_eigenvalues[0]:.4g}",
-                f"{r.hessian_trace:.4g} ± {r.hessian_trace_stderr:.2g}", f"{r.ggn_trace:.4g} ± {r.ggn_trace_stderr:.2g}",
+                f"{r.hessian_trace:.4g} ± {r.hessian_trace_stderr:.2g}",
+                f"{r.ggn_trace:.4g} ± {r.ggn_trace_stderr:.2g}",
                 f"{r.residual_trace:.4g} ± {r.residual_trace_stderr:.2g}"]) + " |")
         return "\n".join(lines)
 

@@ -76,7 +76,9 @@ class Landscape:
         for key in ("alphas", "betas", "losses"):
             if out[key] is not None:
                 arr = np.asarray(out[key], dtype=np.float64)
-                out[key] = np.where(np.isfinite(arr), arr, None).tolist()
+                values = arr.astype(object)
+                values[~np.isfinite(arr)] = None
+                out[key] = values.tolist()
         out["direction_norms"] = list(self.direction_norms)
         out["labels"] = list(self.labels)
         return out
@@ -85,7 +87,8 @@ class Landscape:
     def from_dict(cls, d: dict) -> Landscape:
         """The landscape back from :meth:`to_dict` (None, an unreached point, becomes NaN); other keys are ignored."""
         arr = lambda v: None if v is None else np.array(v, dtype=np.float64)  # noqa: E731 - None entries: NaN
-        return cls(arr(d["alphas"]), arr(d["losses"]), float(d["center_loss"]), arr(d.get("betas")),
+        return cls(np.array(d["alphas"], dtype=np.float64), np.array(d["losses"], dtype=np.float64),
+                   float(d["center_loss"]), arr(d.get("betas")),
                    tuple(d.get("direction_norms", ())), tuple(d.get("labels", ("direction 1", "direction 2"))),
                    int(d.get("num_evaluations", 0)), bool(d.get("partial", False)))
 
@@ -128,9 +131,9 @@ def _progress(total: int, progress: bool, desc: str):
 def landscape_1d(
     H: Any,
     direction: Any,
+    *,
     radius: float = 1.0,
     num_points: int = 41,
-    *,
     label: str = "direction",
     progress: bool = False,
 ) -> Landscape:
@@ -175,9 +178,9 @@ def landscape_2d(
     H: Any,
     d1: Any,
     d2: Any,
+    *,
     radius: float = 1.0,
     num_points: int = 21,
-    *,
     labels: Sequence[str] = ("direction 1", "direction 2"),
     progress: bool = False,
 ) -> Landscape:
@@ -205,7 +208,7 @@ def landscape_2d(
     return Landscape(alphas, losses, center, alphas.copy(), (_norm(u), _norm(v)), tuple(labels)[:2], done, partial)
 
 
-def filter_normalized_direction(model_or_H: Any, seed: int = 0, *, ignore_1d: bool = True) -> Array:
+def filter_normalized_direction(model_or_H: Any, *, seed: int = 0, ignore_1d: bool = True) -> Array:
     """A random Gaussian direction rescaled filter by filter to the weights' norms (Li et al. 2018).
 
     Each filter (the slice of a weight along its first axis: a convolution's
@@ -257,7 +260,8 @@ def _filter_normalize(values: np.ndarray, shapes: list[tuple[int, ...]], gen: np
         seg = slice(start, start + size)
         start += size
         if len(shape) <= 1:
-            out[seg] = 0.0 if ignore_1d else out[seg] * np.linalg.norm(values[seg]) / max(np.linalg.norm(out[seg]), 1e-300)
+            scale = np.linalg.norm(values[seg]) / max(np.linalg.norm(out[seg]), 1e-300)
+            out[seg] = 0.0 if ignore_1d else out[seg] * scale
             continue
         w = values[seg].reshape(shape[0], -1)
         r = out[seg].reshape(shape[0], -1)

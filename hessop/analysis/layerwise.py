@@ -123,11 +123,12 @@ def _fmt(x) -> str:
 
 
 def spectral_distances(rho_a: Any, rho_b: Any, scale: str = "none") -> tuple[float, float]:
-    """Deprecated: ``(spectral_distance(a, b, "wasserstein", scale=...), spectral_distance(a, b, "jensen-shannon", ...))``."""
+    """Deprecated: the pair ``(spectral_distance(a, b, metric="wasserstein", scale=...),
+    spectral_distance(a, b, metric="jensen-shannon", scale=...))``; call ``spectral_distance`` once per metric."""
     warnings.warn("spectral_distances(a, b, scale) is spectral_distance(a, b, metric, scale=scale), one metric a call",
                   DeprecationWarning, stacklevel=2)
-    return (spectral_distance(rho_a, rho_b, "wasserstein", scale=scale),
-            spectral_distance(rho_a, rho_b, "jensen-shannon", scale=scale))
+    return (spectral_distance(rho_a, rho_b, metric="wasserstein", scale=scale),
+            spectral_distance(rho_a, rho_b, metric="jensen-shannon", scale=scale))
 
 
 def _row(name: str, b: BlockSpectrum, g: BlockSpectrum | None = None, **distances: float) -> LayerwiseRow:
@@ -140,6 +141,7 @@ def _row(name: str, b: BlockSpectrum, g: BlockSpectrum | None = None, **distance
 @renamed(groups="blocks", trace_matvecs="trace_max_matvecs")
 def layerwise(
     H: Any,
+    *,
     blocks: None | str | Mapping[str, Any] | Sequence[str] = None,
     k: int = 1,
     trace_max_matvecs: int = 60,
@@ -206,8 +208,8 @@ def layerwise(
         for name, params in tqdm(chosen.items(), disable=not progress, desc="layer-wise", unit="block"):
             b = block_spectrum(H.restrict(*params), **budgets)
             spent += b.num_matvecs
-            w1 = spectral_distance(b.density, full_rho, "wasserstein", scale=scale)
-            js = spectral_distance(b.density, full_rho, "jensen-shannon", scale=scale)
+            w1 = spectral_distance(b.density, full_rho, metric="wasserstein", scale=scale)
+            js = spectral_distance(b.density, full_rho, metric="jensen-shannon", scale=scale)
             g = None
             if ggn is not None:
                 g = block_spectrum(ggn.restrict(*params), **budgets, with_density=False)

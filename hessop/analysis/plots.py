@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import to_numpy
+from .._array import to_host
 from .results import TrackRecord
 
 __all__ = ["style", "plot_eigenvalues", "plot_density", "plot_landscape", "plot_track", "plot_layerwise", "savefig"]
@@ -73,7 +73,7 @@ def _finish(ax, title: str | None = None):
 
 
 def _host(a: Any) -> np.ndarray:
-    return np.asarray(to_numpy(a) if not isinstance(a, (list, tuple, float, int)) else a, dtype=np.float64)
+    return np.asarray(to_host(a), dtype=np.float64)
 
 
 def _gapped(values: np.ndarray, depth: float = 1e-7) -> np.ndarray:

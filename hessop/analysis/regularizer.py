@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,8 @@ def parameter_layers(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
     """The modules that own trainable parameters directly, in order, with their named parameters."""
     layers = []
     for mod_name, module in model.named_modules():
-        own = [(f"{mod_name}.{n}" if mod_name else n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        own = [(f"{mod_name}.{n}" if mod_name else n, p)
+               for n, p in module.named_parameters(recurse=False) if p.requires_grad]
         if own:
             layers.append((mod_name, own))
     return layers
@@ -98,7 +100,9 @@ class HessianTraceRegularizer:
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0; got {gamma!r}")
         if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer (apply the penalty every that many steps); got {every!r}")
+            raise ValueError(
+                f"every must be a positive integer (apply the penalty every that many steps); got {every!r}"
+            )
         if not isinstance(num_probes, int) or num_probes < 1:
             raise ValueError(f"num_probes must be a positive integer; got {num_probes!r}")
         self.model, self.gamma, self.every, self.num_probes = model, float(gamma), every, num_probes
@@ -139,7 +143,9 @@ class HessianTraceRegularizer:
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError("pass the scalar training loss (a 0-d tensor with its autograd graph) to the regulariser")
         if not loss.requires_grad:
-            raise ValueError("the loss has no autograd graph; compute it with gradients enabled (not under torch.no_grad)")
+            raise ValueError(
+                "the loss has no autograd graph; compute it with gradients enabled (not under torch.no_grad)"
+            )
         grads = torch.autograd.grad(loss, self.params, create_graph=True)
         samples = []
         for _ in range(self.num_probes):
@@ -147,13 +153,14 @@ class HessianTraceRegularizer:
                 torch.randint(0, 2, p.shape, generator=self._gen, device=p.device).to(p.dtype) * 2 - 1
                 for p in self.params
             ]
-            gv = sum((g * v).sum() for g, v in zip(grads, probes))
+            gv = cast(torch.Tensor, sum((g * v).sum() for g, v in zip(grads, probes)))
             hv = torch.autograd.grad(gv, self.params, create_graph=create_graph, retain_graph=True)
-            samples.append(sum((h * v).sum() for h, v in zip(hv, probes)))
+            samples.append(cast(torch.Tensor, sum((h * v).sum() for h, v in zip(hv, probes))))
         est = torch.stack(samples)
         value = est.mean()
         self.last_trace = float(value.detach())
-        self.last_stderr = float(est.detach().std(unbiased=True) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+        spread = est.detach().std(unbiased=True) if len(samples) > 1 else math.nan
+        self.last_stderr = float(spread / math.sqrt(len(samples)))
         return value
 
     def __call__(self, loss: torch.Tensor, step: int) -> torch.Tensor:

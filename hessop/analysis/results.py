@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["LayerwiseRow", "GaussNewtonRow", "TrackRecord"]
 
@@ -39,7 +39,7 @@ class _Row:
     def to_dict(self) -> dict:
         """The row as a JSON-ready dict."""
         out = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(cast(Any, self)):
             value = getattr(self, f.name)
             if value is None and f.name in self._OPTIONAL:
                 continue
@@ -49,7 +49,7 @@ class _Row:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
         """The row back from :meth:`to_dict` (unknown keys are an error: not a row of this kind)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cast(Any, cls))}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown fields {unknown}; is this a saved {cls.__name__}?")
@@ -138,7 +138,8 @@ class GaussNewtonRow(_Row):
     _OPTIONAL = ("hessian_negative_mass", "ggn_negative_mass")
 
 
-def _finite(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
     if x is None:
         return None
     x = float(x)
@@ -191,7 +192,7 @@ class TrackRecord(_Row):
     def to_dict(self) -> dict:
         """The line of the tracking file: the counter under its unit's name, the loop's numbers, the measurement."""
         out: dict[str, Any] = {self.unit: int(self.step), "unit": self.unit, "time": self.time}
-        out.update({k: (_finite(v) if isinstance(v, float) else v) for k, v in self.extra.items()})
+        out.update({k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in self.extra.items()})
         for name in self._MEASURED:
             value = getattr(self, name)
             if value is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import to_numpy
+from .._array import host_floats
 from .._renamed import renamed
 from ..solvers import SpectralDensity, density, eigsh, trace
 
@@ -47,7 +47,7 @@ class BlockSpectrum:
 
 
 @renamed(trace_matvecs="trace_max_matvecs")
-def block_spectrum(H: Any, k: int = 1, trace_max_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
+def block_spectrum(H: Any, k: int = 1, *, trace_max_matvecs: int = 60, density_steps: int = 60, num_probes: int = 2,
                    seed: int = 0, trace_method: str = "xtrace", with_density: bool = True,
                    with_trace: bool = True) -> BlockSpectrum:
     """The top ``k`` eigenvalues, the trace (with stderr) and optionally the SLQ density of ``H``.
@@ -85,10 +85,10 @@ def density_to_dict(rho: Any) -> dict:
     (The natural home of this pair is ``SpectralDensity.to_dict``/``from_dict``.)
     """
     return {
-        "grid": _floats(rho.grid),
-        "values": _floats(rho.values),
-        "nodes": _floats(rho.nodes),
-        "weights": _floats(rho.weights),
+        "grid": host_floats(rho.grid),
+        "values": host_floats(rho.values),
+        "nodes": host_floats(rho.nodes),
+        "weights": host_floats(rho.weights),
         "sigma": float(rho.sigma),
         "n": int(rho.n),
         "num_matvecs": int(rho.num_matvecs),
@@ -103,7 +103,3 @@ def density_from_dict(d: dict) -> SpectralDensity:
         nodes, weights = nodes[None, :], weights[None, :]
     return SpectralDensity(nodes, weights, int(d.get("n", 0)), float(d["sigma"]), arr("grid"), arr("values"),
                            int(d.get("num_matvecs", 0)))
-
-
-def _floats(a: Any) -> list:
-    return np.asarray(to_numpy(a), dtype=np.float64).tolist()

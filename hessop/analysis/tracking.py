@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,17 +26,12 @@ import numpy as np
 
 from .._renamed import renamed
 from . import plots
-from .results import TrackRecord
+from .results import TrackRecord, finite_or_none
 from .spectrum import block_spectrum
 
 __all__ = ["CurvatureTracker", "TrackRecord", "read_track", "plot_track"]
 
 UNITS = ("step", "epoch")
-
-
-def _finite(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 class CurvatureTracker:
@@ -93,6 +87,7 @@ class CurvatureTracker:
         self,
         make_operator: Callable[[], Any],
         path: str | os.PathLike = "track.jsonl",
+        *,
         every: int = 100,
         unit: str = "step",
         k: int = 1,
@@ -134,10 +129,10 @@ class CurvatureTracker:
         measured: dict[str, Any] = {}
         if self.k:
             measured["top_eigenvalues"] = b.eigenvalues[: self.k]
-            measured["residual_norms"] = [_finite(v) for v in b.residual_norms[: self.k]]
+            measured["residual_norms"] = [finite_or_none(v) for v in b.residual_norms[: self.k]]
             measured["converged"] = b.converged
         if self.trace:
-            measured["trace"], measured["trace_stderr"] = _finite(b.trace), _finite(b.trace_stderr)
+            measured["trace"], measured["trace_stderr"] = finite_or_none(b.trace), finite_or_none(b.trace_stderr)
         if self.density:
             rho = b.density
             measured["density"] = {

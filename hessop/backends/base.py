@@ -19,7 +19,12 @@ Data rules (every backend; stated here once)
 * **Batch weights.** A batch's weight ``w_b`` is the number of loss terms its
   mean is over: ``weight_fn(batch)`` when given (e.g. the non-padding tokens of
   a language-model batch), else a framework default (samples, or non-ignored
-  targets: each backend says which). Batches of weight zero add nothing.
+  targets: each backend says which). A default must equal what the loss's mean
+  divides by wherever the backend can know it: the PyTorch backend counts a
+  target's elements (what torch's mean losses divide by; the samples where
+  every batch's target has the same shape beyond the first dimension) and warns
+  when batches of a loss given as a function differ there, since a function may
+  average otherwise. Batches of weight zero add nothing.
 * **The mean over everything.** For a loss with ``reduction="mean"`` each
   batch's product is weighted by its weight (``Σ_b w_b · C_b v``) and
   :attr:`Backend.local_count` is ``Σ_b w_b``; the operator divides the sum over

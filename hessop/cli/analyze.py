@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ def analyze(args: Any) -> int:
     steps, budget = chosen_steps(args)  # the options alone, alike on every process: before any collective
     device = torch_device(args.device)
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}; "
-                         "give the path of a file saved with torch.save")
+        raise UsageError(
+            f"--checkpoint: no such file {args.checkpoint!r}; give the path of a file saved with torch.save"
+        )
     comm = communicator(args.comm)
     prepare(args, comm)
 
@@ -64,6 +66,16 @@ def _call(factory: Any, flag: str, comm: Any) -> Any:
         ) from exc
 
 
+def cli_advice(message: str) -> str:
+    """A library message with its advice to pass ``check_determinism=False`` (a keyword the command line
+    does not offer: it always checks) replaced by what to change in the factories."""
+    if "check_determinism=False" not in message:
+        return message
+    message = re.sub(r"[,.]? (?:or )?[Pp]ass check_determinism=False[^;]*", "", message).rstrip(". ")
+    return (message + "; the command line always checks that the Hessian is a fixed matrix, so have the --data "
+            "factory return the same batches on every pass and the --model factory a model in eval mode")
+
+
 def refuse_sharded(model: Any) -> None:
     """A model whose parameters are split across processes (FSDP2) is refused: the command line keeps,
     broadcasts and resumes whole weights and whole eigenvectors, which such a model does not have."""
@@ -82,7 +94,7 @@ def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: An
         H = hessian(model, loss_fn, data, comm=session.comm)
         loss = H.loss()
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise UsageError(f"the model cannot be evaluated on the data: {exc}") from exc
+        raise UsageError(f"the model cannot be evaluated on the data: {cli_advice(str(exc))}") from exc
     session.info.update({
         "model": f"{session.config['model']} ({type(model).__name__})",
         "data": session.config["data"],

@@ -18,7 +18,7 @@ from .loading import share
 from .run import RunState
 from .session import Runner, Session, chosen_steps, communicator, prepare, run, torch_dtype
 
-DEMO = {
+DEMO: dict[str, dict[str, Any]] = {
     "full": {"hidden": (64, 64), "num_train": None, "epochs": 20},
     "small": {"hidden": (8,), "num_train": 200, "epochs": 3},
 }
@@ -28,7 +28,7 @@ HESSIAN_BATCH = 512
 """Batch size of the Hessian-vector products over the training split (any size gives the same matrix)."""
 
 
-LM_DEMO = {
+LM_DEMO: dict[str, dict[str, Any]] = {
     "full": {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 64, "train_steps": 400,
              "hessian_batches": 4, "hessian_batch_size": 8, "text_chars": 200_000},
     "small": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16, "train_steps": 20,

@@ -70,7 +70,8 @@ class CharData:
         y = torch.stack([ids[s + 1:s + length + 1] for s in starts])
         return x, y
 
-    def batches(self, num_batches: int, batch_size: int, length: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, num_batches: int, batch_size: int, length: int,
+                seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed list of ``(x, y)`` training batches (the data of the Hessian)."""
         x, y = self.windows(num_batches * batch_size, length, seed)
         return list(zip(x.split(batch_size), y.split(batch_size)))

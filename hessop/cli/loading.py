@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ def load_object(spec: str, flag: str) -> Callable:
             raise UsageError(f"{flag}: module {module_name!r} has no attribute {attr!r}; check the name after ':'")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise UsageError(f"{flag}: {spec!r} is a {type(obj).__name__}, not a callable factory; name a function or class")
+        raise UsageError(
+            f"{flag}: {spec!r} is a {type(obj).__name__}, not a callable factory; name a function or class"
+        )
     return obj
 
 
@@ -61,6 +63,8 @@ def _load_file(path: Path, flag: str):
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{flag}: cannot import {str(path)!r} as a Python module; give a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -81,7 +85,7 @@ def _what(exc: BaseException) -> str:
 def call_factory(factory: Callable, **context: Any) -> Any:
     """Call ``factory``, passing those of ``context`` (e.g. ``rank``, ``size``) it declares."""
     try:
-        params = inspect.signature(factory).parameters
+        params: Mapping[str, Any] = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
     kwargs = {k: v for k, v in context.items() if k in params}
@@ -101,14 +105,18 @@ def as_model_and_loss(obj: Any, flag: str = "--model") -> tuple[Any, Any]:
         model, loss_fn = obj, None
     if not isinstance(model, torch.nn.Module):
         raise UsageError(
-            f"{flag}: the factory returned a {type(model).__name__}; return a torch.nn.Module or a (module, loss_fn) pair"
+            f"{flag}: the factory returned a {type(model).__name__}; "
+            "return a torch.nn.Module or a (module, loss_fn) pair"
         )
     if loss_fn is None:
         loss_fn = torch.nn.CrossEntropyLoss()
     if not callable(loss_fn):
-        raise UsageError(f"{flag}: the loss returned with the model is a {type(loss_fn).__name__}, not a callable loss_fn(output, target)")
+        raise UsageError(f"{flag}: the loss returned with the model is a {type(loss_fn).__name__}, "
+                         "not a callable loss_fn(output, target)")
     if not any(p.requires_grad for p in model.parameters()):
-        raise UsageError(f"{flag}: the model has no trainable parameters; return a module with parameters that require grad")
+        raise UsageError(
+            f"{flag}: the model has no trainable parameters; return a module with parameters that require grad"
+        )
     return model, loss_fn
 
 
@@ -123,7 +131,8 @@ def check_data(data: Any, flag: str = "--data") -> Any:
             raise UsageError(f"{flag}: the factory returned an empty list; return at least one (inputs, targets) batch")
         bad = next((i for i, b in enumerate(data) if not _is_batch(b)), None)
         if bad is not None:
-            raise UsageError(f"{flag}: item {bad} of the returned list is a {type(data[bad]).__name__}, not an (inputs, targets) pair")
+            raise UsageError(f"{flag}: item {bad} of the returned list is a {type(data[bad]).__name__}, "
+                             "not an (inputs, targets) pair")
         return data
     if isinstance(data, torch.utils.data.DataLoader) or (hasattr(data, "__iter__") and iter(data) is not data):
         return data
@@ -183,10 +192,13 @@ def load_checkpoint(model: Any, path: str, device: str) -> None:
                 state = obj[key]
                 break
     if not isinstance(state, dict):
-        raise UsageError(f"--checkpoint: {path!r} holds a {type(state).__name__}, not a state dict; save model.state_dict()")
+        raise UsageError(
+            f"--checkpoint: {path!r} holds a {type(state).__name__}, not a state dict; save model.state_dict()"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        raise UsageError(f"--checkpoint: {path!r} does not fit the model ({detail}); check that --model builds the same architecture") from exc
+        raise UsageError(f"--checkpoint: {path!r} does not fit the model ({detail}); "
+                         "check that --model builds the same architecture") from exc

@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", help="train a small MLP on scikit-learn's digits and report its Hessian's spectrum",
-        description=_wrap("Train a small MLP on scikit-learn's handwritten digits (no download) for a few seconds, then "
-        "compute the top eigenvalues, the trace, the spectral density, loss landscapes and a layer-wise table."),
+        description=_wrap("Train a small MLP on scikit-learn's handwritten digits (no download) for a few "
+                          "seconds, then compute the top eigenvalues, the trace, the spectral density, loss "
+                          "landscapes and a layer-wise table."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--task", choices=("digits", "lm"), default="digits",
@@ -85,7 +86,8 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threa
                      help="torch CPU threads (default: " + ("1, the demo's model is too small to gain from more"
                                                             if default_threads else "torch's own") + ")")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping finished steps")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out, skipping finished steps")
     run.add_argument("--comm", choices=("auto", "serial", "mpi"), default="auto",
                      help="processes: auto uses MPI when launched by mpiexec (default: auto)")
     show = p.add_argument_group("output")

@@ -137,6 +137,10 @@ def _eigen(res: dict, fig: str | None) -> Section:
         f"Thick-restart Lanczos, {res['num_matvecs']} Hessian-vector products (stopped: {res['stopped']}). "
         "The relative residual ‖Hv − λv‖ / max(|λ|, ‖H‖) is each pair's backward error."
     )
+    if res.get("requested"):
+        s.text.append(f"{res['requested']} eigenvalues were asked for (--eig), but the model has only "
+                      f"{len(res['eigenvalues']) + 1} parameters: these are its {len(res['eigenvalues'])} largest, "
+                      "all but the smallest (for every eigenvalue, compute H.to_dense() and numpy.linalg.eigvalsh).")
     for i, (lam, r, c) in enumerate(zip(res["eigenvalues"], res["residual_norms"], res["converged"]), start=1):
         s.rows.append([str(i), fmt(lam, 6), fmt(r, 2), fmt(bool(c))])
     return s
@@ -145,7 +149,8 @@ def _eigen(res: dict, fig: str | None) -> Section:
 def _trace(res: dict, fig: str | None) -> Section:
     s = Section(TITLES["trace"], header=["estimate", "standard error", "mean eigenvalue", "products"])
     s.text.append(
-        f"Stochastic trace estimation ({res['method']}, {'converged to' if res['converged'] else 'stopped at the budget before'} "
+        f"Stochastic trace estimation ({res['method']}, "
+        f"{'converged to' if res['converged'] else 'stopped at the budget before'} "
         "the requested relative standard error); the standard error is the estimator's own."
     )
     if res.get("calibrated") is False:
@@ -172,21 +177,24 @@ def _line(res: dict, fig: str | None) -> Section:
         "dashed: the quadratic model L₀ + α gᵀv + ½λα²."
     )
     for c in res["curves"]:
-        s.rows.append([c["direction"], fmt(c["eigenvalue"]), fmt(c["slope"], 3), f"{fmt(c['losses'][0])} / {fmt(c['losses'][-1])}"])
+        ends = f"{fmt(c['losses'][0])} / {fmt(c['losses'][-1])}"
+        s.rows.append([c["direction"], fmt(c["eigenvalue"]), fmt(c["slope"], 3), ends])
     return s
 
 
 def _plane(res: dict, fig: str | None) -> Section:
     s = Section(TITLES["landscape_2d"], figure=fig)
     s.text.append(
-        f"Loss at θ + αv₁ + βv₂ on a {len(res['alphas'])} × {len(res['betas'])} grid, |α|, |β| ≤ {fmt(res['radius'], 3)}; "
+        f"Loss at θ + αv₁ + βv₂ on a {len(res['alphas'])} × {len(res['betas'])} grid, "
+        f"|α|, |β| ≤ {fmt(res['radius'], 3)}; "
         f"loss at the centre {fmt(res['center_loss'])}."
     )
     return s
 
 
 def _layers(res: dict, fig: str | None) -> Section:
-    cols = ["block", "num_params", "top_eigenvalue", "trace", "trace_stderr", "wasserstein_to_full", "jensen_shannon_to_full"]
+    cols = ["block", "num_params", "top_eigenvalue", "trace", "trace_stderr", "wasserstein_to_full",
+            "jensen_shannon_to_full"]
     extra = [k for k in ("ggn_top_eigenvalue", "ggn_trace") if res["rows"] and k in res["rows"][0]]
     s = Section(TITLES["layerwise"], figure=fig, header=[c.replace("_", " ") for c in cols + extra])
     s.text.append(
@@ -199,7 +207,8 @@ def _layers(res: dict, fig: str | None) -> Section:
     return s
 
 
-_SECTION = {"eigenvalues": _eigen, "trace": _trace, "density": _density, "landscape_1d": _line, "landscape_2d": _plane, "layerwise": _layers}
+_SECTION = {"eigenvalues": _eigen, "trace": _trace, "density": _density, "landscape_1d": _line,
+            "landscape_2d": _plane, "layerwise": _layers}
 
 
 def _banner(doc: dict) -> str | None:
@@ -229,11 +238,15 @@ def to_markdown(doc: dict, sections: list[Section]) -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1b1b;line-height:1.45}
-h1{font-size:1.6rem;border-bottom:2px solid #1f4e79;padding-bottom:.3rem}h2{font-size:1.2rem;margin-top:2rem;color:#1f4e79}
-table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}th,td{border-bottom:1px solid #ddd;padding:.25rem .7rem;text-align:right}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:60rem;margin:2rem auto;
+padding:0 1rem;color:#1b1b1b;line-height:1.45}
+h1{font-size:1.6rem;border-bottom:2px solid #1f4e79;padding-bottom:.3rem}
+h2{font-size:1.2rem;margin-top:2rem;color:#1f4e79}
+table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}
+th,td{border-bottom:1px solid #ddd;padding:.25rem .7rem;text-align:right}
 th{background:#f3f6fa}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.8rem 0}
-.banner{background:#fff3cd;border:1px solid #e0b100;padding:.6rem 1rem;border-radius:4px}footer{margin-top:3rem;color:#666;font-size:.8rem}
+.banner{background:#fff3cd;border:1px solid #e0b100;padding:.6rem 1rem;border-radius:4px}
+footer{margin-top:3rem;color:#666;font-size:.8rem}
 """
 
 
@@ -241,7 +254,8 @@ def to_html(doc: dict, sections: list[Section], out: Path) -> str:
     """The report as one HTML file with its figures embedded (no file beside it is needed)."""
     e = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             "<title>hessop curvature report</title>", f"<style>{CSS}</style></head><body>", "<h1>hessop curvature report</h1>"]
+             "<title>hessop curvature report</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>hessop curvature report</h1>"]
     if (b := _banner(doc)) is not None:
         parts.append(f"<p class='banner'><strong>{e(b)}</strong></p>")
     for s in sections:
@@ -254,5 +268,6 @@ def to_html(doc: dict, sections: list[Section], out: Path) -> str:
         if s.figure:
             data = base64.b64encode((out / s.figure).read_bytes()).decode("ascii")
             parts.append(f"<img alt='{e(s.title)}' src='data:image/png;base64,{data}'>")
-    parts.append(f"<footer><code>{e(doc['info'].get('command', ''))}</code> · {e(doc['created'])}</footer></body></html>")
+    command = e(doc["info"].get("command", ""))
+    parts.append(f"<footer><code>{command}</code> · {e(doc['created'])}</footer></body></html>")
     return "\n".join(parts)

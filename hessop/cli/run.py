@@ -69,7 +69,8 @@ class RunLock:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"--out {str(out)!r}: cannot create the report folder ({exc.strerror}); choose another") from exc
+            raise UsageError(f"--out {str(out)!r}: cannot create the report folder ({exc.strerror}); "
+                             "choose another") from exc
         path = out / LOCK_FILE
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}
@@ -159,6 +160,9 @@ class RunState:
     def start(cls, out: Path, config: dict, resume: bool, writer: bool = True) -> RunState:
         """A fresh state, or the saved one when ``resume`` (which must have the same configuration)."""
         path = Path(out) / STATE_FILE
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{str(path)!r} is a {'directory' if path.is_dir() else 'special file'}, where hessop "
+                             f"keeps the run's state; move it away or choose another --out")
         if not resume:
             if writer and path.exists():
                 path.unlink()  # a new run in an old folder: start clean
@@ -243,7 +247,8 @@ class RunState:
 
 def damaged(path: Path, what: str) -> UsageError:
     """The error for a saved file that cannot be used: names it and says what to do."""
-    return UsageError(f"--resume: {path} is damaged ({what}); delete the folder {str(path.parent if path.name == STATE_FILE else path.parent.parent)!r} "
+    folder = path.parent if path.name == STATE_FILE else path.parent.parent
+    return UsageError(f"--resume: {path} is damaged ({what}); delete the folder {str(folder)!r} "
                       "and run again without --resume")
 
 
@@ -253,12 +258,26 @@ def _read_state(path: Path) -> dict:
         saved = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise damaged(path, f"not JSON text: {type(exc).__name__}") from exc
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not isinstance(saved.get("steps", {}), dict):
+    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
+            and isinstance(saved.get("steps", {}), dict)):
         raise damaged(path, "not the JSON object with 'config' and 'steps' that hessop writes")
     for name, step in saved.get("steps", {}).items():
         if not isinstance(step, dict) or (step.get("status") == "done" and not isinstance(step.get("result"), dict)):
             raise damaged(path, f"step {name!r} is marked done but holds no result")
+        if step.get("status") == "done":
+            step["result"] = SavedResult(step["result"], path, name)
     return saved
+
+
+class SavedResult(dict):
+    """A finished step's result read from ``state.json``: a key it lost is :func:`damaged`, not a ``KeyError``."""
+
+    def __init__(self, result: dict, path: Path, step: str):
+        super().__init__(result)
+        self.path, self.step = path, step
+
+    def __missing__(self, key: str) -> Any:
+        raise damaged(self.path, f"step {self.step!r} is marked done but its result lost {key!r}")
 
 
 def _differences(saved: dict, now: dict) -> str:

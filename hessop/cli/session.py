@@ -15,6 +15,7 @@ Whatever happens, the report is written from the steps that did finish, marked
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -226,7 +227,8 @@ def execute(
         ``status`` is ``"complete"``, ``"partial"`` (interrupted) or ``"failed"``;
         ``exception`` is what stopped the run (``None`` when complete).
     """
-    status, error, code, failure = "complete", None, EXIT_OK, None
+    status, error, code = "complete", None, EXIT_OK
+    failure: BaseException | None = None
     try:
         with Runner(state, total, progress) as runner:
             body(runner)
@@ -265,7 +267,7 @@ def run(session: Session, setup: Callable[[Runner, RunState], Any]) -> int:
         H = setup(runner, state)
         for name in session.steps:
             seed = step_seed(args.seed, name)
-            runner.step(name, lambda name=name, seed=seed: STEPS[name](H, session.budget, seed, state, session.progress))
+            runner.step(name, functools.partial(STEPS[name], H, session.budget, seed, state, session.progress))
 
     def report(st: RunState, status: str, error: str | None) -> None:
         if session.writer:
@@ -295,4 +297,5 @@ def _announce(session: Session, status: str, error: str | None) -> None:
             headline.append(f"top eigenvalue {steps['eigenvalues']['eigenvalues'][0]:.4g}")
         if "trace" in steps:
             headline.append(f"trace {steps['trace']['trace']:.4g} ± {steps['trace']['stderr']:.2g}")
-        print(f"hessop: {status} report in {where}" + (f" ({', '.join(headline)})" if headline else ""), file=sys.stderr)
+        summary = f" ({', '.join(headline)})" if headline else ""
+        print(f"hessop: {status} report in {where}{summary}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 A step takes the Hessian operator and the run's settings and returns a
 JSON-able dict of numbers (and their quality: residuals, standard errors,
-product counts): the result's own ``to_dict()`` where it has one. Arrays a later step needs (the eigenvectors the landscapes
-follow) are kept in the run state, so a resumed run continues exactly where
+product counts): the result's own ``to_dict()`` where it has one. Arrays a later step needs (the
+eigenvectors the landscapes follow) are kept in the run state, so a resumed run continues exactly where
 it stopped. Each step draws its random numbers from its own seed, derived
 from the run's seed and the step's name, so skipping finished steps does not
 change the numbers of the others.
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import from_numpy, to_numpy
+from .._array import from_numpy, host_floats, to_numpy
 from ..analysis.landscape import landscape_1d as line
 from ..analysis.landscape import landscape_2d as plane
 from ..analysis.layerwise import layerwise as per_block
@@ -85,13 +85,16 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
     k = min(budget.k, H.shape[0] - 1)
     r = eigsh(H, k=k, which="LA", tol=budget.eig_tol, seed=seed, progress=progress)
     state.save_array("eigenvectors", to_numpy(r.eigenvectors))
-    return {
-        "eigenvalues": _floats(r.eigenvalues),
-        "residual_norms": _floats(r.residual_norms),
+    out = {
+        "eigenvalues": host_floats(r.eigenvalues),
+        "residual_norms": host_floats(r.residual_norms),
         "converged": [bool(c) for c in np.asarray(r.converged).reshape(-1)],
         "stopped": r.stopped,
         "num_matvecs": int(r.num_matvecs),
     }
+    if budget.k > k:  # more than the model has: the report says what was computed instead
+        out["requested"] = int(budget.k)
+    return out
 
 
 def trace(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) -> dict:
@@ -124,15 +127,12 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
     }
 
 
-def _floats(a: Any) -> list:
-    return np.asarray(to_numpy(a), dtype=np.float64).tolist()
-
-
 def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:
     vecs = state.load_array("eigenvectors", rows=H.shape[0])
     vals = state.result("eigenvalues")["eigenvalues"]
     if vecs.shape[1] < count:
-        raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; use --eig 2 or more")
+        raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; "
+                         "use --eig 2 or more")
     native = [from_numpy(vecs[:, i], H.xp, H.device, H.native_dtype) for i in range(count)]
     return native, vals[:count]
 
@@ -152,7 +152,8 @@ def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
     curves = []
     for i, (d, lam) in enumerate(zip(dirs, vals), start=1):
         ls = line(H, d, radius=radius, num_points=budget.points_1d, label=f"v{i}", progress=progress)
-        curves.append({**ls.to_dict(), "direction": f"v{i}", "eigenvalue": float(lam), "slope": float(xp.sum(grad * d))})
+        curves.append({**ls.to_dict(), "direction": f"v{i}", "eigenvalue": float(lam),
+                       "slope": float(xp.sum(grad * d))})
     return {"radius": radius, "center_loss": float(ls.center_loss), "curves": curves}
 
 

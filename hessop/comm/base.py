@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, to_numpy
+from .._array import Array, to_host
 
 _MARK = "hessop_collective"
 
@@ -61,7 +61,7 @@ def checksum(value: Any) -> np.ndarray:
     The position-weighted sum (fixed weights ``wᵢ = sin(0.75 i + 0.5)``) makes a
     permutation of the entries visible, which the plain moments would miss.
     """
-    a = _host(value).ravel()
+    a = to_host(value).ravel()
     out = np.zeros(5)
     out[0] = a.size
     step = 1 << 20  # chunks keep the float64 temporaries small for large models
@@ -73,15 +73,6 @@ def checksum(value: Any) -> np.ndarray:
         w = np.sin(0.75 * np.arange(start, start + x.size) + 0.5)
         out[1:] += bad.sum(), x.sum(), x @ x, x @ w
     return out
-
-
-def _host(value: Any) -> np.ndarray:
-    if not hasattr(value, "shape"):
-        return np.asarray(value)
-    try:
-        return to_numpy(value)
-    except TypeError:  # torch bfloat16 has no numpy twin
-        return to_numpy(value.float())
 
 
 def check_agree(comm: Communicator, value: Any, what: str = "value", *, rtol: float = 0.0,
@@ -171,13 +162,8 @@ class Communicator(abc.ABC):
         table[self.rank] = x.ravel()
         return np.asarray(self.allreduce(table), dtype=np.float64).max(axis=0).reshape(x.shape)
 
-    def check_agree(self, value: Any, what: str = "value", *, rtol: float = 0.0, hint: str = "") -> None:
-        """Raise :class:`RankDisagreementError` on every rank if ``value`` differs across ranks.
-
-        See :func:`check_agree`: one pass over ``value`` and one 10-float
-        :meth:`allreduce_max`; free with one process.
-        """
-        check_agree(self, value, what, rtol=rtol, hint=hint)
+    check_agree = check_agree
+    """``comm.check_agree(value, what, rtol=..., hint=...)``: the module's :func:`check_agree` as a method."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"

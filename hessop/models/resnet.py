@@ -30,6 +30,7 @@ with ``conv1``, ``bn1``, ``conv2``, ``bn2``) and ``head``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +147,7 @@ class ResNet(nn.Module):
     @property
     def stages(self) -> list[nn.Sequential]:
         """The three stages, in order."""
-        return [self.stage1, self.stage2, self.stage3]
+        return [cast(nn.Sequential, s) for s in (self.stage1, self.stage2, self.stage3)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -97,6 +98,6 @@ def random_batches(
         if out_features is not None:
             y = torch.randn((b, out_features), generator=gen, dtype=dtype)
         else:
-            y = torch.randint(0, num_classes, (b,), generator=gen)
+            y = torch.randint(0, cast(int, num_classes), (b,), generator=gen)
         out.append((x, y))
     return out

@@ -71,6 +71,7 @@ class LinearMap:
     device: Any = None
     num_matvecs: int = field(default=0)
     split: RowSplit | None = None
+    source: Any = None  # the operator wrapped, whose products may carry an error (product_error)
 
     def __call__(self, V: Array) -> Array:
         """``A @ V`` for ``V`` of shape ``(rows,)`` or ``(rows, k)``; counts ``k`` products."""
@@ -188,6 +189,11 @@ class LinearMap:
         return Ql @ self.small(Qs[comm.rank * k:comm.rank * k + j]), self.small(R)
 
     @property
+    def product_error(self) -> float:
+        """The products' own relative error (``A.product_error``, e.g. finite differences; 0 for exact ones)."""
+        return float(getattr(self.source, "product_error", None) or 0.0)
+
+    @property
     def eps(self) -> float:
         """Machine epsilon of the vectors' dtype."""
         return float(np.finfo(numpy_dtype(self.xp, self.dtype)).eps)
@@ -218,8 +224,8 @@ def _wrap(A: Any) -> LinearMap:
         if _half(native):  # vectors in float32, each product in the operator's own precision
             apply = A.apply
             return LinearMap(lambda V: xp.astype(apply(xp.astype(V, native)), xp.float32), int(A.shape[0]), xp,
-                             xp.float32, A.device, split=split)
-        return LinearMap(A.apply, int(A.shape[0]), xp, native, A.device, split=split)
+                             xp.float32, A.device, split=split, source=A)
+        return LinearMap(A.apply, int(A.shape[0]), xp, native, A.device, split=split, source=A)
     if array_api_compat.is_array_api_obj(A):
         _square(A.shape)
         _real(A.dtype)

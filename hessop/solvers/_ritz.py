@@ -32,8 +32,10 @@ class EigshResult:
     residual_norms : numpy.ndarray
         ``||A x - λ x|| / max(|λ|, ||A||_est)`` (host float64), the normwise
         backward error of each pair; ``||A||_est`` is the largest ``|Ritz value|`` seen.
-        Estimated from the Krylov relation (no extra products) and never reported
-        below the vectors' machine epsilon, the accuracy rounding lets a pair attain.
+        Recomputed from the returned pairs with one product of the ``k`` eigenvectors
+        (reserved in the budget; :mod:`.verify`), never reported below the vectors'
+        machine epsilon nor below the operator's ``product_error`` (finite-difference
+        products). A run interrupted by Ctrl-C keeps the Krylov relation's estimates.
     converged : numpy.ndarray
         ``residual_norms <= tol`` (bool), and, for every method but ``"power"``, the result
         certified complete: no copy of a wanted eigenvalue missed (:mod:`.certify`). A
@@ -156,14 +158,31 @@ class Control:
         scale = np.maximum(np.abs(theta), self.anorm)
         rel = np.where(scale > 0, res / np.where(scale > 0, scale, 1.0), np.where(res > 0, np.inf, 0.0))
         # The Krylov relation's estimate keeps shrinking past what rounding lets a computed
-        # pair attain; never claim better than the vectors' machine epsilon.
-        return np.maximum(rel, self.lm.eps)
+        # pair attain; never claim better than the vectors' machine epsilon, nor than the products' own error.
+        return np.maximum(rel, max(self.lm.eps, self.lm.product_error))
 
     def snapshot(self, theta: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int) -> Snapshot:
         """The :class:`Snapshot` of ``θ`` (ascending) with eigenvectors ``Y`` of the projected matrix of the
         first ``m`` basis vectors and absolute residuals ``res`` of every pair."""
         sel = wanted(theta, self.k, self.which)
         return Snapshot(m, theta, sel, Y, self.relative(theta, theta[sel], res[sel]), np.asarray(res))
+
+    def judge(self, theta: np.ndarray, sel: np.ndarray, Y: np.ndarray, res: np.ndarray, m: int, restarts: int,
+              exhausted: bool) -> tuple[Snapshot, str | None]:
+        """The :class:`Snapshot` of a Rayleigh-Ritz step over ``m`` basis vectors and why the run stops there.
+
+        ``"converged"`` (every wanted pair below ``tol``), ``"exhausted"`` (the basis spans the
+        whole space), ``"callback"`` (the callback asked to stop, see :meth:`report`), or None to go on.
+        The shared tail of every restarted Krylov method's step.
+        """
+        snap = self.snapshot(theta, Y, res, m)
+        if sel.size == self.k and bool(np.all(snap.rel <= self.tol)):
+            return snap, "converged"
+        if exhausted:
+            return snap, "exhausted"
+        if self.report(theta[sel], snap.rel, restarts):
+            return snap, "callback"
+        return snap, None
 
     def report(self, theta: np.ndarray, rel: np.ndarray, restarts: int, stage: str = "") -> bool:
         """Update the progress bar and ask the callback; True means stop.

@@ -87,14 +87,9 @@ def block_lanczos(lm: LinearMap, control: Control, *, ncv: int | None = None, v0
             anorm = max(anorm, control.anorm, float(np.linalg.norm(h, 2)))
             P, B = _next_block(lm, Q[:, :m], W, b, anorm, gen)
             theta, sel, Y, res = rayleigh_ritz(H[:m, :m], B, k, which)
-            snap = control.snapshot(theta, Y, res, m)
-            rel = snap.rel
-            done = sel.size == k and bool(np.all(rel <= tol))
-            if done or m >= n:
-                stopped = "converged" if done else "exhausted"
-                break
-            if control.report(theta[sel], rel, restarts):
-                stopped = "callback"
+            snap, why = control.judge(theta, sel, Y, res, m, restarts, exhausted=m >= n)
+            if why is not None:
+                stopped = why
                 break
     except KeyboardInterrupt:
         stopped = "interrupt"

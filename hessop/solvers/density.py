@@ -166,7 +166,7 @@ class SpectralDensity:
         return ax
 
 
-def density(A: Any, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sigma: float | None = None,
+def density(A: Any, *, num_probes: int = 4, num_steps: int = 90, seed: int = 0, sigma: float | None = None,
             grid=None, comm: Any = None, progress: bool = False, check_symmetric: bool = True) -> SpectralDensity:
     """Estimate the spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -288,7 +288,7 @@ def _smooth(nodes: np.ndarray, weights: np.ndarray, t: np.ndarray, sigma: float)
     return out.reshape(t.shape)
 
 
-def spectral_distance(a, b, metric: str = "wasserstein", sigma: float | None = None, scale: str = "none") -> float:
+def spectral_distance(a, b, *, metric: str = "wasserstein", sigma: float | None = None, scale: str = "none") -> float:
     """A distance between two spectral densities (or a density and exact eigenvalues).
 
     Parameters

@@ -86,7 +86,7 @@ class DiagonalResult:
 
 
 @renamed(num_matvecs="max_matvecs")
-def diagonal(A: Any, method: str = "xdiag", max_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
+def diagonal(A: Any, *, method: str = "xdiag", max_matvecs: int = 60, probe: str = "rademacher", seed: int = 0,
              comm: Any = None, check_symmetric: bool = True, progress: bool = False,
              block_size: int = 16) -> DiagonalResult:
     """Estimate the diagonal of a symmetric operator from products with random vectors.

@@ -37,6 +37,7 @@ from .certify import certified
 from .lanczos import lanczos_eigsh
 from .power import power_iteration
 from .thick_restart import thick_restart_lanczos
+from .verify import reserve, verified
 
 __all__ = ["eigsh", "EigshResult", "EigshState"]
 
@@ -55,6 +56,7 @@ FLOOR_EPS = 100.0
 def eigsh(
     A: Any,
     k: int = 6,
+    *,
     which: str = "LA",
     method: str = "thick-restart",
     tol: float | None = None,
@@ -156,10 +158,12 @@ def eigsh(
     if which not in WHICH:
         raise ValueError(f"unknown which {which!r}; choose one of {', '.join(map(repr, WHICH))}")
     if method == "power" and which == "BE":
-        raise ValueError("method='power' finds one end at a time; use which='LM', 'LA' or 'SA', or method='thick-restart'")
+        raise ValueError("method='power' finds one end at a time; use which='LM', 'LA' or 'SA', "
+                         "or method='thick-restart'")
     lm = as_linear_map(A, check_symmetric=False)
     if not isinstance(k, (int, np.integer)) or k < 1 or k >= lm.n:
-        raise ValueError(f"k must be an integer with 1 <= k < n = {lm.n}; got {k!r} (use a dense eigensolver for all pairs)")
+        raise ValueError(f"k must be an integer with 1 <= k < n = {lm.n}; got {k!r} "
+                         "(use a dense eigensolver for all pairs)")
     if max_matvecs is not None and max_matvecs < 1:
         raise ValueError(f"max_matvecs must be at least 1; got {max_matvecs}")
     if ncv is not None and not k < ncv:
@@ -170,12 +174,13 @@ def eigsh(
     tol = _tol(tol, lm)
     if check_symmetric:
         lm = as_linear_map(A, check_symmetric=True, seed=seed)
-    control = Control(lm, k, which, tol, budget, callback, method, progress)
+    checked = method != "power"  # power iteration's residuals come from its pairs' own products
+    control = Control(lm, k, which, tol, budget - (reserve(k, budget) if checked else 0), callback, method, progress)
     try:
         result = METHODS[method](lm, control, ncv=ncv, v0=v0, seed=seed, block_size=block_size)
-        if method == "power" or not certify:
-            return result
-        return certified(lm, control, result, seed)
+        if checked and certify:
+            result = certified(lm, control, result, seed)
+        return verified(lm, control, result, budget) if checked else result
     finally:
         control.close()
 
@@ -185,10 +190,8 @@ def _tol(tol: float | None, lm: LinearMap) -> float:
 
     Rounding in the products (sums over samples and activations) leaves the true
     residual of a computed pair at about ``10 eps ||A||`` however long Lanczos runs,
-    while the Krylov relation's estimate keeps falling: measured against a float64
-    copy of the operator, float32 network Hessians stop at 6-10 eps, and the
-    estimate matches the true residual to three digits at ``100 eps`` but is half
-    of it at ``10 eps``. The floor keeps a factor 10 above that level.
+    while the Krylov relation's estimate keeps falling; the floor keeps a factor 10
+    above that level (the measurements: docs/numerics.md, "Why 100 ε").
     """
     floor = FLOOR_EPS * lm.eps
     if tol is None:

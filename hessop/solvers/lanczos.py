@@ -71,7 +71,7 @@ def lanczos(
     reorthogonalize: bool = True,
     store_basis: bool = True,
     seed=0,
-    check_symmetric: bool = False,
+    check_symmetric: bool = True,
 ) -> LanczosDecomposition:
     """Run ``num_steps`` Lanczos steps on the symmetric operator ``A`` from ``v0``.
 
@@ -98,7 +98,8 @@ def lanczos(
     seed
         Seed of the fresh vectors drawn at breakdowns (and of ``v0`` when it is None).
     check_symmetric : bool
-        Probe symmetry with two products first (counted, not part of the decomposition).
+        Probe symmetry with two products first (counted, not part of the decomposition). The
+        default is True, as in every solver (it was False before; pass False to save the two products).
 
     Returns
     -------

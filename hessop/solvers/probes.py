@@ -183,7 +183,8 @@ def loo_directions(R: np.ndarray) -> np.ndarray:
     """
     U, s, Vt = np.linalg.svd(R)
     floor = max(s[0] * R.shape[0] * np.finfo(float).eps, np.finfo(float).tiny) if s.size else 1.0
-    S = (U / np.maximum(s, floor)) @ Vt
+    w = 1.0 / np.maximum(s, floor)
+    S = (U * (w / w.max())) @ Vt  # scaled so that a zero sketch (the zero operator) does not overflow
     return S / np.linalg.norm(S, axis=0)
 
 

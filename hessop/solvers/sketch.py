@@ -1,11 +1,11 @@
 """Eigenvalue sketches: a small ``d x d`` matrix whose spectrum approximates the large eigenvalues.
 
-* ``kind="rademacher"``: ``B = Sᵀ A S`` with ``S`` of i.i.d. ``±1/√d`` entries, so
+* ``method="rademacher"``: ``B = Sᵀ A S`` with ``S`` of i.i.d. ``±1/√d`` entries, so
   ``E[S Sᵀ] = I`` and ``tr(B)`` is an unbiased trace estimate (the mean of ``d``
   Hutchinson samples). The eigenvalues of ``B`` approximate the large-magnitude
   eigenvalues of ``A`` to additive error ``O(‖A‖_F / √d)``, of either sign
   (Swartworth & Woodruff 2023, "Optimal eigenvalue approximation via sketching", STOC).
-* ``kind="nystrom"``: the randomized Nyström approximation ``AΩ(ΩᵀAΩ)⁺ΩᵀA`` of a
+* ``method="nystrom"``: the randomized Nyström approximation ``AΩ(ΩᵀAΩ)⁺ΩᵀA`` of a
   positive semi-definite ``A`` (Gittens & Mahoney 2016, *JMLR* 17), computed in the
   numerically stable shifted form of Tropp, Yurtsever, Udell & Cevher 2017
   (*SIMAX* 38(4), Alg. 3).
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +24,14 @@ import numpy as np
 import scipy.linalg
 
 from .._collective import check_arguments
+from .._renamed import renamed
 from ._linear_map import as_linear_map
 from ._progress import Progress
 from .probes import Interrupted, apply_blocks, check_method, check_seed, host64, mean_stderr, probes
 
 __all__ = ["SketchResult", "sketch"]
 
-KINDS = ("rademacher", "nystrom")
+METHODS = ("rademacher", "nystrom")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class SketchResult:
         fewer than 60 columns it is not calibrated: use :func:`~hessop.solvers.trace.trace` for an
         error bar); not defined for Nyström, whose trace is a bound, not an estimate (NaN).
     num_matvecs : int
-    kind : str
+    method : str
+        ``"rademacher"`` or ``"nystrom"`` (``kind`` is its deprecated name).
     refined : bool
         ``False`` also when an interrupt came during the refinement.
     converged : bool
@@ -62,12 +65,20 @@ class SketchResult:
     trace: float
     trace_stderr: float
     num_matvecs: int
-    kind: str
+    method: str
     refined: bool
     converged: bool = True
 
+    @property
+    def kind(self) -> str:
+        """Deprecated name of :attr:`method`."""
+        warnings.warn("SketchResult.kind is now SketchResult.method; the name kind will be removed",
+                      DeprecationWarning, stacklevel=2)
+        return self.method
 
-def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine: bool = False,
+
+@renamed(kind="method")
+def sketch(A: Any, d: int = 50, *, method: str = "rademacher", seed: int = 0, refine: bool = False,
            check_symmetric: bool = True, block_size: int = 16, progress: bool = False) -> SketchResult:
     """Sketch a symmetric operator down to ``d x d`` and return the sketch's spectrum.
 
@@ -77,9 +88,10 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
         Anything :func:`~hessop.solvers._linear_map.as_linear_map` accepts.
     d : int
         Sketch size, ``1 <= d <= n`` (``d`` products; ``2d`` with ``refine``).
-    kind : {"rademacher", "nystrom"}
+    method : {"rademacher", "nystrom"}
         Nyström needs a positive semi-definite ``A`` (a Gauss-Newton matrix, a
-        Hessian near a minimum); Rademacher works for any symmetric ``A``.
+        Hessian near a minimum); Rademacher works for any symmetric ``A``. ``kind=`` is
+        its deprecated name.
     seed : int
         Column ``j`` of the test matrix comes from ``default_rng([seed, j])``.
     refine : bool
@@ -106,8 +118,8 @@ def sketch(A: Any, d: int = 50, kind: str = "rademacher", seed: int = 0, refine:
     >>> s.eigenvalues[:3].round(6).tolist(), s.num_matvecs
     ([10.0, 9.0, 8.0], 22)
     """
-    check_arguments("sketch", A, None, d=d, kind=kind, seed=seed, refine=refine, check_symmetric=check_symmetric)
-    kind = check_method(kind, KINDS)
+    check_arguments("sketch", A, None, d=d, method=method, seed=seed, refine=refine, check_symmetric=check_symmetric)
+    kind = check_method(method, METHODS)
     seed = check_seed(seed)
     lm = as_linear_map(A, check_symmetric=check_symmetric, seed=seed)
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= lm.n:

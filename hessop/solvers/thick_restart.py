@@ -22,11 +22,10 @@ outliers at the top, a dense cluster (bulk, null space, small negatives) at
 the bottom. Plain Lanczos resolves the outliers in a few steps and then
 behaves as if the spectrum ended at the bulk; a restart that keeps only the
 bottom Ritz vectors throws the outliers away and pays for them again in every
-cycle, so ``which="SA"`` took up to 20 times the products of plain Lanczos
-(947 against 57 for the 6 smallest of a 400-dimensional NN-like spectrum; 60
-now). For the same reason the clustered ends (``"SA"``, ``"BE"``) get a
+cycle, many times the products of plain Lanczos (measurements: docs/performance.md,
+"Solvers"). For the same reason the clustered ends (``"SA"``, ``"BE"``) get a
 larger default basis, room for the wanted pairs, their neighbours in the
-cluster and the outliers at once. The top (``"LA"``) costs what it did.
+cluster and the outliers at once.
 
 Plain Lanczos (``method="lanczos"``, :func:`.lanczos.lanczos_eigsh`) is the same
 loop, :func:`run`, with the basis grown instead of restarted.
@@ -63,7 +62,7 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
     gen = rng(seed)
     K = KrylovBasis(lm, ncv if restart else min(ncv, max(2 * k + 1, 32)), gen)
     K.start(v0 if v0 is not None else lm.random(gen, (lm.n,)))
-    l, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
+    nk, s = 0, np.zeros(0)  # kept Ritz vectors and their coupling to the next Lanczos vector
     restarts = 0
     snap = None  # the last Rayleigh-Ritz (_ritz.Snapshot)
     stopped = "budget"
@@ -79,14 +78,14 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
                 coupling = K.beta[m - 1] * Y[m - 1, :]
                 converged = control.relative(theta, theta, np.abs(coupling)) <= tol
                 keep = _kept(theta, converged, k, which)  # ascending θ
-                l, s = keep.size, coupling[keep]
-                kept = control.snapshot(theta[keep], np.eye(l), np.abs(s), l)
+                nk, s = keep.size, coupling[keep]
+                kept = control.snapshot(theta[keep], np.eye(nk), np.abs(s), nk)
                 Xk = K.basis(m) @ to_device(lm, Y[:, keep])
                 try:  # an interrupt must not separate the new basis from its snapshot
                     K.Q = put(K.Q, 0, Xk)
                 finally:
                     snap = kept
-                K.size, K.alpha, K.beta = l, list(theta[keep]), [0.0] * l
+                K.size, K.alpha, K.beta = nk, list(theta[keep]), [0.0] * nk
                 restarts += 1
                 continue
             steps = min(K.capacity - K.size, max(1, K.size // 32), control.remaining())
@@ -95,33 +94,25 @@ def run(lm: LinearMap, control: Control, ncv: int, v0, seed, restart: bool) -> E
             if K.extend(steps) == 0:
                 stopped = "exhausted"
                 break
-            H = _projected(K, l, s)
+            H = _projected(K, nk, s)
             theta, sel, Y, res = rayleigh_ritz(H, np.array([[K.beta[-1]]]), k, which)
-            snap = control.snapshot(theta, Y, res, K.size)
-            rel = snap.rel
-            done = sel.size == k and bool(np.all(rel <= tol))
-            if done:
-                stopped = "converged"
-                break
-            if K.size >= lm.n:
-                stopped = "exhausted"
-                break
-            if control.report(theta[sel], rel, restarts):
-                stopped = "callback"
+            snap, why = control.judge(theta, sel, Y, res, K.size, restarts, exhausted=K.size >= lm.n)
+            if why is not None:
+                stopped = why
                 break
     except KeyboardInterrupt:
         stopped = "interrupt"
     return control.ritz_result(snap, K.basis, restarts, stopped)
 
 
-def _projected(K: KrylovBasis, l: int, s: np.ndarray) -> np.ndarray:
-    """``Qᵀ A Q``: arrowhead over the ``l`` kept Ritz vectors, tridiagonal after (host float64)."""
+def _projected(K: KrylovBasis, nk: int, s: np.ndarray) -> np.ndarray:
+    """``Qᵀ A Q``: arrowhead over the ``nk`` kept Ritz vectors, tridiagonal after (host float64)."""
     m = K.size
     H = np.diag(np.asarray(K.alpha[:m], dtype=np.float64))
-    if l:
-        H[:l, l] = H[l, :l] = s
-    i = np.arange(l, m - 1)
-    H[i, i + 1] = H[i + 1, i] = np.asarray(K.beta[l:m - 1], dtype=np.float64)
+    if nk:
+        H[:nk, nk] = H[nk, :nk] = s
+    i = np.arange(nk, m - 1)
+    H[i, i + 1] = H[i + 1, i] = np.asarray(K.beta[nk:m - 1], dtype=np.float64)
     return H
 
 
@@ -130,11 +121,8 @@ def default_ncv(k: int, which: str) -> int:
 
     ARPACK's ``max(2k + 1, 20)`` where the wanted end is usually well separated
     (the top of a Hessian), ``max(3k, 40)`` where it is usually clustered (its
-    bottom). On a 400-dimensional NN-like spectrum without exact null space,
-    ``ncv = 40`` instead of 20 takes the 6 smallest from 357 products to 75
-    (both with the far end's converged pairs kept) and ``3k`` instead of
-    ``2k + 1`` the 20 smallest from 1752 to 648; a larger basis costs memory,
-    not products, so the top keeps the smaller one.
+    bottom), where the larger basis saves most of the products (docs/performance.md,
+    "Solvers"); a larger basis costs memory, not products, so the top keeps the smaller one.
     """
     if which in ("SA", "BE"):
         return max(3 * k, 40)

@@ -13,19 +13,19 @@ networks) Hutch++ and XTrace reach a given accuracy with far fewer products.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
 from .._collective import check_arguments
 from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
 from ._progress import Progress
+from ._trace_result import TraceResult
 from .probes import (
     MIN_CALIBRATED,
     Interrupted,
@@ -52,69 +52,21 @@ __all__ = ["TraceResult", "trace"]
 METHODS = ("xtrace", "hutch++", "hutchinson")
 MINIMUM = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
 """Fewest products that still give a standard error: two samples for the stochastic part."""
+FINAL_STREAM = 2
+"""Adaptive mode: the final sample of attempt ``a`` draws its probes from stream ``FINAL_STREAM + a``,
+apart from the pilot's (Hutchinson: ``[seed, i]``; Hutch++: streams 0 and 1; XTrace: ``[seed, i]``)."""
+FINAL_MARGIN = 1.5
+"""Adaptive mode: the final sample is sized for ``rtol`` at this many times the variance the pilot measured,
+so that it meets ``rtol`` itself except about one time in a hundred (docs/numerics.md)."""
 FIRST_ROUND = 16
 """Adaptive mode: sketch size of the first Hutch++/XTrace round (Hutchinson starts with
 ``MIN_CALIBRATED["hutchinson"]`` probes). Fewer samples make the standard error itself too noisy to stop on."""
 
 
-@dataclass(frozen=True)
-class TraceResult:
-    """A trace estimate and its quality.
-
-    Attributes
-    ----------
-    estimate, stderr : float
-        The estimate and its standard error: the spread of ``samples`` over ``√m``, plus for
-        XTrace the covariance of its exchangeable samples, widened by the Student-t factor
-        :func:`~hessop.solvers.probes.t_factor` so that ``estimate ± 2 stderr`` is a 95% interval
-        (measured coverage: docs/numerics.md).
-    num_matvecs : int
-        Products this call spent (including the symmetry probe; in a
-        probe-parallel run, summed over ranks).
-    method : str
-    converged : bool
-        ``False`` when ``rtol`` was not reached within the budget (with a ``RuntimeWarning``), or the
-        run was interrupted (then the estimate uses the products finished before the interrupt).
-    samples : numpy.ndarray
-        Host float64 samples whose mean is ``estimate``: ``z_iᵀ A z_i`` (Hutchinson),
-        ``tr(QᵀAQ) + g_iᵀ(I-QQᵀ)A(I-QQᵀ)g_i`` (Hutch++), the leave-one-out
-        estimates (XTrace); an interrupted sketched run may fall back to ``z_iᵀ A z_i`` of its
-        finished sketch products (``method`` then says ``"hutchinson"``).
-    calibrated : bool
-        ``True`` when the standard error rests on at least
-        :data:`~hessop.solvers.probes.MIN_CALIBRATED` samples (60 Hutchinson probes, 16 Hutch++
-        residual probes, 12 XTrace test vectors), from which ``± 2 stderr`` is measured
-        to cover the trace 93-97% of the time; ``False`` (with a ``RuntimeWarning``) otherwise.
-    """
-
-    estimate: float
-    stderr: float
-    num_matvecs: int
-    method: str
-    converged: bool
-    samples: np.ndarray
-    calibrated: bool = True
-
-    @property
-    def num_probes(self) -> int:
-        """Number of samples averaged."""
-        return int(self.samples.size)
-
-    def confidence_interval(self, level: float = 0.95) -> tuple[float, float]:
-        """The interval ``estimate ± z·stderr`` with ``z`` the normal quantile of ``level``.
-
-        ``stderr`` already carries the Student-t widening for its sample size, so the interval
-        is calibrated at ``level ≈ 0.95`` (``z ≈ 2``); far out in the tails (``level > 0.99``) it
-        may be optimistic for small samples.
-        """
-        z = float(scipy.stats.norm.ppf(0.5 + level / 2))
-        return self.estimate - z * self.stderr, self.estimate + z * self.stderr
-
-
 @renamed(num_matvecs="max_matvecs")
-def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
+def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
           probe: str = "rademacher", seed: int = 0, comm: Any = None, check_symmetric: bool = True,
-          progress: bool = False, block_size: int = 16) -> TraceResult:
+          progress: bool = False, block_size: int = 16, f: Any = None) -> TraceResult:
     """Estimate ``tr(A)`` of a symmetric operator from products with random vectors.
 
     Parameters
@@ -126,9 +78,11 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
         Budget of products (at least 2 for Hutchinson, 4 for Hutch++ and XTrace); the result's
         ``num_matvecs`` says how many were spent. ``num_matvecs=`` is its deprecated name.
     rtol : float in (0, 1), optional
-        Adaptive mode: add probes (Hutchinson) or grow the sketch (Hutch++,
-        XTrace, doubling it and reusing the products already made) until
-        ``stderr <= rtol * |estimate|``; stop at the budget with ``converged=False``.
+        Adaptive mode: a pilot adds probes (Hutchinson) or grows the sketch (Hutch++,
+        XTrace, doubling it and reusing the products already made) until its
+        ``stderr <= rtol * |estimate|``; the estimate then comes from a final sample of fresh
+        probes sized by the pilot, so the stopping rule never saw it and the error bar keeps
+        its coverage (docs/numerics.md). Stops at the budget with ``converged=False``.
         Without ``rtol`` the whole budget is spent at once.
     probe : {"rademacher", "gaussian"}
     seed : int
@@ -144,6 +98,10 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
         and after each adaptive round the products spent and ``stderr / |estimate|`` against ``rtol``.
     block_size : int
         Probes per batched product.
+    f : {"sqrt", "exp", "log", "inv"} or callable, optional
+        Estimate ``tr f(A)`` instead, by stochastic Lanczos quadrature
+        (:func:`~hessop.solvers.trace_function.trace_function`, whose defaults apply; ``rtol``,
+        ``probe``, ``seed``, ``comm``, ``progress`` and an explicit ``max_matvecs`` are passed on).
 
     Returns
     -------
@@ -176,6 +134,10 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
     >>> r.converged, bool(r.stderr <= 0.01 * r.estimate), r.num_matvecs < 2000
     (True, True, True)
     """
+    if f is not None:  # tr f(A): stochastic Lanczos quadrature; 60 is Hutchinson's default budget, not SLQ's
+        from .trace_function import trace_function
+        return trace_function(A, f, rtol=rtol, max_matvecs=None if max_matvecs == 60 else max_matvecs, probe=probe,
+                              seed=seed, comm=comm, progress=progress, check_symmetric=check_symmetric)
     check_arguments("trace", A, comm, method=method, max_matvecs=max_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
     budget = check_budget(max_matvecs, MINIMUM[method], f"trace(method={method!r})")
@@ -194,25 +156,29 @@ def trace(A: Any, method: str = "xtrace", max_matvecs: int = 60, rtol: float | N
     unit = "probe" if method == "hutchinson" else "matvec"
     with Progress(progress, f"trace ({method})", unit) as bar:
         if method == "hutchinson":
-            samples, stop = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
+            samples, stop, evaluated = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
             cov, used_method = 0.0, method
         else:
             step = _xtrace_round if method == "xtrace" else _hutchpp_round
             lm = bar.ticking(lm)
             samples, cov, stop, used_method = _sketched(lm, step, budget, rtol, probe, seed, bar, block_size)
+            evaluated = 0  # counted by lm (one process)
         if stop != "interrupt":
             bar.finish()
     converged = stop == "converged"
     # one product per Hutchinson probe over all ranks; a single process counts its own (interrupted ones too)
-    used = lm.num_matvecs if comm.size == 1 else samples.size + overhead
+    used = lm.num_matvecs if comm.size == 1 else evaluated + overhead
     estimate, stderr = _estimate(samples, cov)
     calibrated = samples.size >= MIN_CALIBRATED[used_method]
     if not calibrated:
         warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method],
                           stacklevel=4)  # the caller of the @renamed wrapper
     if stop == "budget":
-        warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {stderr / max(abs(estimate), 1e-300):.2g} of "
-                      f"the estimate after {used} products; raise max_matvecs (now {budget}) or loosen rtol",
+        share = stderr / max(abs(estimate), 1e-300)
+        unconfirmed = " (and no room was left for the independent final sample that confirms it)" * bool(
+            rtol is not None and share <= rtol)
+        warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {share:.2g} of the estimate after"
+                      f" {used} products{unconfirmed}; raise max_matvecs (now {budget}) or loosen rtol",
                       RuntimeWarning, stacklevel=3)
     return TraceResult(float(estimate), float(stderr), used, used_method, converged, samples, calibrated)
 
@@ -233,43 +199,89 @@ def _estimate(samples: np.ndarray, cov: float) -> tuple[float, float]:
 
 
 def _hutchinson(lm: LinearMap, budget, rtol, kind, seed, comm, block_size, bar):
-    """Rounds of probes until the budget or ``rtol``; one all-reduce per round."""
-    samples = np.zeros(0)
-    size = budget if rtol is None else min(budget, max(MIN_CALIBRATED["hutchinson"], comm.size))
+    """Hutchinson samples: ``budget`` probes at once, or for ``rtol`` a pilot then an independent final sample.
+
+    The pilot (``MIN_CALIBRATED`` probes) measures the variance and so fixes the size of the
+    final sample, whose probes come from a stream of their own: the stopping decision never saw
+    them (docs/numerics.md, "Adaptive stopping"). A final that misses ``rtol`` joins the pilot
+    and sizes the next. Returns ``(samples, stop, probes evaluated)``.
+    """
+    if rtol is None:
+        samples, done = _probe_round(lm, seed, None, 0, budget, kind, comm, block_size, bar, np.zeros(0), budget)
+        if not done and samples.size == 0:
+            raise KeyboardInterrupt
+        return samples, ("converged" if done else "interrupt"), samples.size
+    pilot, last, spent, attempt = np.zeros(0), None, 0, 0
+    size = min(budget, max(MIN_CALIBRATED["hutchinson"], comm.size))
     try:
-        while size > 0:
-            start = samples.size
-            bar.plan(start + size)
-            local = np.zeros(size)
-            for idx in blocks(mine(comm, start, start + size), block_size):
-                Z = probes(lm, seed, idx, kind)
-                local[np.asarray(idx) - start] = host64(lm.dots(Z, lm(Z)))
-                if comm.size == 1:  # keep what is done in case of an interrupt
-                    samples = np.concatenate([samples[:start], local[:idx[-1] + 1 - start]])
-                bar.advance(len(idx) * comm.size)
-            samples = np.concatenate([samples[:start], gather(comm, local)])
-            if rtol is None:
-                return samples, "converged"
-            mean, err = mean_stderr(samples)
+        pilot, done = _probe_round(lm, seed, None, 0, size, kind, comm, block_size, bar, pilot, size)
+        spent += size
+        while done:
+            mean, err = mean_stderr(pilot)
             bar.error(mean, err, rtol, lm.num_matvecs * comm.size)
-            if err <= rtol * abs(mean):
-                return samples, "converged"
-            wanted = samples.size * (err / (rtol * abs(mean) + 1e-300)) ** 2
-            size = int(min(budget - samples.size, samples.size, max(comm.size, math.ceil(1.1 * wanted) - samples.size)))
+            if err == 0.0:  # every sample equal: exact (a diagonal matrix, the zero operator), nothing to confirm
+                return pilot, "converged", spent
+            wanted = math.ceil(FINAL_MARGIN * pilot.size * (err / (rtol * abs(mean) + 1e-300)) ** 2)
+            final_size = min(budget - spent, max(MIN_CALIBRATED["hutchinson"], comm.size, wanted))
+            if final_size < MIN_CALIBRATED["hutchinson"]:  # no room for a calibrated final sample
+                break
+            last, done = _probe_round(lm, seed, FINAL_STREAM + attempt, 0, final_size, kind, comm, block_size,
+                                      bar, np.zeros(0), spent + final_size)
+            spent += final_size
+            attempt += 1
+            if not done:
+                break
+            fmean, ferr = mean_stderr(last)
+            bar.error(fmean, ferr, rtol, lm.num_matvecs * comm.size)
+            if ferr <= rtol * abs(fmean):
+                return last, "converged", spent
+            if final_size < wanted:  # cut by the budget
+                return last, "budget", spent
+            pilot = np.concatenate([pilot, last])  # a final that missed rtol joins the pilot
+        if not done:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if comm.size > 1 or samples.size == 0:
+        if comm.size > 1 or pilot.size == 0:
             raise
-        return samples, "interrupt"
-    return samples, "budget"
+        return (last if last is not None and last.size >= 2 else pilot), "interrupt", spent
+    return (last if last is not None else pilot), "budget", spent
+
+
+def _probe_round(lm: LinearMap, seed, stream, start: int, size: int, kind, comm, block_size, bar, before,
+                 planned: int):
+    """``before`` followed by the samples of probes ``start .. start + size`` (of ``stream``); one all-reduce.
+
+    Returns ``(samples, complete)``; on Ctrl-C in a single process the finished probes are kept
+    (``complete=False``); under several processes the interrupt propagates.
+    """
+    bar.plan(planned)
+    local = np.zeros(size)
+    samples = before
+    try:
+        for idx in blocks(mine(comm, start, start + size), block_size):
+            Z = probes(lm, seed, idx, kind, stream)
+            local[np.asarray(idx) - start] = host64(lm.dots(Z, lm(Z)))
+            if comm.size == 1:  # keep what is done in case of an interrupt
+                samples = np.concatenate([before, local[:idx[-1] + 1 - start]])
+            bar.advance(len(idx) * comm.size)
+    except KeyboardInterrupt:
+        if comm.size > 1:
+            raise
+        return samples, False
+    return np.concatenate([before, gather(comm, local)]), True
 
 
 def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, block_size):
-    """Hutch++ / XTrace: one round with the whole budget, or doubling rounds for ``rtol``.
+    """Hutch++ / XTrace: one round with the whole budget, or for ``rtol`` pilot rounds then a final round.
 
     ``step(lm, k, cache, kind, seed, spare, block_size)`` runs one estimate with a
     ``k``-column sketch (and may use ``spare`` more products) and returns
     ``(samples, covariance, complete)``; ``cache`` keeps the sketch products so a
     larger round reuses them. A round costs ``cost(k, cached)`` products.
+
+    With ``rtol`` the pilot rounds double the sketch until their error meets ``rtol``; that
+    fixes the size, and the estimate comes from a final round whose probes the stopping
+    decision never saw (:func:`_final`). A final round that misses ``rtol`` makes the pilot go on.
     Returns ``(samples, covariance, stop, method)``, ``stop`` one of ``"converged"``
     (``rtol`` reached, or the fixed budget spent), ``"budget"``, ``"interrupt"``.
     """
@@ -280,7 +292,7 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
     if rtol is not None:
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
-    last, start = None, lm.num_matvecs
+    last, start, attempt = None, lm.num_matvecs, 0
     bar.plan(cost(k, 0) + (spare if step is _hutchpp_round else 0))  # XTrace leaves the spare products unspent
     try:
         while True:
@@ -294,22 +306,72 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
                 return samples, cov, "converged", name
             mean, err = _estimate(samples, cov)
             bar.error(mean, err, rtol, lm.num_matvecs)
-            if err <= rtol * abs(mean):
+            if err == 0.0:  # exact (the sketch spans the space, or the zero operator): nothing to confirm
                 return samples, cov, "converged", name
+            if err <= rtol * abs(mean):
+                left = budget - (lm.num_matvecs - start)
+                final = _final(lm, step, k, cache, kind, seed, block_size, (err / (rtol * abs(mean))) ** 2, left,
+                               FINAL_STREAM + attempt, bar, lm.num_matvecs - start)
+                attempt += 1
+                if final is None:  # no room for a final round: the pilot is all there is
+                    return samples, cov, "budget", name
+                last = final[:2]
+                fmean, ferr = _estimate(*last)
+                bar.error(fmean, ferr, rtol, lm.num_matvecs)
+                if ferr <= rtol * abs(fmean):
+                    return last[0], last[1], "converged", name
+                if final[2]:  # cut by the budget
+                    return last[0], last[1], "budget", name
             have, left = cache["Y"].shape[1], budget - (lm.num_matvecs - start)
-            k_next = _largest(lambda j: cost(j, have) <= left, k, min(2 * k, lm.n))
+            k_next = _largest(functools.partial(_fits, cost, have, left), k, min(2 * k, lm.n))
             if k_next <= k:
-                return samples, cov, "budget", name
+                return last[0], last[1], "budget", name
             k = k_next
             bar.plan(lm.num_matvecs - start + cost(k, have))
     except KeyboardInterrupt:
         if last is not None:
             return last[0], last[1], "interrupt", name
-        if not cache or cache["Y"].shape[1] == 0:
+        if "Y" not in cache or cache["Y"].shape[1] == 0:
             raise
     # interrupted while sketching: Hutchinson samples of the finished sketch products
     wy = host64(lm.dots(cache["Om"], cache["Y"]))
     return wy, 0.0, "interrupt", "hutchinson"
+
+
+def _final(lm: LinearMap, step: Callable, k: int, cache: dict, kind, seed, block_size, ratio: float, left: int,
+           stream: int, bar, spent: int):
+    """The final round of an adaptive Hutch++ / XTrace run, on probes from ``stream`` only.
+
+    ``ratio`` is ``(err / (rtol |mean|))²`` of the pilot round with sketch ``k`` that met ``rtol``.
+    Hutch++ keeps the pilot's sketch (its top part is exact whatever the sketch) and draws fresh
+    residual probes, as many as the pilot's variance asks for ``rtol`` with :data:`FINAL_MARGIN`
+    and no fewer than the pilot had; XTrace draws fresh test vectors, as many again. Returns
+    ``(samples, covariance, cut)``, ``cut`` True when the budget shortened the round, or None
+    when there is no room for a calibrated round (the pilot is then returned, not converged).
+    """
+    if step is _hutchpp_round:
+        want = max(MIN_CALIBRATED["hutch++"], k, math.ceil(FINAL_MARGIN * k * ratio))
+        size = min(want, left - (0 if cache.get("top", (None,))[0] == k else k))
+        if size < MIN_CALIBRATED["hutch++"]:
+            return None
+        bar.plan(spent + size)
+        samples, cov, _ = _hutchpp_round(lm, k, cache, kind, seed, size - k, block_size, stream)
+        return samples, cov, size < want
+    want = min(lm.n, max(MIN_CALIBRATED["xtrace"], k, math.ceil(FINAL_MARGIN * k * ratio)))
+    size = min(want, left // 2)
+    if size < MIN_CALIBRATED["xtrace"]:
+        return None
+    fresh: dict = {"stream": stream}
+    bar.plan(spent + 2 * size)
+    samples, cov, complete = _xtrace_round(lm, size, fresh, kind, seed, 0, block_size)
+    if not complete:
+        raise KeyboardInterrupt
+    return samples, cov, size < want
+
+
+def _fits(cost: Callable[[int, int], int], have: int, left: int, k: int) -> bool:
+    """Whether a round with a ``k``-column sketch, ``have`` columns cached, fits in ``left`` products."""
+    return cost(k, have) <= left
 
 
 def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
@@ -320,13 +382,13 @@ def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     return lo
 
 
-def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int, block_size: int):
+def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int | None, block_size: int):
     """Sketch ``Ω`` with ``k`` columns and ``Y = AΩ``, computing only the columns not cached.
 
     On Ctrl-C the finished columns are cached before the ``KeyboardInterrupt`` goes on.
     """
     xp = lm.xp
-    have = cache["Y"].shape[1] if cache else 0
+    have = cache["Y"].shape[1] if "Y" in cache else 0
     if k > have:
         Om = probes(lm, seed, range(have, k), kind, stream)
         try:
@@ -352,7 +414,7 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     come with no further product (``complete=False``). With ``k = n`` test vectors
     ``Q`` spans the whole space and every sample is the exact ``tr(QᵀAQ)``.
     """
-    Om, Y = _extend(lm, cache, k, kind, seed, None, block_size)
+    Om, Y = _extend(lm, cache, k, kind, seed, cache.get("stream"), block_size)
     Q, R = lm.qr(Y)
     try:
         Z, complete = apply_blocks(lm, Q, block_size), True
@@ -375,20 +437,25 @@ def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spar
     return samples, pair_covariance(S, H, W, T - H @ V), complete
 
 
-def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int):
+def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int,
+                   stream: int = 1):
     """Hutch++ samples: a ``k``-column sketch and ``k + spare`` residual probes (``3k + spare`` products).
 
-    Sketch probes use stream 0, residual probes stream 1, so both families are
-    independent and reproducible.
+    Sketch probes use stream 0, residual probes ``stream`` (1, or an adaptive run's final
+    stream), so the families are independent and reproducible. The sketch's top part
+    ``tr(QᵀAQ)`` is kept in ``cache``: a final round on the same sketch costs only its probes.
     """
-    l = k + spare
+    count = k + spare
     _, Y = _extend(lm, cache, k, kind, seed, 0, block_size)
     Q, _ = lm.qr(Y)
-    Z = lm(Q)
-    top = float(np.trace(host64(lm.inner(Q, Z))))
+    if cache.get("top", (None,))[0] == k:
+        top = cache["top"][1]
+    else:
+        top = float(np.trace(host64(lm.inner(Q, lm(Q)))))
+        cache["top"] = (k, top)
     if k >= lm.n:  # the sketch spans the whole space: nothing is left to estimate
-        return np.full(max(l, 2), top), 0.0, True
-    G = probes(lm, seed, range(l), kind, stream=1)
+        return np.full(max(count, 2), top), 0.0, True
+    G = probes(lm, seed, range(count), kind, stream=stream)
     G = G - Q @ lm.inner(Q, G)
     G = G - Q @ lm.inner(Q, G)
     return top + host64(lm.dots(G, lm(G))), 0.0, True

@@ -25,11 +25,13 @@ FACTORIES = str(Path(__file__).with_name("cli_factories.py"))
 def analyze(case, data, *extra, capture=True):
     out, err = io.StringIO(), io.StringIO() if capture else sys.stderr
     argv = ["analyze", "--model", f"{FACTORIES}:model", "--data", f"{FACTORIES}:{data}", "--dtype", "float64",
-            "--budget", "small", "--threads", "1", "--eig", "3", "--out", str(outdir / case), "--quiet", "--json", *extra]
+            "--budget", "small", "--threads", "1", "--eig", "3", "--out", str(outdir / case), "--quiet", "--json",
+            *extra]
     start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    record = {"seconds": round(time.perf_counter() - start, 3), "code": code, "stderr": err.getvalue(), "report": json.loads(out.getvalue()) if out.getvalue() else None}
+    record = {"seconds": round(time.perf_counter() - start, 3), "code": code, "stderr": err.getvalue(),
+              "report": json.loads(out.getvalue()) if out.getvalue() else None}
     (outdir / f"{case}.rank{comm.rank}.json").write_text(json.dumps(record))
 
 

@@ -14,7 +14,8 @@ SIZES = (4, 6, 3, 5, 7)
 
 def model():
     torch.manual_seed(3)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)), torch.nn.CrossEntropyLoss()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    return model, torch.nn.CrossEntropyLoss()
 
 
 def _all(nan_in=None):

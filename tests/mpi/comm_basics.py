@@ -42,7 +42,6 @@ record("torch_f64_T", comm.allreduce(torch.tensor(local).T), expected.T)
 record("torch_bf16", comm.allreduce(torch.tensor(local, dtype=torch.bfloat16)), expected)
 
 try:
-    import jax
     import jax.numpy as jnp
 
     record("jax_f32", comm.allreduce(jnp.asarray(local, dtype=jnp.float32)), expected)

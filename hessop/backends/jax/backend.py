@@ -23,8 +23,8 @@ Parameters and dtypes
 ---------------------
 Parameter names are the pytree key paths joined by ``"."`` (``{"layer1": {"w": ...}}``
 gives ``"layer1.w"``), so ``H.restrict("layer1")`` selects a sub-dictionary as it
-selects a PyTorch module (:mod:`hessop.backends.jax.params`). The vectors have the parameters' dtype (float32 for float16 and
-bfloat16 models). JAX computes in float32 unless the user enables 64-bit mode
+selects a PyTorch module (:mod:`hessop.backends.jax.params`). The vectors have the parameters' dtype
+(float32 for float16 and bfloat16 models). JAX computes in float32 unless the user enables 64-bit mode
 (``jax.config.update("jax_enable_x64", True)``); this backend never flips that
 global switch and refuses float64 parameters while it is off.
 
@@ -34,8 +34,9 @@ jit-compiled once per batch shape, with ``jax.vmap`` over the columns of a block
 for every product, skipping the primal forward and backward pass (about 15% faster
 in ``benchmarks/hvp_jax.py``) at the cost of keeping every batch's linearisation in
 memory. ``hvp="auto"`` (the default) linearises when the data is a single batch,
-whose linearisation costs about the memory of one gradient pass, and uses ``"jvp"``
-otherwise.
+whose linearisation costs about the memory of one gradient pass, and uses
+``"forward-over-reverse"`` otherwise (the PyTorch backend's name for the same product;
+``"jvp"``, its former name here, still works with a ``DeprecationWarning``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ from ..base import CURVATURES, Backend
 from .data import Batches
 from .params import as_float_leaf, module_of, path_name
 
-HVP_MODES = ("auto", "jvp", "linearize")
+HVP_MODES = ("auto", "forward-over-reverse", "linearize")
+RENAMED_MODES = {"jvp": "forward-over-reverse"}
+"""Former names of strategies: accepted with a DeprecationWarning."""
 
 
 class JaxBackend(Backend):
@@ -78,7 +81,7 @@ class JaxBackend(Backend):
     weight_fn : callable, optional
         ``weight_fn(batch) -> number``, the number of loss terms a batch's mean is
         over (default: the leading dimension of its first leaf). Formerly ``batch_size_fn``.
-    hvp : {"auto", "jvp", "linearize"}
+    hvp : {"auto", "forward-over-reverse", "linearize"}
         Recompute the gradient's linearisation on every product, cache it per batch,
         or cache it only when the data is one batch (the default).
     """
@@ -113,10 +116,15 @@ class JaxBackend(Backend):
             )
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+        if hvp in RENAMED_MODES:
+            warnings.warn(f"hvp={hvp!r} is now hvp={RENAMED_MODES[hvp]!r}, the PyTorch backend's name for the same "
+                          f"product; the name {hvp!r} will be removed", DeprecationWarning, stacklevel=3)
+            hvp = RENAMED_MODES[hvp]
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, not {hvp!r}")
         if hvp == "linearize" and curvature != "hessian":
-            raise ValueError("hvp='linearize' caches the Hessian only; use hvp='jvp' for the GGN and residual")
+            raise ValueError("hvp='linearize' caches the Hessian only; use hvp='forward-over-reverse' for the GGN and "
+                             "residual")
         self.curvature = curvature
         self.normalize = reduction == "mean"
         self._loss_fn, self._model_fn, self._weight_fn = loss_fn, model_fn, weight_fn
@@ -133,7 +141,7 @@ class JaxBackend(Backend):
             raise ValueError("hvp='linearize' caches one linearisation per batch; pass the data as a list of batches")
         if hvp == "auto":
             single = self._data.cached and len(self._data) == 1
-            hvp = "linearize" if single and curvature == "hessian" else "jvp"
+            hvp = "linearize" if single and curvature == "hessian" else "forward-over-reverse"
         self._hvp_mode = hvp
         self.local_count = float(self._data.total)
         self._select(list(self._all_names))

@@ -35,7 +35,8 @@ class Batches:
             )
         self._source = data
         self.cached = batches is not None
-        if self.cached:
+        self._structure: Any
+        if batches is not None:
             self._batches = [self._prepare(b) for b in batches]
             if not self._batches:
                 raise ValueError("data holds no batches; pass at least one batch")

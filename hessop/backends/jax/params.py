@@ -38,7 +38,7 @@ def as_float_leaf(name: str, leaf):
             f"parameter {name!r} has dtype {dtype}; every params leaf must be a floating array "
             "(move integer state such as step counters out of the params pytree)"
         )
-    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+    if np.dtype(dtype) == np.float64 and not jax.config.read("jax_enable_x64"):
         raise TypeError(
             f"parameter {name!r} is float64 but JAX's 64-bit mode is off, so JAX would compute in float32; "
             "enable it with jax.config.update('jax_enable_x64', True) or cast the parameters to float32"

@@ -1,11 +1,12 @@
-"""The PyTorch backend: :class:`TorchBackend` (``backend``) and the modules it is built from.
+"""The PyTorch backend: :class:`TorchBackend` (``backend``) and the layers it is built from.
 
-``data`` (batches of any structure), ``losses`` (reading a loss, each batch's
-weight), ``params`` (which parameters, the flat layout), ``hvp`` (one batch's
-products), ``strategy`` (which product runs a batch, and ``hvp="auto"``'s
-choice), ``graphs`` and ``kept`` (first-order graphs kept across products),
-``linearized``, ``compiled``, ``attention`` and ``checks`` (inputs and the first
-product). The data rules are the backend contract's, :mod:`hessop.backends.base`.
+From the bottom: ``hvp`` (one batch's products, pure functions), ``data``, ``losses`` and
+``params`` (batches, weights, the flat layout), ``attention``; ``functional`` (the model as a
+function of its parameters) and ``checks`` (values checked at the boundary); ``graphs``,
+``linearized``, ``compiled``, ``finite_difference`` and ``strategy`` (what the product strategies
+keep and how ``"auto"`` chooses); ``products`` (the one owner of that state); ``backend`` (sums over
+batches). Each imports only modules listed before it. The data rules are the backend contract's,
+:mod:`hessop.backends.base`.
 """
 
 from .backend import HVP_CHOICES, TorchBackend

@@ -1,65 +1,37 @@
 """The PyTorch backend: curvature-vector products of an ``nn.Module``'s loss over all the data.
 
-The model is called through :func:`torch.func.functional_call` with the
-differentiated parameters swapped for fresh tensors, so any subset of the
-parameters can be differentiated (the rest held fixed) and the loss can be
-evaluated at other parameter values, without touching the model. Parameters and
-buffers are read live at every product: the operator follows the model as it
-trains.
+:class:`TorchBackend` composes the layers below it, each the one owner of its state:
 
-Strategies for the Hessian (``hvp=``), see :mod:`hessop.backends.torch.hvp`:
+* :mod:`.functional` (the model as a function of the differentiated parameters:
+  their layout and current values, the fixed parameters and buffers, one batch's
+  loss as a closure; the snapshot that tells whether the model changed);
+* :mod:`.data` and :mod:`.losses` (batches of any structure, each batch's weight);
+* :mod:`.checks` (values checked at the boundary: finite weights and data, the
+  first batch, repeatable products);
+* :mod:`.products` (the strategies of one batch's Hessian product and everything
+  kept across products: kept first-order graphs, linearisations, compiled
+  products, the finite difference's measured step);
 
-``"double-backward"``
-    reverse over reverse; a block as one second pass per column over a shared
-    first pass (``"double-backward-loop"``, its former name, is still accepted).
-``"double-backward-vmap"``
-    reverse over reverse; a block as one batched second pass through
-    ``is_grads_batched``.
-``"forward-over-reverse"``
-    ``jvp`` of ``grad``; a block through ``vmap``.
-``"linearize"``
-    each batch's gradient linearised once (``torch.func.linearize``) and kept, for a
-    list of batches, while the model is unchanged; a product is then one tangent
-    pass (:mod:`hessop.backends.torch.linearized`). Never chosen by ``"auto"``.
-``"finite-difference"``
-    a central difference of two gradient passes (an approximation, for models
-    whose second derivative torch cannot take: fused kernels, checkpointing).
-``"auto"`` (default)
-    one choice for vectors and one for blocks (of any width), each made at the
-    first product of its kind and kept for the operator's life
-    (:mod:`hessop.backends.torch.strategy`): a vector over a kept first-order
-    graph takes ``"double-backward"`` without timing anything (one backward pass,
-    which no other strategy can undercut); otherwise the exact strategies are
-    timed once on the first batch (for blocks with a kept graph, only the two
-    that use it; on a GPU the leanest of those within 10% of the fastest). A strategy that fails on the model (e.g. an op without a
-    ``vmap`` rule) is skipped; when all fail, ``"finite-difference"`` is used,
-    with a warning that says why.
+and adds up batches, the GGN and the residual, the loss and the gradient.
+Imports point one way: ``backend`` → ``products`` → (``graphs``, ``linearized``,
+``compiled``, ``finite_difference``, ``strategy``) → (``functional``, ``checks``) →
+(``hvp``, ``data``, ``losses``, ``params``, ``attention``).
 
-``compile=True`` runs each batch's Hessian product through ``torch.compile``:
-over a list of batches with the model in eval mode, the tangent pass of each
-batch's linearised gradient (:mod:`hessop.backends.torch.linearized`; one
-compilation for all batches of one shape), otherwise the whole
-forward-over-reverse product (:mod:`hessop.backends.torch.compiled`).
-``"auto"`` never compiles by itself, since compiling costs seconds to minutes.
-
-Products run with attention kernels that have second derivatives
-(:mod:`hessop.backends.torch.attention`), so models using
-``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` or
-``nn.TransformerEncoder`` work unchanged. The first product multiplies the
-first batch twice and refuses a product that is not repeatable
-(:mod:`hessop.backends.torch.checks`). The data rules (forms accepted, one-shot
-iterators, batch weights through ``weight_fn``, the mean over all loss terms of
-all ranks) are the backend contract's, :mod:`hessop.backends.base`; batches of
-any structure: :mod:`hessop.backends.torch.data`; each batch's default weight
-(tokens for language models): :mod:`hessop.backends.torch.losses`.
-
-With the double-backward strategies and data given as a list of batches, each
-batch's first-order graph (forward pass and gradient with ``create_graph=True``)
-is built once and reused by every product until a parameter or buffer changes
-in place, for as many batches as fit the ``graph_cache_bytes`` budget
-(:mod:`hessop.backends.torch.graphs`): a kept batch then costs one backward
-pass per product, the others are recomputed (see ``docs/performance.md``). Once every batch's graph is kept, a
-vector's product skips the general path's per-call work (:mod:`hessop.backends.torch.kept`).
+Strategies for the Hessian (``hvp=``): ``"double-backward"`` (reverse over
+reverse; a block as one second pass per column over a shared first pass),
+``"double-backward-vmap"`` (a block through ``is_grads_batched``),
+``"forward-over-reverse"`` (``jvp`` of ``grad``; a block through ``vmap``),
+``"linearize"`` (each batch's gradient linearised once and kept, a product is
+one tangent pass, :mod:`.linearized`), ``"finite-difference"`` (two gradient
+passes, an approximation whose error is measured, :mod:`.finite_difference`),
+and ``"auto"`` (default: :mod:`.strategy`). ``compile=True`` runs products
+through ``torch.compile`` (:mod:`.compiled`, :mod:`.linearized`). With a list of
+batches and a double-backward strategy, batches' first-order graphs are kept
+under ``graph_cache_bytes`` (:mod:`.graphs`). Products run with attention
+kernels that have second derivatives (:mod:`.attention`). The first product
+multiplies the first batch twice and refuses a product that is not repeatable.
+The data rules are the backend contract's (:mod:`hessop.backends.base`).
+Measurements: ``docs/performance.md``.
 
 float16/bfloat16 models: vectors, products and sums over batches are float32;
 each batch's product runs in the model's dtype on the vector cast to it.
@@ -69,12 +41,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..._array import namespace
 from ..base import CURVATURES, Backend
@@ -83,19 +54,20 @@ from .checks import (
     check_finite_batch,
     check_finite_model,
     check_first_batch,
-    check_repeatable,
+    check_loader,
+    check_repeatable_loss,
+    check_repeatable_product,
+    check_train_mode,
+    dict_input_refused,
     raise_nonfinite,
-    raise_nonfinite_product,
 )
-from .compiled import CompiledProduct
-from .data import Batches, arguments, check_loader, check_train_mode, target_of
-from .graphs import GraphCache, budget_of
+from .data import Batches, target_of
+from .functional import FunctionalModel
+from .graphs import budget_of
 from .hvp import ALIASES, INEXACT, STRATEGIES, Tensors, ggn
-from .kept import KeptProducts
-from .linearized import Linearized
-from .losses import Counter, adapt_loss, logits_of, loss_of_model
-from .params import device_and_dtype, flatten, param_views, reduction_of, select_params, split, tensors_of
-from .strategy import hessian
+from .losses import Counter, adapt_loss
+from .params import param_views, reduction_of, select_params
+from .products import Products
 
 HVP_CHOICES = ("auto", *STRATEGIES, "linearize", *INEXACT, *ALIASES)
 
@@ -118,7 +90,8 @@ class TorchBackend(Backend):
     params : sequence of tensors or names, optional
         The parameters to differentiate (default: every ``requires_grad`` one).
     hvp : {"auto", "double-backward", "double-backward-vmap", "forward-over-reverse", "linearize", "finite-difference"}
-        How Hessian-vector products are computed (module docstring).
+        How Hessian-vector products are computed (module docstring); ``"double-backward-loop"``, a former
+        name, is still accepted.
     reduction : {"mean", "sum"}, optional
         How the loss reduces over samples; read from ``loss.reduction`` when omitted.
     weight_fn : callable, optional
@@ -176,90 +149,101 @@ class TorchBackend(Backend):
         self.compile = bool(compile)
         self.graph_budget = budget_of(graph_cache, graph_cache_bytes)
         self.model = model
+        self.check_determinism = check_determinism
         self.loss_fn = None if loss is None else adapt_loss(loss)
         self.curvature = curvature
         self.hvp = ALIASES.get(hvp, hvp)
         self.progress = progress
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
-        self._set_params(select_params(model, params))
-        counter = Counter(loss, weight_fn)
-        self.batches = Batches(data, self.device, self._data_dtype, counter)
+        self.functional = FunctionalModel(model, select_params(model, params), self.loss_fn)
+        counter = self.counter = Counter(loss, weight_fn)
+        self.batches = Batches(data, self.functional.device, self.functional.param_dtype, counter)
+        self.bind(self.functional)
         counter.check_known(self.batches.is_list and len(self.batches) == 1)
         if check_determinism:
             check_train_mode(model)
         check_finite_model(model)
         check_finite_batch(self.batches)
         x, y = self.batches.first()
-        self._check_first_batch(x, y, check_determinism)
+        self._check_first_batch(x, y)
         self.local_count = self.batches.count(counter.samples_only)
-        self.chosen: dict[str, str] = {}
         self._repeatable = False  # set by the first product's check
 
-    # -- parameters ------------------------------------------------------------------------
-    def _set_params(self, names: list[str]) -> None:
-        tensors = tensors_of(self.model, names)
-        self.param_names = names
-        self.param_sizes = [int(t.numel()) for t in tensors]
-        self.param_shapes = [tuple(t.shape) for t in tensors]
-        self.module_names = [n.rpartition(".")[0] or n for n in names]
-        self.device, dtype = device_and_dtype(tensors)
-        self._data_dtype = dtype  # floating data is cast to the differentiated parameters' dtype
-        self.dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    def bind(self, functional: FunctionalModel) -> None:
+        """Differentiate ``functional``'s parameters, with products of their own (nothing kept yet)."""
+        self.functional = functional
+        self.param_names = list(functional.names)
+        self.param_sizes = list(functional.sizes)
+        self.param_shapes = list(functional.shapes)
+        self.module_names = [n.rpartition(".")[0] or n for n in functional.names]
+        self.device, self.dtype = functional.device, functional.dtype
         self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
-        self._param_dtypes = [t.dtype for t in tensors]
-        self._graphs = GraphCache(self.graph_budget)
-        self._kept: KeptProducts | None = None  # the vector products over kept graphs, once all are kept
-        self._compiled: CompiledProduct | None = None
-        self._linearized = Linearized(self.model, self.graph_budget)
+        self.products = Products(functional, self.batches, self.hvp, self.compile, self.graph_budget)
 
-    def _current(self) -> list[torch.Tensor]:
-        named = dict(self.model.named_parameters())
-        return [named[n].detach() for n in self.param_names]
+    @property
+    def chosen(self) -> dict[str, str]:
+        """The strategy for vectors and for blocks, once chosen (:mod:`.products`)."""
+        return self.products.chosen
 
-    def _fixed(self) -> dict[str, torch.Tensor]:
-        """Every parameter and buffer of the model, detached (the chosen ones are overridden per call)."""
-        state = {n: t.detach() for n, t in self.model.named_parameters()}
-        # Train-mode BatchNorm updates its running statistics in place: give it copies, not the model's.
-        copy_buffers = self.model.training
-        state.update((n, b.clone() if copy_buffers else b) for n, b in self.model.named_buffers())
-        return state
-
-    def _split(self, V: torch.Tensor) -> Tensors:
-        """A flat vector (n,) or block (n, k) as parameter-shaped tensors ((k, *shape) for a block)."""
-        return split(V, self.param_sizes, self.param_shapes, self._param_dtypes)
-
-    def _flatten(self, parts: Sequence[torch.Tensor], batched: bool) -> torch.Tensor:
-        return flatten(parts, batched, self.dtype)
+    @property
+    def product_error(self) -> float | None:
+        """The products' relative error: 0.0 when exact, the finite difference's measured error (None until its
+        first product, :mod:`.finite_difference`)."""
+        return 0.0 if self.curvature == "ggn" else self.products.product_error
 
     def flat_params(self) -> torch.Tensor:
-        return self._flatten(self._current(), False)
+        return self.functional.flatten(self.functional.current(), False)
 
-    # -- one batch -----------------------------------------------------------------------------
-    def _closures(self, x: Any, y: Any, state: dict[str, torch.Tensor] | None = None):
-        state = self._fixed() if state is None else state
-        names = self.param_names
-
-        args, kwargs = arguments(x)
-        y = target_of(x, y)
-        output = logits_of if self.loss_fn is not None else (lambda out: out)
-
-        def model_fn(p: Tensors) -> torch.Tensor:
-            return output(functional_call(self.model, {**state, **dict(zip(names, p))}, args, kwargs))
-
-        def loss_of_output(out: torch.Tensor, target: Any = y) -> torch.Tensor:
-            return loss_of_model(out) if self.loss_fn is None else self.loss_fn(out, target)
-
-        def f(p: Tensors, target: Any = y) -> torch.Tensor:
-            return loss_of_output(model_fn(p), target)
-
-        return model_fn, loss_of_output, f
-
-    def _check_first_batch(self, x: Any, y: Any, check_determinism: bool) -> None:
-        model_fn, loss_of_output, _ = self._closures(x, y)
-        check_first_batch(model_fn, loss_of_output, tuple(self._current()), check_determinism)
-        if check_determinism:
+    # -- checks -----------------------------------------------------------------------------------
+    def _check_first_batch(self, x: Any, y: Any) -> None:
+        model_fn, loss_of_output, _ = self.functional.closures(x, y)
+        try:
+            check_first_batch(model_fn, loss_of_output, tuple(self.functional.current()), self.check_determinism)
+        except TypeError as err:
+            if isinstance(x, Mapping) and y is not None:
+                raise dict_input_refused(x, err) from err
+            raise
+        if self.check_determinism:
             check_loader(self.batches, (x, y))
+
+    def _check_repeatable(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, parts: Tensors) -> None:
+        """The same vector again on a fresh pass must give the same product; over a kept graph, a fresh forward
+        pass must give the same loss (one pass, not three)."""
+        if not all(bool(torch.isfinite(p).all()) for p in parts):
+            check_finite_model(self.model)  # NaN never equals NaN: name a weight turned NaN, else the sum's check
+            return
+        graph = self.products.graph_used(index, batched) if self.curvature == "hessian" else None
+        if graph is not None:
+            _, _, f = self.functional.closures(x, y)
+            with torch.no_grad():
+                check_repeatable_loss(graph.loss, f(tuple(self.functional.current())), index)
+        else:
+            check_repeatable_product(parts, self._product(index, x, y, vs, batched, fresh=True), index)
+        self._repeatable = True
+
+    def _raise_nonfinite_product(self, vs: Tensors, batched: bool) -> None:
+        """Name the weight turned NaN or infinite since the operator was built, else the first batch whose
+        product is NaN or infinite (a second pass, on the error path only)."""
+        check_finite_model(self.model)
+        flags = []
+        for index, x, y in self.batches:
+            parts = self._product(index, x, y, vs, batched)
+            flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
+        raise_nonfinite(flags, f"{self.curvature}-vector product")
+        raise FloatingPointError(
+            f"the {self.curvature}-vector product overflowed while adding up the batches; use a float64 model"
+        )
+
+    def _check_count(self, count: float) -> None:
+        if count != self.local_count:
+            raise RuntimeError(
+                f"the data held {count:g} loss terms (samples or tokens) in this pass but {self.local_count:g} when "
+                "the operator was built; the data must not change while the operator is in use (build a new operator)"
+                + (". The batches' targets differ in shape beyond the first dimension, which counting the loader's "
+                   "samples did not see: state each batch's weight with weight_fn=lambda batch: ..."
+                   if self.counter.uneven else "")
+            )
 
     def _weight(self, count: float) -> float:
         return count if self.normalize else 1.0
@@ -275,35 +259,24 @@ class TorchBackend(Backend):
 
     # -- products ------------------------------------------------------------------------------
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
-        kept = self._kept
-        if kept is not None and V.ndim == 1 and type(V) is torch.Tensor and kept.valid():
+        products = self.products
+        products.refresh()
+        kept = products.kept
+        if kept is not None and V.ndim == 1 and type(V) is torch.Tensor:
             out = kept.vector(V)
             if math.isfinite(float(out.sum())):
                 return out
-            self._kept = None  # the general path finds the batch whose product is not finite
+            products.kept = None  # the general path finds the batch whose product is not finite
         with exact_attention():  # attention kernels with second derivatives, for the products only
             out = self._hvp_sum(V)
-        if V.ndim == 1:
-            self._kept = self._kept_products()
+        if V.ndim == 1 and self.curvature == "hessian" and self._repeatable:
+            products.keep_vector_products([(i, float(self._weight(c))) for i, _, _, c in self.batches.weighted()])
+        products.remember()
         return out
-
-    def _kept_products(self) -> KeptProducts | None:
-        """Products over the kept graphs, when every batch's graph is kept and no cast is needed."""
-        if not (self.curvature == "hessian" and self.batches.is_list and self._repeatable
-                and self.chosen.get("vector") == "double-backward" and not self.model.training
-                and all(d == self.dtype for d in self._param_dtypes)):
-            return None
-        graphs = []
-        for index, _, _, count in self.batches.weighted():
-            graph = self._graphs.graphs.get(index)
-            if graph is None:
-                return None
-            graphs.append((graph, float(self._weight(count))))
-        return KeptProducts(self.model, graphs, self.param_sizes, self.param_shapes, True)
 
     def _hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         batched = V.ndim == 2
-        vs = self._split(V)
+        vs = self.functional.split(V)
         acc = torch.zeros(V.shape, dtype=V.dtype, device=V.device)  # contiguous, whatever V's strides
         views = param_views(acc, self.param_sizes, self.param_shapes)  # each batch adds in place, no concatenation
         count = 0.0
@@ -311,52 +284,44 @@ class TorchBackend(Backend):
             count += c
             parts = self._product(index, x, y, vs, batched)
             if not self._repeatable:  # the first product: a fresh pass must agree
-                check_repeatable(self, index, x, y, vs, batched, parts)
-                self._repeatable = True
+                self._check_repeatable(index, x, y, vs, batched, parts)
             for view, part in zip(views, parts):
                 view.add_(part, alpha=self._weight(c))
         self._check_count(count)
         # NaN and inf propagate into the sum: one cheap reduction, the full check only when it trips
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
-            raise_nonfinite_product(self, vs, batched)
+            self._raise_nonfinite_product(vs, batched)
         return acc
 
     def _product(self, index: int, x: Any, y: Any, vs: Tensors, batched: bool, fresh: bool = False) -> Tensors:
         if self.curvature == "ggn":
             return self._ggn(x, y, vs, batched)
-        hv = hessian(self, index, x, y, vs, batched, fresh)
+        hv = self.products.hessian(index, x, y, vs, batched, fresh)
         if self.curvature == "residual":
             gv = self._ggn(x, y, vs, batched)
             return tuple(a - b for a, b in zip(hv, gv))
         return hv
 
     def _ggn(self, x: Any, y: Any, vs: Tensors, batched: bool) -> Tensors:
-        model_fn, loss_of_output, _ = self._closures(x, y)
-        return ggn(model_fn, loss_of_output, self._current(), target_of(x, y), vs, batched)
-
-    def _check_count(self, count: float) -> None:
-        if count != self.local_count:
-            raise RuntimeError(
-                f"the data held {count:g} loss terms (samples or tokens) in this pass but {self.local_count:g} when "
-                "the operator was built; the data must not change while the operator is in use (build a new operator)"
-            )
+        model_fn, loss_of_output, _ = self.functional.closures(x, y)
+        return ggn(model_fn, loss_of_output, self.functional.current(), target_of(x, y), vs, batched)
 
     # -- loss and gradient -----------------------------------------------------------------------
     def loss_sum(self) -> float:
-        return self._loss_sum(self._current())
+        return self._loss_sum(self.functional.current())
 
     def loss_at(self, flat: torch.Tensor) -> float:
         if flat.ndim != 1 or flat.shape[0] != self.n:
             raise ValueError(f"expected a parameter vector of shape ({self.n},); got {tuple(flat.shape)}")
-        return self._loss_sum(list(self._split(flat.to(device=self.device, dtype=self.dtype))))
+        return self._loss_sum(list(self.functional.split(flat.to(device=self.device, dtype=self.dtype))))
 
     def _loss_sum(self, params: Sequence[torch.Tensor]) -> float:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         flags = []
-        state = self._fixed()
+        state = self.functional.fixed()
         with torch.no_grad():
             for index, x, y, c in self._iter("loss"):
-                _, _, f = self._closures(x, y, state)
+                _, _, f = self.functional.closures(x, y, state)
                 value = f(tuple(params)).to(torch.float64)
                 flags.append((index, ~torch.isfinite(value)))
                 total += value * self._weight(c)
@@ -366,13 +331,14 @@ class TorchBackend(Backend):
     def grad_sum(self) -> torch.Tensor:
         acc = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         flags = []
-        state = self._fixed()
+        state = self.functional.fixed()
         for index, x, y, c in self._iter("gradient"):
-            _, _, f = self._closures(x, y, state)
-            params = tuple(p.requires_grad_() for p in self._current())
+            _, _, f = self.functional.closures(x, y, state)
+            params = tuple(p.requires_grad_() for p in self.functional.current())
             with torch.enable_grad():
                 g = torch.autograd.grad(f(params), params, allow_unused=True)
-            part = self._flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)], False)
+            part = self.functional.flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)],
+                                           False)
             flags.append((index, ~torch.isfinite(part).all()))
             acc.add_(part, alpha=self._weight(c))
         raise_nonfinite(flags, "gradient")
@@ -387,6 +353,5 @@ class TorchBackend(Backend):
                 f"{self.param_names[:4]}{' ...' if len(self.param_names) > 4 else ''}"
             )
         other = copy.copy(self)
-        other.chosen = {}
-        other._set_params([n for n in self.param_names if n in set(names)])
+        other.bind(FunctionalModel(self.model, [n for n in self.param_names if n in set(names)], self.loss_fn))
         return other

@@ -9,28 +9,30 @@
   batch must give the same product; a model that draws random numbers in its
   forward pass (dropout in train mode) makes the operator a random matrix,
   on which every solver would report meaningless results as converged.
-* :func:`check_repeatable`: the first product's check of each batch, a second
-  product on a fresh pass, or over a kept graph a second forward pass whose loss
-  must agree (:func:`.kept.check_repeatable_loss`, one pass, not three).
-* :func:`raise_nonfinite` and :func:`raise_nonfinite_product`: the first batch
-  whose loss, gradient or product is NaN or infinite.
+* :func:`check_repeatable_loss`: over a kept first-order graph, the first
+  product's check is a second forward pass whose loss must agree (one pass, not
+  a second graph and product).
+* :func:`raise_nonfinite`: the first batch whose loss, gradient or product is
+  NaN or infinite; :func:`dict_input_refused`: a dict input ``forward`` refused.
+* :func:`check_compiled`: a compiled product agrees with the eager one.
+* :func:`check_train_mode`, :func:`check_repeatable_forward`, :func:`check_loader`:
+  dropout or BatchNorm in train mode, a random forward pass, a loader that
+  shuffles or augments (``check_determinism``).
+
+They check values and call the functions they are given; none imports anything
+above the product functions.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .data import check_repeatable_forward
-from .kept import check_repeatable_loss
-
-if TYPE_CHECKING:
-    from .backend import TorchBackend
-    from .hvp import Tensors
+from .data import Batch, Batches
 
 
 def check_finite_model(model: nn.Module) -> None:
@@ -48,7 +50,8 @@ def check_finite_model(model: nn.Module) -> None:
 def check_finite_batch(batches: Any) -> None:
     """Raise naming the tensor of the first batch (input or target) that holds NaN or infinite values."""
     for index, batch in enumerate(batches.source):  # the first batch, before it is weighed
-        _check_finite_batch(*batches.prepare(batch, index), index)
+        x, y = batches.prepare(batch, index)
+        _check_finite_batch(x, y, index)
         return
 
 
@@ -133,26 +136,120 @@ def raise_nonfinite(flags: list[tuple[int, torch.Tensor]], what: str) -> None:
         )
 
 
-def check_repeatable(backend: TorchBackend, index: int, x: Any, y: Any, vs: Tensors, batched: bool,
-                     parts: Tensors) -> None:
-    """The same vector again on a fresh pass must give the same product ``parts``; over a kept graph, a fresh
-    forward pass must give the same loss (:func:`.kept.check_repeatable_loss`, one pass, not three)."""
-    graph = backend._graphs.graphs.get(index) if backend.curvature == "hessian" else None
-    if graph is not None and backend.chosen.get("block" if batched else "vector", "").startswith("double-backward"):
-        _, _, f = backend._closures(x, y)
-        with torch.no_grad():
-            check_repeatable_loss(graph.loss, f(tuple(backend._current())), index)
+def check_repeatable_loss(kept: torch.Tensor, again: torch.Tensor, index: int) -> None:
+    """The kept graph's loss of batch ``index`` and a fresh forward pass's must agree to rounding."""
+    a, b = float(kept.detach()), float(again.detach())
+    eps = float(torch.finfo(kept.dtype).eps)
+    if a == b or abs(a - b) <= math.sqrt(eps) * max(abs(a), abs(b)):
         return
-    check_repeatable_product(parts, backend._product(index, x, y, vs, batched, fresh=True), index)
-
-
-def raise_nonfinite_product(backend: TorchBackend, vs: Tensors, batched: bool) -> None:
-    """Find the first batch whose product is NaN or infinite (a second pass, on the error path only)."""
-    flags = []
-    for index, x, y in backend.batches:
-        parts = backend._product(index, x, y, vs, batched)
-        flags.append((index, ~torch.stack([torch.isfinite(p).all() for p in parts]).all()))
-    raise_nonfinite(flags, f"{backend.curvature}-vector product")
-    raise FloatingPointError(
-        f"the {backend.curvature}-vector product overflowed while adding up the batches; use a float64 model"
+    raise RuntimeError(
+        f"the curvature-vector product is not repeatable: two forward passes over batch {index} gave losses "
+        f"{abs(a - b) / max(abs(a), abs(b)):.2g} apart (relative), so the operator is a random matrix and no "
+        "eigenvalue, trace or density of it would mean anything. Likely causes: dropout in train mode or a "
+        "random layer in forward(); call model.eval() (check_determinism=False does not allow this)"
     )
+
+
+def dict_input_refused(inputs: Mapping, err: TypeError) -> TypeError:
+    """The error for an ``(inputs, y)`` batch with a dict ``inputs`` that the model's ``forward`` refused."""
+    keys = ", ".join(repr(k) for k in list(inputs)[:4])
+    return TypeError(
+        f"the model refused the first batch's inputs ({err}): for a batch (inputs, y) whose inputs are a dict "
+        f"(keys {keys}), hessop calls model(**inputs), each key a keyword argument of forward(); for a model "
+        "whose forward() takes the dict itself, give each batch as ((inputs,), y): a tuple of inputs is passed "
+        "as positional arguments, so the model is called as model(inputs)"
+    )
+
+
+def check_compiled(compiled: Sequence[torch.Tensor], eager: Sequence[torch.Tensor], index: int) -> None:
+    """The compiled product of batch ``index`` must equal the eager one to rounding (sqrt(eps) relative)."""
+    same, gap = agree_to_rounding(compiled, eager)
+    if same:
+        return
+    raise RuntimeError(
+        f"the compiled Hessian-vector product of batch {index} differs from the eager one by "
+        f"{gap:.2g} (relative), more than rounding; pass compile=False to use the eager products"
+    )
+
+
+# -- determinism of the model and the data ---------------------------------------------------------
+
+_RANDOM_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+
+
+def check_train_mode(model: nn.Module) -> None:
+    """Refuse a model in train mode whose dropout or BatchNorm layers make the loss ill-defined."""
+    if not model.training:
+        return
+    dropout = [n for n, m in model.named_modules() if isinstance(m, _RANDOM_LAYERS) and m.training and m.p > 0]
+    batchnorm = [n for n, m in model.named_modules() if isinstance(m, _BATCHNORM) and m.training]
+    if not (dropout or batchnorm):
+        return
+    what = []
+    if dropout:
+        what.append(f"dropout ({', '.join(dropout[:3])}) draws a new random mask at every pass")
+    if batchnorm:
+        what.append(
+            f"BatchNorm ({', '.join(batchnorm[:3])}) normalises by each batch's statistics and updates its "
+            "running statistics at every pass"
+        )
+    raise RuntimeError(
+        "the model is in train mode, so the Hessian is not a fixed matrix: "
+        + "; ".join(what)
+        + ". Call model.eval() first, or pass check_determinism=False to study train-mode curvature knowingly"
+    )
+
+
+def check_repeatable_forward(out1: torch.Tensor, out2: torch.Tensor) -> None:
+    """Two forward passes over the first batch (their outputs, or their losses) must agree up to rounding."""
+    if out1.is_floating_point() and bool(torch.isnan(out1).any()):
+        raise FloatingPointError("the model's output on the first batch holds NaN; check that batch's data and the "
+                                 "model's parameters")
+    if out1.shape == out2.shape and torch.allclose(out1, out2, rtol=_tol(out1), atol=_tol(out1) * _scale(out1)):
+        return
+    raise RuntimeError(
+        "two forward passes over the first batch gave different outputs, so the Hessian is not a fixed matrix; "
+        "likely causes: dropout or BatchNorm in train mode (call model.eval()), or a random layer in forward(). "
+        "Pass check_determinism=False to proceed anyway"
+    )
+
+
+def check_loader(batches: Batches, first: Batch) -> None:
+    """A re-iterable loader must yield the same first batch on a second pass."""
+    if batches.is_list:
+        return
+    x2, y2 = batches.first()
+    x1, y1 = first
+    if _same(x1, x2) and _same(y1, y2):
+        return
+    shuffled = isinstance(getattr(batches.source, "sampler", None), torch.utils.data.RandomSampler)
+    if shuffled or not _same(y1, y2):
+        raise RuntimeError(
+            "the data loader yields a different first batch on each pass (shuffling: DataLoader(shuffle=True) or a "
+            "random sampler), so each Hessian-vector product would see different data; use shuffle=False, or "
+            "pass check_determinism=False"
+        )
+    raise RuntimeError(
+        "the data loader yields the same targets but different inputs on a second pass (random augmentation "
+        "in the dataset's transforms?), so the Hessian is not a fixed matrix; disable the augmentation, or "
+        "pass check_determinism=False"
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(u, w) for u, w in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or bool(a == b)
+
+
+def _tol(t: torch.Tensor) -> float:
+    return float(torch.finfo(t.dtype).eps) ** 0.5 if t.is_floating_point() else 0.0
+
+
+def _scale(t: torch.Tensor) -> float:
+    return float(t.detach().abs().max()) if t.numel() else 0.0

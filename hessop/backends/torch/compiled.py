@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from .checks import agree_to_rounding
+from .checks import check_compiled
 from .hvp import Tensors, forward_over_reverse
 from .losses import logits_of, loss_of_model
 
@@ -99,15 +99,4 @@ def compiler_failure(err: Exception) -> RuntimeError:
         f"torch.compile could not compile the Hessian-vector product on this machine ({type(err).__name__}: "
         f"{first}); it needs a working C++ compiler on the CPU (Triton on CUDA) and a Python version torch "
         "supports for compiling. Pass compile=False to use the eager products"
-    )
-
-
-def check_compiled(compiled: Sequence[torch.Tensor], eager: Sequence[torch.Tensor], index: int) -> None:
-    """The compiled product of batch ``index`` must equal the eager one to rounding (sqrt(eps) relative)."""
-    same, gap = agree_to_rounding(compiled, eager)
-    if same:
-        return
-    raise RuntimeError(
-        f"the compiled Hessian-vector product of batch {index} differs from the eager one by "
-        f"{gap:.2g} (relative), more than rounding; pass compile=False to use the eager products"
     )

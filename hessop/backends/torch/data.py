@@ -15,8 +15,8 @@ lists, dicts) are moved to the parameters' device and floating ones cast to the
 model's dtype; integer tensors (class indices, token ids, masks) keep theirs.
 
 A loader that changes between passes (shuffling, random augmentation) makes
-"the Hessian" a different matrix at each product; :func:`check_loader` catches
-that on the first batch.
+"the Hessian" a different matrix at each product; :func:`.checks.check_loader`
+catches that on the first batch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 Batch = tuple[Any, Any]
 
@@ -38,7 +37,8 @@ class Batches:
     batches of weight zero are skipped.
     """
 
-    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype, count: Callable[[Any, Any], float]):
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype,
+                 count: Callable[[Any, Any, int], float]):
         self.device = device
         self.dtype = dtype
         self.count_of = count
@@ -154,86 +154,3 @@ def first_tensor(t: Any) -> torch.Tensor | None:
         if found is not None:
             return found
     return None
-
-
-# -- determinism ------------------------------------------------------------------------------
-
-_RANDOM_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
-
-
-def check_train_mode(model: nn.Module) -> None:
-    """Refuse a model in train mode whose dropout or BatchNorm layers make the loss ill-defined."""
-    if not model.training:
-        return
-    dropout = [n for n, m in model.named_modules() if isinstance(m, _RANDOM_LAYERS) and m.training and m.p > 0]
-    batchnorm = [n for n, m in model.named_modules() if isinstance(m, _BATCHNORM) and m.training]
-    if not (dropout or batchnorm):
-        return
-    what = []
-    if dropout:
-        what.append(f"dropout ({', '.join(dropout[:3])}) draws a new random mask at every pass")
-    if batchnorm:
-        what.append(
-            f"BatchNorm ({', '.join(batchnorm[:3])}) normalises by each batch's statistics and updates its "
-            "running statistics at every pass"
-        )
-    raise RuntimeError(
-        "the model is in train mode, so the Hessian is not a fixed matrix: "
-        + "; ".join(what)
-        + ". Call model.eval() first, or pass check_determinism=False to study train-mode curvature knowingly"
-    )
-
-
-def check_repeatable_forward(out1: torch.Tensor, out2: torch.Tensor) -> None:
-    """Two forward passes over the first batch (their outputs, or their losses) must agree up to rounding."""
-    if out1.is_floating_point() and bool(torch.isnan(out1).any()):
-        raise FloatingPointError("the model's output on the first batch holds NaN; check that batch's data and the "
-                                 "model's parameters")
-    if out1.shape == out2.shape and torch.allclose(out1, out2, rtol=_tol(out1), atol=_tol(out1) * _scale(out1)):
-        return
-    raise RuntimeError(
-        "two forward passes over the first batch gave different outputs, so the Hessian is not a fixed matrix; "
-        "likely causes: dropout or BatchNorm in train mode (call model.eval()), or a random layer in forward(). "
-        "Pass check_determinism=False to proceed anyway"
-    )
-
-
-def check_loader(batches: Batches, first: Batch) -> None:
-    """A re-iterable loader must yield the same first batch on a second pass."""
-    if batches.is_list:
-        return
-    x2, y2 = batches.first()
-    x1, y1 = first
-    if _same(x1, x2) and _same(y1, y2):
-        return
-    shuffled = isinstance(getattr(batches.source, "sampler", None), torch.utils.data.RandomSampler)
-    if shuffled or not _same(y1, y2):
-        raise RuntimeError(
-            "the data loader yields a different first batch on each pass (shuffling: DataLoader(shuffle=True) or a "
-            "random sampler), so each Hessian-vector product would see different data; use shuffle=False, or "
-            "pass check_determinism=False"
-        )
-    raise RuntimeError(
-        "the data loader yields the same targets but different inputs on a second pass (random augmentation "
-        "in the dataset's transforms?), so the Hessian is not a fixed matrix; disable the augmentation, or "
-        "pass check_determinism=False"
-    )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and bool(torch.equal(a, b))
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(u, w) for u, w in zip(a, b))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a is b or bool(a == b)
-
-
-def _tol(t: torch.Tensor) -> float:
-    return float(torch.finfo(t.dtype).eps) ** 0.5 if t.is_floating_point() else 0.0
-
-
-def _scale(t: torch.Tensor) -> float:
-    return float(t.detach().abs().max()) if t.numel() else 0.0

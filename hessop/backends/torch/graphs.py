@@ -1,41 +1,51 @@
-"""The first-order graphs of several batches, kept across products under a memory budget.
+"""First-order graphs kept across products: which batches keep one, and the products over them.
 
 A double-backward product of one batch costs a forward pass and a backward pass
-with ``create_graph=True`` (the first-order graph, :class:`FirstOrderGraph`),
+with ``create_graph=True`` (the first-order graph, :class:`.hvp.FirstOrderGraph`),
 then one more backward pass. Keeping each batch's graph makes every later
 product cost that last pass only, at the price of holding the batch's saved
-activations. :class:`GraphCache` keeps graphs, batch by batch, while their
-total stays under a budget in bytes; the batches beyond it are recomputed at
-every product as without a cache. All graphs are dropped together when a
-parameter or buffer of the model changes in place (the caller's ``key``).
+activations.
 
-The default budget is a quarter of the memory left free once the first graph
-is built, less what a product needs beside the kept graphs (:func:`reserve`),
-and at most 2 GiB. That working memory grows with the model: the vector, its
-parameter-shaped parts, the batch's product and the sum over batches are four
-parameter-sized buffers, and the second backward pass through a kept graph
-allocates about the graph's size again (1.2x on GPT-2 small, batch 4 x 128,
-whose graph holds 1458 MiB: ``benchmarks/gpt2_small.py``). GPT-2 small thus
-keeps that graph where about 9.6 GB are free once it is built (five times its
-size, and four buffers of 498 MB), and recomputes it at each product below.
+* :class:`GraphCache` keeps graphs, batch by batch, while their total stays
+  under a budget in bytes; the batches beyond it are recomputed at every product
+  as without a cache. Its owner (:class:`.products.Products`) drops them all
+  when the model changes (:class:`.functional.Snapshot`). The default budget is
+  a quarter of the memory left free once the first graph is built, less what a
+  product needs beside the kept graphs (:func:`reserve`: four parameter-sized
+  buffers and about one graph's size again for the second backward pass), and
+  at most 2 GiB. A graph's size is the bytes of the distinct tensor storages its
+  nodes saved (read from the nodes' ``_saved_*`` attributes after it is built)
+  plus its gradient, the model's own parameters and buffers excluded: an
+  estimate, not an allocator measurement. It is not recorded with
+  ``saved_tensors_hooks``, under which every later backward pass unpacks each
+  saved tensor through a Python call.
+* :class:`KeptProducts` is the vector product once every batch's graph is kept
+  and the first product has passed its checks: one backward pass per batch, with
+  the general path's per-call work taken out (no reading of the model's state to
+  key the cache, no attention-kernel context since no forward pass runs, one
+  accumulator). The backward pass is handed to the autograd engine directly
+  (``torch.autograd.graph._engine_run_backward``, what ``torch.autograd.grad``
+  calls after checking its arguments in Python); the arguments are right by
+  construction, and where that private function is missing or its signature
+  differs, ``torch.autograd.grad`` is used.
 
-A graph's size is the bytes of the distinct tensor storages its nodes saved
-(read from the nodes' ``_saved_*`` attributes after it is built) plus its
-gradient, the model's own parameters and buffers excluded: an estimate of the
-memory the graph holds, not an allocator measurement. It is not recorded with
-``torch.autograd.graph.saved_tensors_hooks``: tensors saved under hooks are
-unpacked through a Python call at every later backward pass (390 per product on
-ResNet20), so the kept graph would differ from a plain one.
+Measurements (memory on GPT-2 small, the per-call cost taken out):
+``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from .hvp import FirstOrderGraph
+
+try:
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - older or newer torch
+    _engine_run_backward = None  # type: ignore[assignment]
 
 DEFAULT_CAP = 2 << 30  # bytes: the default budget is at most this (module docstring)
 WORKING_BUFFERS = 4  # parameter-sized buffers a product allocates beside the graphs (module docstring)
@@ -53,25 +63,22 @@ class GraphCache:
 
     def __init__(self, budget: int | None):
         self.budget = budget
-        self.clear(None)
+        self.clear()
 
-    def clear(self, key: object) -> None:
-        """Drop every graph; ``key`` identifies the parameter and buffer values they were built at."""
-        self.key = key
+    def clear(self) -> None:
+        """Drop every graph (the model changed, :mod:`.functional`)."""
         self.graphs: dict[int, FirstOrderGraph] = {}
         self.too_big: set[int] = set()
         self.used = 0
 
     def get(
-        self, index: int, key: object, build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tensor]
+        self, index: int, build: Callable[[], FirstOrderGraph], exclude: Iterable[torch.Tensor]
     ) -> FirstOrderGraph | None:
         """Batch ``index``'s graph: the kept one, or a new one from ``build`` (kept if it fits).
 
         ``None`` when the budget is spent or the graph was found too big before:
         the caller then computes the product without a kept graph.
         """
-        if key != self.key:
-            self.clear(key)
         graph = self.graphs.get(index)
         if graph is not None or self.budget == 0 or index in self.too_big:
             return graph
@@ -161,3 +168,68 @@ def _host_available() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+class KeptProducts:
+    """``Σ_b w_b H_b V`` over kept first-order graphs (module docstring).
+
+    Parameters
+    ----------
+    graphs : each batch's kept graph, with its weight
+    sizes, shapes : the flat vector's split into parameter tensors
+    same_dtype : whether every differentiated parameter has the vectors' dtype (no casts)
+    """
+
+    def __init__(self, graphs: Sequence[tuple[FirstOrderGraph, float]], sizes: list[int], shapes: list[tuple],
+                 same_dtype: bool):
+        self.graphs = list(graphs)
+        self.sizes = sizes
+        self.shapes = shapes
+        self.same_dtype = same_dtype
+        self.layout = []  # (shape, contiguous strides, offset) of each parameter in the flat vector
+        offset = 0
+        for size, shape in zip(sizes, shapes):
+            strides: list[int] = []
+            step = 1
+            for d in reversed(shape):
+                strides.insert(0, step)
+                step *= d
+            self.layout.append((tuple(shape), tuple(strides), offset))
+            offset += size
+
+    def vector(self, v: torch.Tensor) -> torch.Tensor:
+        """``Σ_b w_b H_b v`` for a vector ``v`` of the parameters' dtype."""
+        if v.stride(0) == 1 and type(v) is torch.Tensor:  # parameter-shaped views without splitting
+            base = v.storage_offset()
+            vs = tuple(v.as_strided(shape, stride, base + offset) for shape, stride, offset in self.layout)
+        else:
+            vs = tuple(p.reshape(s) for p, s in zip(torch.split_with_sizes(v, self.sizes), self.shapes))
+        if len(self.graphs) == 1:
+            graph, weight = self.graphs[0]
+            out = torch.cat([p.reshape(-1) for p in backward(graph, vs)])
+            return out.mul_(weight) if weight != 1.0 else out
+        acc = torch.zeros_like(v)
+        views = [p.view(*s) for p, s in zip(torch.split_with_sizes(acc, self.sizes), self.shapes)]
+        for graph, weight in self.graphs:
+            for view, part in zip(views, backward(graph, vs)):
+                view.add_(part, alpha=weight)
+        return acc
+
+
+_direct = _engine_run_backward is not None
+
+
+def backward(graph: FirstOrderGraph, v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``graph.hvp(v)`` for one vector of plain tensors (the caller's check), through the autograd engine
+    directly (module docstring)."""
+    global _direct
+    if not (_direct and graph.live):
+        return graph.hvp(v)
+    grads = tuple(graph.grads)
+    try:
+        out = _engine_run_backward(grads, tuple(v[i] for i in graph.live), True, False, graph.params, True,
+                                   accumulate_grad=False)
+    except TypeError:  # another signature in this torch: the public path from now on
+        _direct = False
+        return graph.hvp(v)
+    return tuple(torch.zeros_like(vi) if o is None else o for o, vi in zip(out, v))

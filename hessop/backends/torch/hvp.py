@@ -135,30 +135,6 @@ STRATEGIES = {
 }
 
 
-def finite_difference(f: Loss, params: Sequence[torch.Tensor], target: Any, v: Tensors, batched: bool) -> Tensors:
-    """``H v ≈ (∇f(θ + h v) − ∇f(θ − h v)) / 2h``: two gradient passes, no second derivative.
-
-    The central difference has a truncation error ``O(h²)`` and a rounding
-    error ``O(ε / h)`` (ε the parameters' machine epsilon); ``h ‖v‖ = ε^(1/3)
-    (1 + ‖θ‖)`` balances the two for a step relative to the parameters' size
-    (Nocedal & Wright 2006, "Numerical Optimization", §8.1). Errors against exact
-    products are measured in ``docs/transformers.md``.
-    """
-    if batched:
-        cols = [finite_difference(f, params, target, tuple(vi[c] for vi in v), False) for c in range(v[0].shape[0])]
-        return tuple(torch.stack(parts) for parts in zip(*cols))
-    primals = tuple(p.detach() for p in params)
-    v_norm = sum(float(vi.double().square().sum()) for vi in v) ** 0.5
-    if v_norm == 0:
-        return tuple(torch.zeros_like(vi) for vi in v)
-    theta_norm = sum(float(p.double().square().sum()) for p in primals) ** 0.5
-    eps = max(float(torch.finfo(p.dtype).eps) for p in primals if p.is_floating_point())
-    h = eps ** (1 / 3) * (1 + theta_norm) / v_norm
-    gradient = grad(f)
-    plus = gradient(tuple(p + h * vi.to(p.dtype) for p, vi in zip(primals, v)), target)
-    minus = gradient(tuple(p - h * vi.to(p.dtype) for p, vi in zip(primals, v)), target)
-    return tuple((a - b) / (2 * h) for a, b in zip(plus, minus))
-
-
-INEXACT = {"finite-difference": finite_difference}
-"""Strategies that approximate: chosen by name, or by ``"auto"`` only when every exact one fails."""
+INEXACT = ("finite-difference",)
+"""Strategies that approximate (:mod:`.finite_difference`): chosen by name, or by ``"auto"`` only when every exact
+one fails."""

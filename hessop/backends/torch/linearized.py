@@ -3,23 +3,21 @@
 As :func:`torch.func.linearize`, the tangent pass of ``jvp(grad(f))`` is traced
 (``make_fx``) at the current parameters and every value that does not depend on
 the tangent (the forward pass, the gradient and their intermediates) is folded
-into a constant. What is left to run for each vector is the tangent part only:
-on the conv net with BatchNorm of ``docs/performance.md`` 2.2 gradient passes,
-against 3.1 for a second backward pass over a kept first-order graph, whose
-nodes differentiate each backward operation again. It is the analogue of the
-JAX backend's ``hvp="linearize"``.
+into a constant. What is left to run for each vector is the tangent part only,
+cheaper than a second backward pass over a kept first-order graph, whose nodes
+differentiate each backward operation again (measured in ``docs/performance.md``).
+It is the analogue of the JAX backend's ``hvp="linearize"``.
 
 The traced graph is kept as a *skeleton* that holds no tensor, with the
 constants as its leading arguments (:func:`_skeleton`): the constants are all
 the memory a linearisation holds, and every batch of the same shapes has the
 same skeleton. The price is the tracing (seconds per batch on the CPU, where a
-product takes milliseconds) and that memory: 2 to 3.5 times a kept first-order
-graph's (146 against 65 MiB for a batch of 256 of that conv net).
-For a list of batches each batch's linearisation is kept while the model is
-unchanged (the test of :mod:`hessop.backends.torch.kept`: the same modules,
-parameters and buffers, with the same data and versions), the model is in eval
+product takes milliseconds) and that memory, a few times a kept first-order
+graph's. For a list of batches each batch's linearisation is kept while the model is
+unchanged (the caller's test, :class:`.functional.Snapshot`: the same modules,
+parameters and buffers, with the same values), the model is in eval
 mode, and the kept constants fit the budget of the graph cache
-(:mod:`hessop.backends.torch.graphs`); otherwise it is rebuilt at every product,
+(:mod:`.graphs`), checked by the owner (:mod:`.products`); otherwise it is rebuilt at every product,
 which only pays for blocks. ``hvp="auto"`` never chooses it.
 
 With ``compile=True`` a kept linearisation's skeleton goes through
@@ -45,10 +43,10 @@ from torch.func import grad
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .compiled import check_compiled, compiler_failure
+from .checks import check_compiled
+from .compiled import compiler_failure
 from .graphs import WORKING_BUFFERS, default_budget
 from .hvp import Loss, Tensors
-from .kept import snapshot, unchanged
 
 
 class Linearized:
@@ -56,7 +54,7 @@ class Linearized:
 
     Parameters
     ----------
-    model : the network (its snapshot decides when kept linearisations are stale)
+    model : the network (linearisations are kept only in eval mode; the caller clears them when it changes)
     budget : bytes the kept constants may hold; None for the graph cache's default
         (:func:`~hessop.backends.torch.graphs.default_budget`), 0 to keep none
     """
@@ -64,7 +62,6 @@ class Linearized:
     def __init__(self, model: nn.Module, budget: int | None = None):
         self.model, self.budget = model, budget
         self.compiled: dict[tuple, Callable] = {}  # a skeleton's code and layouts -> its compiled function
-        self.entries: list | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -85,9 +82,6 @@ class Linearized:
         linearisation cannot be kept (the caller then compiles the whole product).
         """
         keep = self.kept(keep)
-        if self.entries is None or not unchanged(self.entries):
-            self.clear()
-            self.entries = snapshot(self.model)
         tangent = self.fns.get(index)
         if tangent is None:
             if compile and (not keep or index in self.too_big):

@@ -11,8 +11,17 @@ and the mean over all ranks: :mod:`hessop.backends.base`). Here it is
 * a loss the model computes itself (``loss=None``): ``weight_fn`` is required
   when there is more than one batch, since only the model knows its count
   (a causal language model counts the shifted labels that are not ignored);
-* any other loss: the number of samples, the leading dimension of the target,
-  which must equal the input's (a target that would broadcast is refused).
+* any other loss: the number of elements of the target, which is what torch's
+  losses with ``reduction="mean"`` divide by (``mse_loss``, ``l1_loss``, a
+  cross-entropy over flattened tokens, ...), counted relative to the first
+  batch's elements per sample: where every batch's target has the same shape
+  beyond the first dimension this is the number of samples, the leading
+  dimension of the target, which must equal the input's (a target that would
+  broadcast is refused). Where the shapes differ (sequences of unequal length)
+  a batch of twice the elements weighs twice as much, as in the mean over all
+  elements of all the data. A loss given as a function, whose reduction
+  hessop cannot read, over such batches also warns once: a loss that averages
+  per sample first, or skips padding, needs ``weight_fn``.
 
 A cross-entropy or NLL loss also takes ``(B, T, V)`` logits with ``(B, T)``
 targets (the language-model layout): both are flattened to ``(B·T, V)`` and
@@ -22,6 +31,7 @@ two cannot be told apart and torch's layout wins.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -86,6 +96,8 @@ class Counter:
         self.loss = loss
         self.weight_fn = weight_fn
         self.samples_only = weight_fn is None and not isinstance(loss, TOKEN_LOSSES) and loss is not None
+        self.per_sample: int | None = None  # the first batch's target elements per sample
+        self.uneven = False  # batches' targets differ in shape beyond the first dimension
 
     def check_known(self, one_batch: bool) -> None:
         """A loss the model computes needs ``weight_fn`` unless the data is one batch."""
@@ -107,7 +119,37 @@ class Counter:
             if self.loss.weight is not None:
                 return float(self.loss.weight[y[kept]].sum())
             return float(kept.sum())
-        return float(samples(x, y))
+        return self._elements(x, y)
+
+    def _elements(self, x: Any, y: Any) -> float:
+        """The target's elements over the first batch's elements per sample: its samples where shapes agree."""
+        target = first_tensor(target_tensor(x, y))
+        if target is None:
+            return float(samples(x, y))
+        rows = int(target.shape[0])
+        per = target.numel() // rows if rows else 0
+        if self.per_sample is None and per:
+            self.per_sample = per
+        elif per and per != self.per_sample and not self.uneven:
+            self.uneven = True
+            if not isinstance(self.loss, nn.modules.loss._Loss):
+                warnings.warn(
+                    f"the batches' targets differ in shape beyond the first dimension ({per} elements per sample "
+                    f"against {self.per_sample}), so each batch is weighted by its target's number of elements, as "
+                    "torch's mean losses divide by it; if the loss function averages per sample first or skips "
+                    "padding, state each batch's weight with weight_fn=lambda batch: ...",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return rows * per / self.per_sample if per and self.per_sample else float(rows)
+
+
+def target_tensor(x: Any, y: Any) -> Any:
+    """What a batch's weight is read from: the target ``y``; for a dict batch its ``labels``, else the batch."""
+    if y is None and isinstance(x, Mapping):
+        labels = x.get("labels")
+        return labels if isinstance(labels, torch.Tensor) else x
+    return y if y is not None else x
 
 
 def samples(x: Any, y: Any) -> int:

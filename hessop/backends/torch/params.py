@@ -1,6 +1,7 @@
 """The PyTorch backend's parameters: which are differentiated, their flat layout, and the loss's reduction.
 
-The flat vector concatenates the chosen parameters in model order; a block
+The flat vector concatenates the chosen parameters in the order the user gave them
+(``params=[...]``), or in model order (``named_parameters()``) by default; a block
 ``(n, k)`` of vectors splits into parameter-shaped tensors with the block index
 first, ``(k, *shape)``.
 """
@@ -15,7 +16,7 @@ from torch import nn
 
 
 def select_params(model: nn.Module, params: Sequence[torch.Tensor | str] | None) -> list[str]:
-    """Names, in model order, of the parameters to differentiate."""
+    """Names of the parameters to differentiate: in the order given, or in model order for ``params=None``."""
     named = list(model.named_parameters())
     if params is None:
         names = [n for n, p in named if p.requires_grad]
@@ -28,25 +29,28 @@ def select_params(model: nn.Module, params: Sequence[torch.Tensor | str] | None)
     if isinstance(params, (str, torch.Tensor)):
         params = [params]
     by_id = {id(p): n for n, p in named}
-    wanted = set()
+    wanted: list[str] = []
     for p in params:
         if isinstance(p, str):
             if p not in dict(named):
                 examples = [n for n, _ in named[:4]]
                 raise ValueError(f"params: {p!r} is not a parameter of the model; names are like {examples}")
-            wanted.add(p)
+            name = p
         elif isinstance(p, torch.Tensor):
             if id(p) not in by_id:
                 raise ValueError(
                     f"params: a tensor of shape {tuple(p.shape)} is not a parameter of the model; pass tensors from "
                     "model.parameters() (not copies) or parameter names"
                 )
-            wanted.add(by_id[id(p)])
+            name = by_id[id(p)]
         else:
             raise TypeError(f"params must hold tensors or names, not {type(p).__name__}")
+        if name in wanted:
+            raise ValueError(f"params: {name!r} is given twice; name each parameter once")
+        wanted.append(name)
     if not wanted:
         raise ValueError("params is empty: pass at least one parameter tensor or name, or params=None for all")
-    return [n for n, _ in named if n in wanted]
+    return wanted
 
 
 def reduction_of(loss: Any, reduction: str | None) -> str:
@@ -88,7 +92,7 @@ def device_and_dtype(tensors: Sequence[torch.Tensor]) -> tuple[torch.device, tor
     return tensors[0].device, dtype
 
 
-def split(V: torch.Tensor, sizes: Sequence[int], shapes: Sequence[tuple[int, ...]],
+def split(V: torch.Tensor, sizes: list[int], shapes: Sequence[tuple[int, ...]],
           dtypes: Sequence[torch.dtype]) -> tuple[torch.Tensor, ...]:
     """A flat vector (n,) or block (n, k) as parameter-shaped tensors of the parameters' dtypes."""
     if V.ndim == 1:
@@ -99,7 +103,8 @@ def split(V: torch.Tensor, sizes: Sequence[int], shapes: Sequence[tuple[int, ...
     return tuple(p.reshape(k, *s).to(d) for p, s, d in zip(parts, shapes, dtypes))
 
 
-def param_views(flat: torch.Tensor, sizes: Sequence[int], shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
+def param_views(flat: torch.Tensor, sizes: list[int],
+                shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
     """Parameter-shaped views into a contiguous flat vector (n,) or block (n, k): writing them writes ``flat``."""
     if flat.ndim == 1:
         return tuple(p.view(s) for p, s in zip(torch.split(flat, sizes), shapes))

@@ -49,7 +49,8 @@ from ..._array import namespace
 from ...distributed import as_comm
 from ...split import RowSplit
 from ..base import Backend
-from .data import Batches, arguments, check_train_mode, target_of
+from .checks import check_train_mode
+from .data import Batches, arguments, target_of
 from .losses import Counter, adapt_loss, loss_of_model
 from .params import reduction_of
 
