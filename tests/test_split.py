@@ -240,6 +240,9 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         n = rec["n"]
         assert rec["split"] and rec["shape"] == [n, n] and rec["rows"] < n
         assert rec["product_error"] < 1e-7  # central differences of FSDP's gradients against the dense Hessian
+        estimate = rec["product_error_estimate"]  # the first product's measurement, the same on every rank
+        assert 0 < estimate < 1e-6 and rec["product_error_2norm"] < 30 * estimate
+        assert min(rec["residual_norms"]) >= estimate  # no residual reported below the products' own error
         assert rec["converged"] and np.allclose(rec["eigenvalues"], rec["truth"], rtol=0, atol=1e-5)
         assert rec["eigenvector_rows"] < n and rec["eigenvector_residual"] < 1e-5
         estimate, stderr, exact = rec["trace"]
@@ -253,6 +256,7 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         size, error, unsplit = rec["ddp"]
         assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group
     assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # replicated small problems
+    assert ranks[0]["product_error_estimate"] == ranks[1]["product_error_estimate"]
     one = ranks[0]["one_rank"]  # the same model sharded over one rank: the same seeds, the same numbers
     assert one["rows"] == ranks[0]["n"] and one["num_matvecs"] == ranks[0]["num_matvecs"]
     assert np.allclose(one["eigenvalues"], ranks[0]["eigenvalues"], rtol=1e-9, atol=0)
