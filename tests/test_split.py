@@ -175,6 +175,10 @@ def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path)
     for method in ("xtrace", "hutch++", "hutchinson"):
         estimate, stderr = one["trace_" + method]
         assert abs(estimate - lam.sum()) < 3 * stderr, method
+    Q = SplitSpectralOperator(lam, seed=3).eigenvectors()
+    b = np.random.default_rng(8).standard_normal(90)
+    assert np.allclose(one["solve"], Q @ ((Q.T @ b) / (lam + 1.0)), atol=1e-7)  # split dots in CG/MINRES
+    assert np.allclose(one["funm"], Q @ (np.exp(lam) * (Q.T @ b)), rtol=1e-6, atol=1e-6 * np.exp(lam.max()))
     for n in (2, 4):
         assert [rec["rows"] for rec in runs[n]] == ([45, 45] if n == 2 else [7, 28, 28, 27])
         for rec in runs[n]:

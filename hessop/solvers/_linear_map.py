@@ -158,6 +158,12 @@ class LinearMap:
         """Column-wise inner products ``sum_i X[i, j] Y[i, j]`` (``(k,)``; 0-d for vectors)."""
         return self._summed(self.xp.sum(X * Y, axis=0))
 
+    def colnorms(self, X: Array) -> Array:
+        """Column-wise 2-norms of a block (``(k,)``; 0-d for a vector)."""
+        if self.split is None:
+            return self.xp.linalg.vector_norm(X, axis=0)
+        return self.xp.sqrt(self.dots(X, X))
+
     def norm(self, X: Array) -> Array:
         """The 2-norm of a vector (Frobenius of a block) as a 0-d native array."""
         if self.split is None:

@@ -183,7 +183,7 @@ def _deflated(lm: LinearMap, Q: Array | None, damping: float) -> LinearMap:
         return dataclasses.replace(lm, product=(lambda V: product(V) + damping * V) if damping else product)
 
     def project(V: Array) -> Array:
-        return V - Q @ (Q.T @ V)
+        return V - Q @ lm.inner(Q, V)
 
     def deflated(V: Array) -> Array:
         W = project(V)
@@ -239,9 +239,9 @@ def _one(op: LinearMap, fn, name, low, Q, i: int, max_steps: int, kind: str, see
     """One probe's quadrature ``||z||² Σ τ_j f(θ_j)`` and 1 if it settled (-1 if it hit ``max_steps``)."""
     z = probes(op, seed, [i], kind)[:, 0]
     if Q is not None:
-        z = z - Q @ (Q.T @ z)
-        z = z - Q @ (Q.T @ z)
-    zz = float(op.xp.sum(z * z))
+        z = z - Q @ op.inner(Q, z)
+        z = z - Q @ op.inner(Q, z)
+    zz = float(op.inner(z, z))
     if zz == 0.0:
         return 0.0, 1.0
     steps = min(max_steps, op.n)
