@@ -334,7 +334,7 @@ def _block(lm: LinearMap, b, name: str) -> tuple[Array, bool]:
     if isinstance(b, (np.ndarray, list, tuple)) or not array_api_compat.is_array_api_obj(b):
         B = lm.vector(np.asarray(b))  # a whole host vector of a split map: this rank's rows
     elif namespace(b) is not xp:
-        B = lm.asarray(to_numpy(b))
+        B = lm.vector(to_numpy(b))
     else:
         B = b
     if not hasattr(B, "ndim") or B.ndim not in (1, 2) or B.shape[0] != lm.rows:
