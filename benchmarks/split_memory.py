@@ -14,7 +14,8 @@ hessop's default product (``hvp="auto"``, exact) and its finite difference (``hv
 the strategy the split operator uses) are both measured.
 
 Rows, per rank (``peak``: the process's peak resident memory during one call above what it held
-before, :class:`benchmarks._tools.PeakRSS`; ``time``: the fastest of ``--repeats`` calls):
+before, :class:`benchmarks._tools.PeakRSS`; ``held before``: the resident memory before the call,
+model, data and the Python runtime; ``time``: the fastest of ``--repeats`` calls):
 
 gradient
     one backward pass of this rank's loss (the unit everything is compared with).
@@ -50,7 +51,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import hessop  # noqa: E402
-from benchmarks._tools import PeakRSS, markdown_table  # noqa: E402
+from benchmarks._tools import PeakRSS, markdown_table, rss_bytes, trim_heap  # noqa: E402
 from hessop.models.gpt import GPT, GPTConfig  # noqa: E402
 
 MIB = 2**20
@@ -65,11 +66,13 @@ def problem(layers: int, batch: int, tokens: int, rank: int, world: int):
     return model, [(mine[:, :-1], mine[:, 1:])], nn.CrossEntropyLoss()
 
 
-def measure(call, repeats: int) -> tuple[float, float]:
-    """Peak RSS growth of one call (MiB) and the fastest of ``repeats`` calls (s)."""
+def measure(call, repeats: int) -> tuple[float, float, float]:
+    """Peak RSS growth of one call (MiB), the fastest of ``repeats`` calls (s), and the RSS held before it (MiB)."""
     gc.collect()
     call()  # first call: one-off work (strategy choice, FSDP's lazy init)
     gc.collect()
+    trim_heap()
+    held = rss_bytes() / MIB
     with PeakRSS() as mem:
         start = time.perf_counter()
         call()
@@ -78,7 +81,7 @@ def measure(call, repeats: int) -> tuple[float, float]:
         start = time.perf_counter()
         call()
         seconds = min(seconds, time.perf_counter() - start)
-    return mem.peak / MIB, seconds
+    return mem.peak / MIB, seconds, held
 
 
 PAPER = {"model + gradient": 8, "product vectors": 12, "eigsh basis (20)": 80, "SLQ basis (90)": 360}
@@ -152,13 +155,15 @@ def main() -> None:
         local = H.rows
         v = torch.randn(local, generator=torch.Generator().manual_seed(1))
         rows.append([label, *measure(lambda: H.apply(v), args.repeats)])  # noqa: B023 - called at once
-    peak_eigsh, seconds = measure(lambda: hessop.eigsh(H, k=1, ncv=args.ncv, max_matvecs=args.ncv, certify=False,
+    peak_eigsh = measure(lambda: hessop.eigsh(H, k=1, ncv=args.ncv, max_matvecs=args.ncv, certify=False,
                                                        check_symmetric=False), 1)
-    rows.append([f"eigsh basis (ncv={args.ncv})", peak_eigsh, seconds])
+    rows.append([f"eigsh basis (ncv={args.ncv})", *peak_eigsh])
     basis = args.ncv * local * 4 / MIB
     unit = rows[0][1]
-    table = markdown_table(["rank " + str(rank), "peak MiB", "x gradient peak", "seconds"],
-                           [[r[0], f"{r[1]:.0f}", f"{r[1] / unit:.2f}", f"{r[2]:.2f}"] for r in rows])
+    table = markdown_table(["rank " + str(rank), "peak MiB", "x gradient peak", "seconds", "held before MiB",
+                            "held + peak MiB"],
+                           [[r[0], f"{r[1]:.0f}", f"{r[1] / unit:.2f}", f"{r[2]:.2f}", f"{r[3]:.0f}",
+                             f"{r[1] + r[3]:.0f}"] for r in rows])
     print(f"rank {rank} of {world}{' (FSDP2)' if split else ''}: n = {n:,} parameters, this rank's rows "
           f"{local:,}, basis {basis:.0f} MiB\n{table}", flush=True)
     if split:

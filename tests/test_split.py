@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import array_api_compat
 import numpy as np
 import pytest
 import scipy.sparse.linalg
@@ -68,6 +69,18 @@ def test_a_split_draw_is_the_whole_draw_for_any_number_of_ranks(cols):
         parts = [random_rows([5, 1], n, a, b, cols, "rademacher") for a, b in zip(cuts[:-1], cuts[1:])]
         assert np.array_equal(np.concatenate(parts), whole)
     assert not np.array_equal(random_rows([5, 2], n, 0, n, cols), random_rows([5, 1], n, 0, n, cols))
+
+
+def test_a_layout_by_index_cuts_and_draws_whole_vectors_by_position():
+    from hessop.solvers._linear_map import LinearMap
+
+    xp = array_api_compat.array_namespace(np.zeros(1))
+    split = RowSplit(FakeRank(1, 2), rows=3, offset=5, n=10, index=np.array([9, 0, 4]))
+    lm = LinearMap(lambda V: V, 10, xp, xp.float64, "cpu", split=split)
+    assert lm.vector(np.arange(10.0)).tolist() == [9.0, 0.0, 4.0] and lm.zeros((10, 2)).shape == (3, 2)
+    key = int(np.random.default_rng(4).integers(2**63))
+    assert np.array_equal(lm.random(np.random.default_rng(4), (10,)), random_rows([key], 10, 0, 10, None)[[9, 0, 4]])
+    assert split.scatter(np.arange(10.0)).tolist() == [9.0, 0.0, 4.0]
 
 
 def test_tsqr_of_a_split_map_is_orthonormal_even_for_a_rank_deficient_block():
@@ -162,6 +175,10 @@ def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path)
     for method in ("xtrace", "hutch++", "hutchinson"):
         estimate, stderr = one["trace_" + method]
         assert abs(estimate - lam.sum()) < 3 * stderr, method
+    Q = SplitSpectralOperator(lam, seed=3).eigenvectors()
+    b = np.random.default_rng(8).standard_normal(90)
+    assert np.allclose(one["solve"], Q @ ((Q.T @ b) / (lam + 1.0)), atol=1e-7)  # split dots in CG/MINRES
+    assert np.allclose(one["funm"], Q @ (np.exp(lam) * (Q.T @ b)), rtol=1e-6, atol=1e-6 * np.exp(lam.max()))
     for n in (2, 4):
         assert [rec["rows"] for rec in runs[n]] == ([45, 45] if n == 2 else [7, 28, 28, 27])
         for rec in runs[n]:
@@ -227,6 +244,9 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         n = rec["n"]
         assert rec["split"] and rec["shape"] == [n, n] and rec["rows"] < n
         assert rec["product_error"] < 1e-7  # central differences of FSDP's gradients against the dense Hessian
+        estimate = rec["product_error_estimate"]  # the first product's measurement, the same on every rank
+        assert 0 < estimate < 1e-6 and rec["product_error_2norm"] < 30 * estimate
+        assert min(rec["residual_norms"]) >= estimate  # no residual reported below the products' own error
         assert rec["converged"] and np.allclose(rec["eigenvalues"], rec["truth"], rtol=0, atol=1e-5)
         assert rec["eigenvector_rows"] < n and rec["eigenvector_residual"] < 1e-5
         estimate, stderr, exact = rec["trace"]
@@ -240,6 +260,7 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         size, error, unsplit = rec["ddp"]
         assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group
     assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # replicated small problems
+    assert ranks[0]["product_error_estimate"] == ranks[1]["product_error_estimate"]
     one = ranks[0]["one_rank"]  # the same model sharded over one rank: the same seeds, the same numbers
     assert one["rows"] == ranks[0]["n"] and one["num_matvecs"] == ranks[0]["num_matvecs"]
     assert np.allclose(one["eigenvalues"], ranks[0]["eigenvalues"], rtol=1e-9, atol=0)

@@ -15,8 +15,8 @@ scalars of an iteration reach the host in one transfer.
   it converges to the minimum-norm solution; on an inconsistent one it stops when
   ``||A r|| / (||A|| ||r||) <= rtol`` (``status="least-squares"``).
 
-The reductions over the vectors' length (:func:`coldot`, :func:`colnorm`) live in
-this one place, so that split vectors can route them through one all-reduce.
+Every reduction over the vectors' length is the :class:`~._linear_map.LinearMap`'s
+(``lm.dots``, ``lm.colnorms``), so split vectors take one all-reduce each.
 """
 
 from __future__ import annotations
@@ -34,17 +34,6 @@ from ._ortho import host, take_columns
 
 CURVATURE = 10.0
 """Curvature ``pᵀAp`` at or below ``CURVATURE · eps · ||A||_est · pᵀp`` counts as non-positive."""
-
-
-# -- reductions over the vector length (the one place to route them for split vectors) ------------
-def coldot(xp, U: Array, V: Array) -> Array:
-    """Column-wise dot products ``uⱼᵀvⱼ`` of two ``(n, k)`` blocks, as a ``(k,)`` device array."""
-    return xp.sum(U * V, axis=0)
-
-
-def colnorm(xp, U: Array) -> Array:
-    """Column-wise 2-norms of an ``(n, k)`` block, as a ``(k,)`` device array."""
-    return xp.linalg.vector_norm(U, axis=0)
 
 
 @dataclass
@@ -83,7 +72,7 @@ class Run:
 
     def row(self, *rows: np.ndarray) -> list[Array]:
         """Host per-column scalars moved to the device in one transfer, as ``(1, k)`` rows."""
-        dev = self.lm.asarray(np.stack(rows))
+        dev = self.lm.small(np.stack(rows))
         return [dev[i:i + 1, :] for i in range(len(rows))]
 
 
@@ -105,7 +94,7 @@ def cg(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]) ->
     """
     xp, lm = run.xp, run.lm
     tol_c = CURVATURE * lm.eps
-    P, rr = R, coldot(xp, R, R)
+    P, rr = R, lm.dots(R, R)
     (rr_h,) = _split(host(rr), 1)
     _finite(rr_h)
     target = run.rtol * run.bnorm[cols]
@@ -131,14 +120,14 @@ def cg(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]) ->
                 finish(np.ones(len(cols), bool), "budget", X, rr_h, cols)
                 return None
             AP = lm(P)
-            pAp, pp = coldot(xp, P, AP), coldot(xp, P, P)
+            pAp, pp = lm.dots(P, AP), lm.dots(P, P)
             anorm = run.anorm
             ok = pAp > (tol_c * anorm) * pp
             alpha = xp.where(ok, rr / xp.where(ok, pAp, xp.ones_like(pAp)), xp.zeros_like(pAp))
             X = X + alpha * P
             state = (cols, X, rr_h)
             R = R - alpha * AP
-            rr_new = coldot(xp, R, R)
+            rr_new = lm.dots(R, R)
             pAp_h, pp_h, rrn_h = _split(host(pAp, pp, rr_new), 3)
             _finite(pAp_h, rrn_h)
             bad = ~(pAp_h > (tol_c * anorm) * pp_h)  # the device's test, on the same numbers
@@ -175,7 +164,7 @@ def minres(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]
     """
     xp, lm = run.xp, run.lm
     m = len(cols)
-    (beta1,) = _split(host(colnorm(xp, R)), 1)
+    (beta1,) = _split(host(lm.colnorms(R)), 1)
     _finite(beta1)
     s = {"oldb": np.zeros(m), "beta": beta1, "dbar": np.zeros(m), "epsln": np.zeros(m), "phibar": beta1.copy(),
          "cs": -np.ones(m), "sn": np.zeros(m), "anorm": np.zeros(m), "gmax": np.zeros(m),
@@ -211,10 +200,10 @@ def minres(run: Run, X: Array, R: Array, cols: list[int], out: dict[int, Column]
             Y = lm(V)
             if not first:
                 Y = Y - ratio * R1
-            alfa = coldot(xp, V, Y)
+            alfa = lm.dots(V, Y)
             Y = Y - (alfa * inv_beta) * R2
             R1, R2 = R2, Y
-            alfa_h, beta_h = _split(host(alfa, colnorm(xp, Y)), 2)
+            alfa_h, beta_h = _split(host(alfa, lm.colnorms(Y)), 2)
             _finite(alfa_h, beta_h)
             first = False
             oldb, beta = s["beta"], beta_h

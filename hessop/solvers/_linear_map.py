@@ -97,7 +97,7 @@ class LinearMap:
         if isinstance(v, np.ndarray) or not array_api_compat.is_array_api_obj(v):
             a = np.asarray(to_numpy(v) if hasattr(v, "shape") else v, dtype=np.float64)
             if self.split is not None and a.shape[:1] == (self.n,) and self.rows != self.n:
-                a = a[self.split.offset:self.split.stop]
+                a = self.split.scatter(a)
             return self.asarray(a)
         return v if v.dtype == self.dtype else self.xp.astype(v, self.dtype)
 
@@ -117,8 +117,9 @@ class LinearMap:
         key = int(rng(seed).integers(2**63))
         return self.asarray(self._draw([key], int(shape[1]) if len(shape) == 2 else None, kind))
 
-    def _draw(self, key, cols, kind):
+    def _draw(self, key, cols, kind) -> np.ndarray:
         split = self.split
+        assert split is not None
         if split.index is not None:
             return random_at(key, self.n, split.index, cols, kind)
         return random_rows(key, self.n, split.offset, split.stop, cols, kind)
@@ -156,6 +157,12 @@ class LinearMap:
     def dots(self, X: Array, Y: Array) -> Array:
         """Column-wise inner products ``sum_i X[i, j] Y[i, j]`` (``(k,)``; 0-d for vectors)."""
         return self._summed(self.xp.sum(X * Y, axis=0))
+
+    def colnorms(self, X: Array) -> Array:
+        """Column-wise 2-norms of a block (``(k,)``; 0-d for a vector)."""
+        if self.split is None:
+            return self.xp.linalg.vector_norm(X, axis=0)
+        return self.xp.sqrt(self.dots(X, X))
 
     def norm(self, X: Array) -> Array:
         """The 2-norm of a vector (Frobenius of a block) as a 0-d native array."""

@@ -235,7 +235,7 @@ def _funm(lm: LinearMap, v: Array, fn, name: str, low: float, rtol: float, budge
     if m == 0:
         return FunmResult(lm.zeros((lm.n,)), math.inf, math.inf, False, lm.num_matvecs, 0, stopped, name)
     y = history[-1]
-    x = K.basis(m) @ lm.asarray(y)
+    x = K.basis(m) @ lm.small(y)
     size = float(np.linalg.norm(y))
     rel = error / size if size > 0 else (0.0 if error == 0 else math.inf)
     converged = stopped in ("converged", "exhausted") and rel <= rtol
@@ -266,11 +266,11 @@ def _rounding(y: np.ndarray, eps: float, m: int, cond: float) -> float:
 def _vector(lm: LinearMap, v) -> Array:
     xp = lm.xp
     if isinstance(v, (np.ndarray, list, tuple)) or namespace(v) is not xp:
-        v = lm.asarray(np.asarray(to_numpy(v) if not isinstance(v, (list, tuple)) else v))
-    if v.ndim != 1 or v.shape[0] != lm.n:
-        raise ValueError(f"v must have shape ({lm.n},); got {tuple(v.shape)}")
+        v = lm.vector(np.asarray(to_numpy(v) if not isinstance(v, (list, tuple)) else v))
+    if v.ndim != 1 or v.shape[0] != lm.rows:
+        raise ValueError(f"v must have shape ({lm.rows},); got {tuple(v.shape)}")
     if v.dtype != lm.dtype:
         v = xp.astype(v, lm.dtype)
-    if not math.isfinite(float(host(norm(xp, v))[0])):
+    if not lm.all_finite(v):  # collective when split: every rank raises together
         raise ValueError("v holds NaN or Inf")
     return v

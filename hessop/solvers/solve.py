@@ -21,7 +21,7 @@ import numpy as np
 
 from .._array import Array, namespace, to_numpy
 from .._collective import check_arguments
-from ._cgminres import RUNNERS, Column, Run, colnorm
+from ._cgminres import RUNNERS, Column, Run
 from ._linear_map import LinearMap, as_linear_map
 from ._ortho import host
 from ._progress import Progress
@@ -202,7 +202,7 @@ def solve(A: Any, b: Array, *, damping: float = 0.0, method: str = "auto", rtol:
 def _solve(run: Run, B: Array, x0, method: str, vector: bool, damping: float) -> SolveResult:
     xp, lm = run.xp, run.lm
     k = int(B.shape[1])
-    bnorm = _host(colnorm(xp, B))
+    bnorm = _host(lm.colnorms(B))
     run.bnorm = np.where(bnorm > 0, bnorm, 1.0)
     out = {c: Column() for c in range(k)}
     todo = [c for c in range(k) if bnorm[c] > 0]
@@ -216,7 +216,7 @@ def _solve(run: Run, B: Array, x0, method: str, vector: bool, damping: float) ->
         if X0.shape != B.shape:
             raise ValueError(f"x0 must have the shape of b, {tuple(B.shape)}; got {tuple(X0.shape)}")
         R0 = B - lm(X0)
-        start = _host(colnorm(xp, R0)) / run.bnorm
+        start = _host(lm.colnorms(R0)) / run.bnorm
         cols_x = [X0[:, c] if bnorm[c] > 0 else cols_x[c] for c in range(k)]
         cols_r = [R0[:, c] for c in range(k)]
     phase = {c: "minres" if method == "minres" else "cg" for c in todo}
@@ -245,7 +245,7 @@ def _solve(run: Run, B: Array, x0, method: str, vector: bool, damping: float) ->
                     residual[c] = out[c].estimate
                 out[c].status = "interrupt"
             break
-        res = _host(colnorm(xp, Rt)) / run.bnorm[todo]
+        res = _host(lm.colnorms(Rt)) / run.bnorm[todo]
         keep = []
         for i, c in enumerate(todo):
             residual[c], cols_r[c] = res[i], Rt[:, i]
@@ -338,21 +338,21 @@ def _block(lm: LinearMap, b, name: str) -> tuple[Array, bool]:
     """``b`` as a native ``(n, k)`` block in the map's dtype, and whether it was a vector."""
     xp = lm.xp
     if isinstance(b, (np.ndarray, list, tuple)) or not array_api_compat.is_array_api_obj(b):
-        B = lm.asarray(np.asarray(b))
+        B = lm.vector(np.asarray(b))  # a whole host vector of a split map: this rank's rows
     elif namespace(b) is not xp:
-        B = lm.asarray(to_numpy(b))
+        B = lm.vector(to_numpy(b))
     else:
         B = b
-    if not hasattr(B, "ndim") or B.ndim not in (1, 2) or B.shape[0] != lm.n:
-        raise ValueError(f"{name} must have shape ({lm.n},) or ({lm.n}, k); got {tuple(getattr(B, 'shape', ()))}")
+    if not hasattr(B, "ndim") or B.ndim not in (1, 2) or B.shape[0] != lm.rows:
+        raise ValueError(f"{name} must have shape ({lm.rows},) or ({lm.rows}, k); got {tuple(getattr(B, 'shape', ()))}")
     if "complex" in str(B.dtype):
         raise TypeError(f"{name} is complex; solve real and imaginary parts separately")
     if B.dtype != lm.dtype:
         B = xp.astype(B, lm.dtype)
     vector = B.ndim == 1
     if vector:
-        B = xp.reshape(B, (lm.n, 1))
-    if not np.all(np.isfinite(_host(colnorm(xp, B)))):
+        B = xp.reshape(B, (lm.rows, 1))
+    if not lm.all_finite(B):  # collective when split: every rank raises together
         raise ValueError(f"{name} holds NaN or Inf")
     return B, vector
 

@@ -51,6 +51,8 @@ __all__ = ["TraceResult", "trace"]
 
 METHODS = ("xtrace", "hutch++", "hutchinson")
 MINIMUM = {"hutchinson": 2, "hutch++": 4, "xtrace": 4}
+DEFAULT_BUDGET = 60
+"""Products an estimator spends when ``max_matvecs`` is not given (``f=`` has its own default)."""
 """Fewest products that still give a standard error: two samples for the stochastic part."""
 FINAL_STREAM = 2
 """Adaptive mode: the final sample of attempt ``a`` draws its probes from stream ``FINAL_STREAM + a``,
@@ -64,7 +66,7 @@ FIRST_ROUND = 16
 
 
 @renamed(num_matvecs="max_matvecs")
-def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float | None = None,
+def trace(A: Any, *, method: str = "xtrace", max_matvecs: int | None = None, rtol: float | None = None,
           probe: str = "rademacher", seed: int = 0, comm: Any = None, check_symmetric: bool = True,
           progress: bool = False, block_size: int = 16, f: Any = None) -> TraceResult:
     """Estimate ``tr(A)`` of a symmetric operator from products with random vectors.
@@ -74,8 +76,8 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float 
     A : operator
         Anything :func:`~hessop.solvers._linear_map.as_linear_map` accepts.
     method : {"xtrace", "hutch++", "hutchinson"}
-    max_matvecs : int
-        Budget of products (at least 2 for Hutchinson, 4 for Hutch++ and XTrace); the result's
+    max_matvecs : int, optional
+        Budget of products, 60 by default (at least 2 for Hutchinson, 4 for Hutch++ and XTrace); the result's
         ``num_matvecs`` says how many were spent. ``num_matvecs=`` is its deprecated name.
     rtol : float in (0, 1), optional
         Adaptive mode: a pilot adds probes (Hutchinson) or grows the sketch (Hutch++,
@@ -134,12 +136,14 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int = 60, rtol: float 
     >>> r.converged, bool(r.stderr <= 0.01 * r.estimate), r.num_matvecs < 2000
     (True, True, True)
     """
-    if f is not None:  # tr f(A): stochastic Lanczos quadrature; 60 is Hutchinson's default budget, not SLQ's
+    if f is not None:  # tr f(A): stochastic Lanczos quadrature, with its own default budget
         from .trace_function import trace_function
-        return trace_function(A, f, rtol=rtol, max_matvecs=None if max_matvecs == 60 else max_matvecs, probe=probe,
+        return trace_function(A, f, rtol=rtol, max_matvecs=max_matvecs, probe=probe,
                               seed=seed, comm=comm, progress=progress, check_symmetric=check_symmetric)
     check_arguments("trace", A, comm, method=method, max_matvecs=max_matvecs, rtol=rtol, probe=probe, seed=seed, check_symmetric=check_symmetric, block_size=block_size)  # noqa: E501
     method = check_method(method, METHODS)
+    if max_matvecs is None:
+        max_matvecs = DEFAULT_BUDGET
     budget = check_budget(max_matvecs, MINIMUM[method], f"trace(method={method!r})")
     check_kind(probe)
     seed = check_seed(seed)

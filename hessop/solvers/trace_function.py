@@ -28,7 +28,7 @@ from .._array import Array
 from .._collective import check_arguments
 from ._krylov import KrylovBasis
 from ._linear_map import LinearMap, as_linear_map
-from ._ortho import cgs2, host, norm
+from ._ortho import cgs2
 from ._progress import Progress
 from ._trace_result import TraceResult
 from .funm import matrix_function, ritz_function
@@ -185,7 +185,7 @@ def _deflated(lm: LinearMap, Q: Array | None, damping: float) -> LinearMap:
         return dataclasses.replace(lm, product=(lambda V: product(V) + damping * V) if damping else product)
 
     def project(V: Array) -> Array:
-        return cgs2(Q, V)[0]  # the Krylov kernels' Gram-Schmidt: its reductions are routed in one place
+        return cgs2(lm, Q, V)[0]  # two passes, as the Krylov kernels orthogonalise
 
     def deflated(V: Array) -> Array:
         W = project(V)
@@ -241,8 +241,8 @@ def _one(op: LinearMap, fn, name, low, Q, i: int, max_steps: int, kind: str, see
     """One probe's quadrature ``||z||² Σ τ_j f(θ_j)`` and 1 if it settled (-1 if it hit ``max_steps``)."""
     z = probes(op, seed, [i], kind)[:, 0]
     if Q is not None:
-        z = cgs2(Q, z)[0]
-    zz = float(host(norm(op.xp, z))[0]) ** 2
+        z = cgs2(op, Q, z)[0]
+    zz = float(op.inner(z, z))
     if zz == 0.0:
         return 0.0, 1.0
     steps = min(max_steps, op.n)

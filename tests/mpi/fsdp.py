@@ -63,7 +63,11 @@ record = {"rank": rank, "n": n, "shape": list(H.shape), "rows": H.split.rows, "s
 v = np.random.default_rng(2).standard_normal((n, 3))
 got = H.apply(torch.from_numpy(H.split.scatter(v)))
 record["product_error"] = float(np.abs(got.numpy() - (dense @ v)[idx]).max() / np.abs(dense @ v).max())
+exact = dense @ v
+record["product_error_2norm"] = float(np.linalg.norm(H.split.gather(got).numpy() - exact) / np.linalg.norm(exact))
+record["product_error_estimate"] = H.product_error  # measured by the first product (a ladder of steps)
 r = hessop.eigsh(H, k=5, seed=3)
+record["residual_norms"] = r.residual_norms.tolist()
 record["eigenvalues"] = r.eigenvalues.tolist()
 record["truth"] = truth[:5].tolist()
 record["converged"] = bool(r.all_converged)

@@ -50,6 +50,12 @@ if mode == "results":
     for kind in () if quick else ("nystrom", "rademacher"):
         s = hessop.sketch(A, d=12, kind=kind, seed=7, refine=True)
         record["sketch_" + kind] = s.eigenvalues[:6].tolist()
+    if not quick:  # the solves and matrix functions (issue 22) on split vectors, b given whole on every rank
+        b = np.random.default_rng(8).standard_normal(n)
+        x = hessop.solve(A, b, damping=1.0, rtol=1e-10)
+        record["solve"] = A.split.gather(x.x).tolist()
+        record["funm"] = A.split.gather(hessop.funm(A, b, "exp", rtol=1e-10).x).tolist()
+        record["logdet"] = hessop.logdet(A, damping=1.0, num_probes=6, deflate=4, seed=9).estimate
     try:
         A @ np.ones(n)
     except TypeError as exc:

@@ -21,10 +21,13 @@ the usual flat parameter vector.
 second derivative through its reduce-scatter hooks does not exist (``grad`` of
 a gradient fails: the gradients come from the hooks, not the graph). So a
 product is a central finite difference of FSDP's own gradients, perturbing only
-the local shards in place: ``(g(θ + h v) - g(θ - h v)) / 2h`` with the step of
-:func:`hessop.backends.torch.hvp.finite_difference`, ``h ‖v‖ = ε^(1/3) (1 + ‖θ‖)``
-(the norms summed over ranks). Per rank a product holds the gradient pass and
-three local vectors (θ's shards, one gradient, the result).
+the local shards in place: ``(g(θ + h v) - g(θ - h v)) / 2h``. The first product
+chooses the step and measures the products' relative error as
+``hvp="finite-difference"`` does (:mod:`.finite_difference`: a ladder of steps from
+``h₀ ‖v‖ = ε^(1/3) (1 + ‖θ‖)``), with every norm summed over the ranks so that all
+take the same steps; :attr:`ShardedTorchBackend.product_error` is the estimate, and
+the solvers report no residual below it. Per rank a product holds the gradient
+pass and three local vectors (θ's shards, one gradient, the result).
 
 *Weights.* Each rank's loss is ``Σ_b w_b loss_b`` over its batches (the batch
 weights of :mod:`hessop.backends.base`); FSDP2 divides the reduce-scattered
@@ -37,6 +40,7 @@ made the same number.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -51,6 +55,7 @@ from ...split import RowSplit
 from ..base import Backend
 from .checks import check_train_mode
 from .data import Batches, arguments, target_of
+from .finite_difference import MAX_STEPS, SOLVER_TOLERANCE
 from .losses import Counter, adapt_loss, loss_of_model
 from .params import reduction_of
 
@@ -173,6 +178,8 @@ class ShardedTorchBackend(Backend):
             raise ValueError("a rank holds no batch of non-zero weight, but every rank of an FSDP2 model takes part "
                              "in every forward pass: give every rank at least one batch")
         self.split = replace(self.split, index=self.global_indices())  # draws by parameter: any number of ranks
+        self.product_error: float | None = None  # measured at the first product
+        self._factor: float | None = None  # the step over h₀ chosen then
 
     # -- layout -------------------------------------------------------------------------------------
     def _params(self) -> list:
@@ -247,7 +254,11 @@ class ShardedTorchBackend(Backend):
                 t.copy_(piece.reshape(t.shape))
 
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
-        """``Σ_b w_b H_b V`` on this rank's rows: two gradient passes per column (central difference)."""
+        """``Σ_b w_b H_b V`` on this rank's rows: two gradient passes per column (central difference).
+
+        The first product measures the step and the products' error as ``hvp="finite-difference"``
+        does (:mod:`.finite_difference`), with norms over all ranks: :attr:`product_error`.
+        """
         cols = V[:, None] if V.ndim == 1 else V
         theta = self.flat_params().clone()
         sums = np.concatenate([[float(theta.double().square().sum())],
@@ -259,14 +270,58 @@ class ShardedTorchBackend(Backend):
             for j in range(cols.shape[1]):
                 if sums[1 + j] == 0.0:
                     continue
-                h = eps ** (1 / 3) * (1 + sums[0] ** 0.5) / sums[1 + j] ** 0.5
-                self._shift(theta + h * cols[:, j])
-                plus = self._gradient()
-                self._shift(theta - h * cols[:, j])
-                out[:, j] = (plus - self._gradient()) / (2 * h)
+                h0 = eps ** (1 / 3) * (1 + sums[0] ** 0.5) / sums[1 + j] ** 0.5
+                v = cols[:, j]
+                if self._factor is None:
+                    out[:, j], self._factor, self.product_error = self._measure(theta, v, h0)
+                    self._warn_error(eps)
+                else:
+                    out[:, j] = self._difference(theta, v, h0 * self._factor)
         finally:
             self._shift(theta)
         return out[:, 0] if V.ndim == 1 else out
+
+    def _difference(self, theta: torch.Tensor, v: torch.Tensor, h: float) -> torch.Tensor:
+        self._shift(theta + h * v)
+        plus = self._gradient()
+        self._shift(theta - h * v)
+        return (plus - self._gradient()) / (2 * h)
+
+    def _measure(self, theta: torch.Tensor, v: torch.Tensor, h0: float) -> tuple[torch.Tensor, float, float]:
+        """The ladder of :func:`.finite_difference._measure` with norms summed over the ranks (so every rank
+        takes the same steps): the difference at the step of least estimated error, the step over ``h0``,
+        and the estimate."""
+        h = h0 / 2
+        current = self._difference(theta, v, h)
+        best: tuple[float, float, torch.Tensor] | None = None
+        rises = 0
+        for _ in range(MAX_STEPS):
+            following = self._difference(theta, v, 2 * h)
+            local = [float(current.double().square().sum()), float((current - following).double().square().sum())]
+            scale2, change2 = np.asarray(self.comm.allreduce(np.array(local)), dtype=np.float64)
+            estimate = float(np.sqrt(change2 / scale2)) if scale2 > 0 else 0.0
+            if best is None or estimate < best[0]:
+                best, rises = (estimate, h, current), 0
+            else:
+                rises += 1
+            if rises == 2 or estimate == 0.0 or not np.isfinite(estimate):
+                break
+            current, h = following, 2 * h
+        assert best is not None
+        estimate, h, out = best
+        return out, h / h0, estimate
+
+    def _warn_error(self, eps: float) -> None:
+        tolerance = max(SOLVER_TOLERANCE, 100 * eps)
+        if self.product_error is not None and self.product_error > tolerance:
+            warnings.warn(
+                f"the FSDP2 model's finite-difference products are accurate to about {self.product_error:.1g} "
+                f"(relative), measured at the first product: more than the solvers' default tolerance "
+                f"{tolerance:.1g}, and solvers report no residual below it (H.product_error); pass a tol of at "
+                "least that, or shard a float64 model for tighter results",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def restrict(self, names: Sequence[str]) -> ShardedTorchBackend:
         return ShardedTorchBackend(self.model, params=list(names), **self._init)
