@@ -23,8 +23,8 @@ class KrylovBasis:
     ``alpha[j]`` is ``q_jᵀ A q_j`` and ``beta[j]`` the coupling between columns
     ``j`` and ``j+1``; :attr:`r` is the normalised next vector (``None`` after a
     breakdown) with coefficient ``beta[-1]``; the next step after a breakdown
-    starts from a fresh random vector orthogonal to the basis. Restarted solvers may overwrite the leading columns and :attr:`r` between
-    calls (thick restart).
+    starts from a fresh random vector orthogonal to the basis. Restarted solvers may
+    overwrite the leading columns and :attr:`r` between calls (thick restart).
     """
 
     def __init__(self, lm: LinearMap, capacity: int, seed=0, *, reorthogonalize: bool = True, keep: bool = True):
