@@ -237,8 +237,9 @@ class ShardedTorchBackend(Backend):
             g = p.grad
             parts.append(torch.zeros(size, dtype=self.dtype, device=self.device) if g is None
                          else g.to_local().detach().reshape(-1))
+        out = torch.cat(parts)
         self.model.zero_grad(set_to_none=True)
-        return torch.cat(parts) * float(self._world)  # FSDP2 divides the reduce-scattered sum by the ranks
+        return out.mul_(float(self._world))  # FSDP2 divides the reduce-scattered sum by the ranks
 
     def loss_sum(self) -> float:
         with torch.no_grad():
@@ -247,11 +248,15 @@ class ShardedTorchBackend(Backend):
     def grad_sum(self) -> torch.Tensor:
         return self._gradient()
 
-    def _shift(self, flat: torch.Tensor) -> None:
-        """Set this rank's shards to ``flat`` (in place: FSDP2 gathers them at the next forward)."""
+    def _shift(self, flat: torch.Tensor, v: torch.Tensor | None = None, h: float = 0.0) -> None:
+        """Set this rank's shards to ``flat + h v`` in place, shard by shard (FSDP2 gathers them at the next
+        forward; no temporary of this rank's length)."""
         with torch.no_grad():
-            for t, piece in zip(self._locals(), torch.split(flat, self._local_sizes)):
+            pieces = torch.split(v, self._local_sizes) if v is not None else [None] * len(self._local_sizes)
+            for t, piece, step in zip(self._locals(), torch.split(flat, self._local_sizes), pieces):
                 t.copy_(piece.reshape(t.shape))
+                if step is not None:
+                    t.add_(step.reshape(t.shape), alpha=h)
 
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         """``Σ_b w_b H_b V`` on this rank's rows: two gradient passes per column (central difference).
@@ -276,16 +281,23 @@ class ShardedTorchBackend(Backend):
                     out[:, j], self._factor, self.product_error = self._measure(theta, v, h0)
                     self._warn_error(eps)
                 else:
-                    out[:, j] = self._difference(theta, v, h0 * self._factor)
+                    self._difference(theta, v, h0 * self._factor, out[:, j])
         finally:
             self._shift(theta)
         return out[:, 0] if V.ndim == 1 else out
 
-    def _difference(self, theta: torch.Tensor, v: torch.Tensor, h: float) -> torch.Tensor:
-        self._shift(theta + h * v)
-        plus = self._gradient()
-        self._shift(theta - h * v)
-        return (plus - self._gradient()) / (2 * h)
+    def _difference(self, theta: torch.Tensor, v: torch.Tensor, h: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(g(θ + h v) - g(θ - h v)) / 2h`` into ``out``: with θ's copy and the result, one more local
+        vector (the second gradient) is all a product holds beside the gradient pass."""
+        self._shift(theta, v, h)
+        if out is None:
+            out = self._gradient()
+        else:
+            out.copy_(self._gradient())  # a column of the result block is not contiguous: cat cannot write it
+        self._shift(theta, v, -h)
+        minus = self._gradient()
+        return out.sub_(minus).div_(2 * h)
 
     def _measure(self, theta: torch.Tensor, v: torch.Tensor, h0: float) -> tuple[torch.Tensor, float, float]:
         """The ladder of :func:`.finite_difference._measure` with norms summed over the ranks (so every rank
