@@ -68,7 +68,7 @@ class FiniteDifference:
         gradient = grad(f)
         difference = lambda h: _difference(gradient, primals, target, v, h)  # noqa: E731
         if self.factor is None:
-            out, self.factor, self.error = _measure(difference, h0)
+            out, self.factor, self.error = ladder(difference, h0, _relative_change)
             tolerance = max(SOLVER_TOLERANCE, 100 * eps)  # eigsh's default tolerance, or its floor in this dtype
             if self.error > tolerance:
                 warnings.warn(
@@ -89,16 +89,26 @@ def _difference(gradient: Callable, primals: Tensors, target: Any, v: Tensors, h
     return tuple((a - b) / (2 * h) for a, b in zip(plus, minus))
 
 
-def _measure(difference: Callable[[float], Tensors], h0: float) -> tuple[Tensors, float, float]:
-    """The difference at the step of least estimated error, that step over ``h0``, and the estimate."""
+def _relative_change(current: Tensors, following: Tensors) -> float:
+    scale = _norm(current)
+    return _norm([a - b for a, b in zip(current, following)]) / scale if scale > 0 else 0.0
+
+
+def ladder(difference: Callable[[float], Any], h0: float,
+           relative_change: Callable[[Any, Any], float]) -> tuple[Any, float, float]:
+    """Steps doubling from ``h0 / 2``, each difference's error estimated by ``relative_change`` to the next.
+
+    Returns the difference at the step of least estimated error, that step over ``h0``, and the
+    estimate. ``relative_change`` is where a split model sums its norms over the ranks, so that all
+    take the same steps.
+    """
     h = h0 / 2
     current = difference(h)
-    best: tuple[float, float, Tensors] | None = None
+    best: tuple[float, float, Any] | None = None
     rises = 0
     for _ in range(MAX_STEPS):
         following = difference(2 * h)
-        scale = _norm(current)
-        estimate = _norm([a - b for a, b in zip(current, following)]) / scale if scale > 0 else 0.0
+        estimate = relative_change(current, following)
         if best is None or estimate < best[0]:
             best, rises = (estimate, h, current), 0
         else:

@@ -55,7 +55,7 @@ from ...split import RowSplit
 from ..base import Backend
 from .checks import check_train_mode
 from .data import Batches, arguments, target_of
-from .finite_difference import MAX_STEPS, SOLVER_TOLERANCE
+from .finite_difference import SOLVER_TOLERANCE, ladder
 from .losses import Counter, adapt_loss, loss_of_model
 from .params import reduction_of
 
@@ -300,28 +300,15 @@ class ShardedTorchBackend(Backend):
         return out.sub_(minus).div_(2 * h)
 
     def _measure(self, theta: torch.Tensor, v: torch.Tensor, h0: float) -> tuple[torch.Tensor, float, float]:
-        """The ladder of :func:`.finite_difference._measure` with norms summed over the ranks (so every rank
+        """The ladder of :func:`.finite_difference.ladder` with norms summed over the ranks (so every rank
         takes the same steps): the difference at the step of least estimated error, the step over ``h0``,
         and the estimate."""
-        h = h0 / 2
-        current = self._difference(theta, v, h)
-        best: tuple[float, float, torch.Tensor] | None = None
-        rises = 0
-        for _ in range(MAX_STEPS):
-            following = self._difference(theta, v, 2 * h)
+        def relative_change(current: torch.Tensor, following: torch.Tensor) -> float:
             local = [float(current.double().square().sum()), float((current - following).double().square().sum())]
             scale2, change2 = np.asarray(self.comm.allreduce(np.array(local)), dtype=np.float64)
-            estimate = float(np.sqrt(change2 / scale2)) if scale2 > 0 else 0.0
-            if best is None or estimate < best[0]:
-                best, rises = (estimate, h, current), 0
-            else:
-                rises += 1
-            if rises == 2 or estimate == 0.0 or not np.isfinite(estimate):
-                break
-            current, h = following, 2 * h
-        assert best is not None
-        estimate, h, out = best
-        return out, h / h0, estimate
+            return float(np.sqrt(change2 / scale2)) if scale2 > 0 else 0.0
+
+        return ladder(lambda h: self._difference(theta, v, h), h0, relative_change)
 
     def _warn_error(self, eps: float) -> None:
         tolerance = max(SOLVER_TOLERANCE, 100 * eps)
