@@ -143,6 +143,7 @@ def test_a_wrong_compiled_product_is_refused(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor")  # one worker: the later tests find the kernels compiled
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_compiled_products_equal_eager_and_dense(mode):
     """torch.compile's product, a vector and a block, against the eager product and the dense float64 Hessian.
@@ -232,6 +233,7 @@ def test_linearisations_are_kept_only_within_the_graph_cache_budget(monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor")  # one worker: the later tests find the kernels compiled
 def test_compile_falls_back_to_the_whole_product_beyond_the_budget():
     """A batch whose linearisation does not fit the budget gets the whole product compiled; both exact."""
     from hessop.backends.torch.data import target_of
