@@ -28,3 +28,19 @@ except ImportError:  # the suite's torch tests skip themselves
 else:
     torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config, items):
+    """The longest work first, so that neither worker is left with a long test at the end.
+
+    pyproject runs the suite with ``--dist loadgroup --no-loadscope-reorder``: xdist hands each
+    worker the next test (or the whole ``xdist_group`` it belongs to) in this order as soon as the
+    worker is nearly idle. Tests marked ``slow`` and the groups go first, then the ``mpi`` tests
+    (they start processes of their own), then everything else in file order.
+    """
+
+    def rank(item) -> int:
+        if item.get_closest_marker("slow") or item.get_closest_marker("xdist_group"):
+            return 0
+        return 1 if item.get_closest_marker("mpi") else 2
+
+    items.sort(key=rank)  # stable: file order within each rank
