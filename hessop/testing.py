@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import ortho_group
 
 from ._array import Array, from_numpy, namespace, rng, to_numpy
 from .distributed import as_comm
@@ -117,7 +116,7 @@ class SpectralOperator(NativeOperator):
             self._lam_native = self._native(lam[:, None])
             self._W_native = self._native(self._W)
         else:
-            self._Q = ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))
+            self._Q = _orthogonal(n, g)
             self._dense_native = self._native((self._Q * lam) @ self._Q.T)
 
     def _native(self, a: np.ndarray) -> Array:
@@ -181,7 +180,7 @@ class SplitSpectralOperator(NativeOperator):
         split = RowSplit.from_rows(rows, comm, n)  # ranks that disagree on n or the rows fail together
         self.split = self._layout = split
         g = rng(seed)
-        self._Q = ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))
+        self._Q = _orthogonal(n, g)
         self._rows = ((self._Q * self.eigenvalues) @ self._Q.T)[split.offset:split.stop]
         xp = namespace(np.zeros(1))
         super().__init__(n, xp, "cpu", xp.float64)
@@ -214,3 +213,10 @@ def extreme_eigenvalues(eigenvalues, k: int, which: str = "LA") -> np.ndarray:
     if which == "BE":
         return np.concatenate([eigs[: k // 2], eigs[eigs.size - (k - k // 2):]])
     raise ValueError(f"unknown which {which!r}; choose one of 'LA', 'SA', 'LM', 'BE'")
+
+
+def _orthogonal(n: int, g: np.random.Generator) -> np.ndarray:
+    """A Haar-random orthogonal ``n x n`` matrix (scipy.stats, imported only when one is drawn)."""
+    from scipy.stats import ortho_group
+
+    return ortho_group.rvs(n, random_state=g) if n > 1 else np.ones((1, 1))

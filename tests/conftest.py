@@ -1,14 +1,25 @@
-"""Shared test configuration: one thread per test process, Agg plotting.
+"""Shared test configuration: one thread per test process, Agg plotting, quick compilers.
 
 The suite runs under pytest-xdist with one worker per core; letting each worker's
 torch (and BLAS) also start a thread per core oversubscribes the machine, which
 makes small Hessian-vector products tens of times slower without changing a number.
+
+The test problems are tiny, so their time goes to compiling, not to running what was
+compiled. XLA compiles every eager JAX operation on a new shape (a Krylov basis that
+grows compiles at every step): without LLVM's optimisation passes and with XLA's
+older loop emitters it compiles in half the time; the programs do the same float
+operations (a sum may run in another order, within every test's tolerance). Inductor
+compiles in this process instead of starting a pool of compile workers per test
+process on a machine with one core for each.
+These are defaults: a variable already set in the environment wins.
 """
 
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 try:
     import torch
@@ -16,3 +27,20 @@ except ImportError:  # the suite's torch tests skip themselves
     pass
 else:
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest work first, so that neither worker is left with a long test at the end.
+
+    pyproject runs the suite with ``--dist loadgroup --no-loadscope-reorder``: xdist hands each
+    worker the next test (or the whole ``xdist_group`` it belongs to) in this order as soon as the
+    worker is nearly idle. Tests marked ``slow`` and the groups go first, then the ``mpi`` tests
+    (they start processes of their own), then everything else in file order.
+    """
+
+    def rank(item) -> int:
+        if item.get_closest_marker("slow") or item.get_closest_marker("xdist_group"):
+            return 0
+        return 1 if item.get_closest_marker("mpi") else 2
+
+    items.sort(key=rank)  # stable: file order within each rank

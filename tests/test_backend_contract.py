@@ -99,9 +99,10 @@ def make_torch() -> Case:
 
 
 BUILDERS = {"jax": make_jax, "torch": make_torch}
+GROUPS = {"jax": pytest.mark.xdist_group("jax")}  # one worker compiles each eager JAX operation once (conftest)
 
 
-@pytest.fixture(scope="module", params=list(BUILDERS))
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=GROUPS.get(name, ())) for name in BUILDERS])
 def case(request) -> Case:
     return BUILDERS[request.param]()
 

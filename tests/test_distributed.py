@@ -459,6 +459,7 @@ def assert_close(got, want, what: str, rtol: float = 1e-6):
 
 @needs_mpi
 @pytest.mark.mpi
+@pytest.mark.xdist_group("serial_hessian")  # one worker: the one-process reference is run once
 @pytest.mark.parametrize("n, launcher", [(2, "mpiexec"), (3, "mpiexec"), (2, "torchrun")])
 def test_parallel_hessian_and_estimators_equal_the_one_process_results(n, launcher, tmp_path, serial_hessian):
     """2 ranks: 4 + 3 batches; 3 ranks: 3 + 2 + 2 batches of unequal sizes; torchrun: TorchDistComm on gloo."""

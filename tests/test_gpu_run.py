@@ -18,6 +18,7 @@ def no_compiler(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
 
 
+@pytest.mark.slow
 def test_dry_run_writes_json_and_table(tmp_path, no_compiler):
     record = gpu.main(["--dry-run", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu.json").read_text())

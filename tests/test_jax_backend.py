@@ -1,10 +1,12 @@
 """The JAX backend against dense ``jax.hessian`` ground truth: data forms, weighting, GGN, names, dtypes, errors."""
 
 from collections import OrderedDict
+from functools import cache
 
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.xdist_group("jax")  # one worker compiles each eager JAX operation once (tests/conftest.py)
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)  # float64 ground truth; the library never flips this itself
 import jax.numpy as jnp  # noqa: E402
@@ -47,6 +49,14 @@ def dense_hessian(params, x=X, y=Y, fn=loss):
     return np.asarray(D), flat, unravel
 
 
+@cache
+def truth():
+    """``dense_hessian(make_params())``, the ground truth of most tests, compiled and computed once (read-only)."""
+    D, flat, unravel = dense_hessian(make_params())
+    D.flags.writeable = False
+    return D, flat, unravel
+
+
 def dense_ggn(params):
     flat, unravel = ravel_pytree(params)
 
@@ -62,7 +72,7 @@ def dense_ggn(params):
 
 def test_mean_over_unequal_batches_is_the_full_data_hessian():
     params = make_params()
-    D, _, _ = dense_hessian(params)
+    D, _, _ = truth()
     H = hessian(loss, params, SPLIT)
     assert H.backend.local_count == 11
     np.testing.assert_allclose(H.to_dense(), D, atol=1e-12)
@@ -71,7 +81,7 @@ def test_mean_over_unequal_batches_is_the_full_data_hessian():
 @pytest.mark.parametrize("form", ["one batch", "reiterable", "generator"])
 def test_data_forms_agree(form):
     params = make_params()
-    D, _, _ = dense_hessian(params)
+    D, _, _ = truth()
 
     class Loader:  # re-iterable, yields CPU torch tensors like a PyTorch DataLoader
         def __iter__(self):
@@ -96,7 +106,7 @@ def test_sum_reduction_adds_batch_losses():
 
 def test_model_fn_form_ggn_and_residual():
     params = make_params()
-    D, _, _ = dense_hessian(params)
+    D, _, _ = truth()
     G = dense_ggn(params)
     Hm = hessian(mse, params, [(X, Y)], model_fn=apply)
     np.testing.assert_allclose(Hm.to_dense(), D, atol=1e-12)
@@ -112,7 +122,7 @@ def test_model_fn_form_ggn_and_residual():
 
 def test_names_blocks_and_restrict():
     params = make_params()
-    D, _, _ = dense_hessian(params)
+    D, _, _ = truth()
     H = hessian(loss, params, (X, Y))
     assert H.parameter_names == ["l1.b", "l1.w", "l2.0"]  # jax orders dict keys; lists by position
     assert H.blocks == {"l1": slice(0, 16), "l2": slice(16, 24)}
@@ -136,7 +146,7 @@ def test_ordered_dict_keeps_torch_order_and_bare_array_is_named():
 
 def test_loss_gradient_and_loss_at():
     params = make_params()
-    _, flat, unravel = dense_hessian(params)
+    _, flat, unravel = truth()
     H = hessian(loss, params, (X, Y))
     assert H.loss() == pytest.approx(float(loss(params, (X, Y))), rel=1e-13)
     g = jax.grad(lambda f: loss(unravel(f), (X, Y)))(flat)
@@ -148,7 +158,7 @@ def test_loss_gradient_and_loss_at():
 
 def test_linearize_mode_matches_jvp():
     params = make_params()
-    D, _, _ = dense_hessian(params)
+    D, _, _ = truth()
     H = hessian(loss, params, [(X, Y)], hvp="linearize")
     assert hessian(loss, params, (X, Y)).backend._hvp_mode == "linearize"  # "auto" caches a single batch
     assert hessian(loss, params, SPLIT).backend._hvp_mode == "forward-over-reverse"  # and nothing for several
@@ -159,7 +169,7 @@ def test_linearize_mode_matches_jvp():
 
 def test_the_strategy_has_the_torch_backends_name_and_the_old_one_still_works():
     params = make_params()
-    D, _, _ = dense_hessian(params)
+    D, _, _ = truth()
     H = hessian(loss, params, SPLIT, hvp="forward-over-reverse")
     with pytest.warns(DeprecationWarning, match="hvp='jvp' is now hvp='forward-over-reverse'"):
         old = hessian(loss, params, SPLIT, hvp="jvp")
@@ -169,7 +179,7 @@ def test_the_strategy_has_the_torch_backends_name_and_the_old_one_still_works():
 
 
 def test_float32_and_bfloat16_parameters():
-    D, _, _ = dense_hessian(make_params())
+    D, _, _ = truth()
     H32 = hessian(loss, make_params(jnp.float32), (X, Y))
     assert H32.native_dtype == jnp.float32 and H32.dtype == np.float32
     out = H32.apply(jnp.ones(24, jnp.float32))

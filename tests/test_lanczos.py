@@ -99,6 +99,7 @@ def test_float32_vectors_stay_float32_with_float64_recurrence():
     assert err < 1e-5  # float32 arithmetic; the dropped couplings stay below eps^(2/3)
 
 
+@pytest.mark.xdist_group("jax")  # one worker compiles each eager JAX operation once (tests/conftest.py)
 def test_jax_arrays_are_written_functionally():
     jnp = pytest.importorskip("jax.numpy")
     eigs = indefinite_spectrum(8, seed=2)

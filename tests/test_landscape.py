@@ -133,6 +133,7 @@ def test_landscape_plots_and_serialises(tmp_path):
     assert np.allclose(back["losses"], two.losses) and back["labels"] == ["top eigenvector", "random"]
 
 
+@pytest.mark.xdist_group("jax")  # one worker compiles each eager JAX operation once (tests/conftest.py)
 def test_filter_normalised_directions_read_the_parameter_shapes_of_a_jax_operator():
     """The operator reports every backend's shapes: JAX gets filters and skipped biases, as torch does."""
     jax = pytest.importorskip("jax")

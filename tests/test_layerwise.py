@@ -196,6 +196,7 @@ def test_negative_mass_defaults_to_the_resolution_everywhere():
     np.testing.assert_allclose([r.ggn_trace for r in old.rows], [r.ggn_trace for r in res.rows], rtol=1e-10)
 
 
+@pytest.mark.xdist_group("jax")  # one worker compiles each eager JAX operation once (tests/conftest.py)
 def test_rows_are_dataclasses_that_serialise_themselves_on_a_jax_operator():
     """Blocks come from the operator on any backend; rows round-trip through JSON; old spellings warn."""
     jax = pytest.importorskip("jax")

@@ -10,6 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.xdist_group("jax")  # one worker compiles each eager JAX operation once (tests/conftest.py)
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 pytest.importorskip("hessop.backends.torch")

@@ -143,6 +143,7 @@ def test_a_wrong_compiled_product_is_refused(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor")  # one worker: the later tests find the kernels compiled
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_compiled_products_equal_eager_and_dense(mode):
     """torch.compile's product, a vector and a block, against the eager product and the dense float64 Hessian.
@@ -154,8 +155,8 @@ def test_compiled_products_equal_eager_and_dense(mode):
 
     torch.manual_seed(0)
     model, data = _mlp()
-    if mode == "eval":
-        data = data + random_batches((8,), [SIZES[0]], seed=7)  # a second batch of the first one's shape
+    if mode == "eval":  # two shapes (each shape compiles once: seconds on the CPU) and a second batch of the first
+        data = data[:2] + random_batches((8,), [SIZES[0]], seed=7)
     else:
         model, data = model.train(), data[:1]
     loss = nn.CrossEntropyLoss()
@@ -172,7 +173,7 @@ def test_compiled_products_equal_eager_and_dense(mode):
         np.testing.assert_allclose(out, _apply(eager, x), atol=1e-13 * scale * 3, rtol=0)
     assert H.backend.chosen == {"vector": "compiled", "block": "compiled"}
     compiled = H.backend.products.linearized.compiled
-    expected = (len(set(SIZES)), True) if mode == "eval" else (0, False)
+    expected = (2, True) if mode == "eval" else (0, False)
     assert (len(compiled), H.backend.products.compiled is None) == expected
 
 
@@ -232,12 +233,15 @@ def test_linearisations_are_kept_only_within_the_graph_cache_budget(monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor")  # one worker: the later tests find the kernels compiled
 def test_compile_falls_back_to_the_whole_product_beyond_the_budget():
     """A batch whose linearisation does not fit the budget gets the whole product compiled; both exact."""
     from hessop.backends.torch.data import target_of
     from hessop.backends.torch.linearized import _linearized_gradient
+    from hessop.models.small import random_batches
 
     model, data = _mlp()
+    data = data[:1] + random_batches((8,), [SIZES[0]], seed=7)  # shapes whose products the tests above compiled
     loss = nn.CrossEntropyLoss()
     probe = make_operator(model, loss, data).backend
     params = tuple(probe.functional.current())

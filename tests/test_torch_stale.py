@@ -23,7 +23,7 @@ def _assert_follows(model, data, change, **options):
     H = make_operator(model, loss, data, **options)
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(H.shape[0], dtype=torch.float64, generator=gen)
-    V = torch.randn(H.shape[0], 2, dtype=torch.float64, generator=gen)
+    V = torch.randn(H.shape[0], 3, dtype=torch.float64, generator=gen)
     for _ in range(2):  # the second product runs over whatever was kept
         H.apply(v), H.apply(V)
     change(model)
@@ -42,8 +42,9 @@ def _step(model):
 
 
 def _mlp():
+    """test_torch_speed's network and two of its batch shapes: the compiled tests find its kernels compiled."""
     torch.manual_seed(0)
-    return MLP(8, 3, (6,)).double().eval(), random_batches((8,), [7, 5], seed=1)
+    return MLP(8, 3, (12,)).double().eval(), random_batches((8,), [5, 7], seed=1)
 
 
 @pytest.mark.parametrize("hvp", STRATEGIES)
@@ -52,6 +53,7 @@ def test_every_strategy_sees_weights_changed_through_data(hvp):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor")  # one worker: the later tests find the kernels compiled
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_compiled_products_see_weights_changed_through_data(mode):
     model, data = _mlp()

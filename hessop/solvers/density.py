@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.spatial.distance
-import scipy.stats
 
 from .._collective import check_arguments
 from ._linear_map import as_linear_map
@@ -277,6 +276,8 @@ def _build(nodes, weights, n, sigma, grid, m, used, converged) -> SpectralDensit
 
 def _smooth(nodes: np.ndarray, weights: np.ndarray, t: np.ndarray, sigma: float) -> np.ndarray:
     """``(1/P) Σ_p Σ_j τ_pj N(t; θ_pj, σ²)``, in chunks of ``t`` to bound memory."""
+    import scipy.stats  # here, not at the top: it takes half of ``import hessop``
+
     x, w = nodes.ravel(), weights.ravel() / nodes.shape[0]
     keep = w > 0
     x, w = x[keep], w[keep]
@@ -318,8 +319,9 @@ def spectral_distance(a, b, *, metric: str = "wasserstein", sigma: float | None 
     a, b = (_scaled(x if isinstance(x, SpectralDensity) else SpectralDensity.from_eigenvalues(x), scale)
             for x in (a, b))
     if metric == "wasserstein":
-        return float(scipy.stats.wasserstein_distance(a.nodes.ravel(), b.nodes.ravel(),
-                                                      a.weights.ravel(), b.weights.ravel()))
+        from scipy.stats import wasserstein_distance
+
+        return float(wasserstein_distance(a.nodes.ravel(), b.nodes.ravel(), a.weights.ravel(), b.weights.ravel()))
     if metric in ("jensen-shannon", "js"):
         given = [d.sigma for d in (a, b) if d.num_matvecs > 0]  # SLQ widths, else the exact ones
         s = sigma or max(given or [a.sigma, b.sigma])

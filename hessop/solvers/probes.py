@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import scipy.stats
+import scipy.special
 
 from .._array import Array, to_numpy
 from ..distributed import as_comm
@@ -132,7 +132,7 @@ def t_factor(m: int) -> float:
     """
     if m < 2:
         return math.inf
-    return float(scipy.stats.t.ppf(scipy.stats.norm.cdf(2.0), m - 1)) / 2.0
+    return float(scipy.special.stdtrit(m - 1, scipy.special.ndtr(2.0))) / 2.0  # scipy.stats.t.ppf(norm.cdf(2))
 
 
 def mean_stderr(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

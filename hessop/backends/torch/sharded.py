@@ -40,6 +40,7 @@ made the same number.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -68,10 +69,12 @@ def unwrap(model: Any, comm: Any) -> tuple[Any, Any, bool]:
 
     if not isinstance(model, nn.Module) or not dist.is_available():
         return model, comm, False
-    from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.nn.parallel import DistributedDataParallel
 
-    if isinstance(model, FullyShardedDataParallel):
+    # A wrapper or a DTensor exists only once its module was imported: looking it up in sys.modules
+    # spares every process that builds a Hessian the import of torch.distributed.tensor (a second or so).
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(model, fsdp.FullyShardedDataParallel):
         raise TypeError(
             "hessop does not support the FullyShardedDataParallel wrapper (FSDP1): shard the model with "
             "torch.distributed.fsdp.fully_shard (FSDP2), whose parameters hessop splits the vectors along"
@@ -93,11 +96,12 @@ def unwrap(model: Any, comm: Any) -> tuple[Any, Any, bool]:
 
 
 def _meshes(model: nn.Module) -> list:
-    from torch.distributed.tensor import DTensor
-
+    tensor = sys.modules.get("torch.distributed.tensor")
+    if tensor is None:  # no DTensor can exist yet
+        return []
     meshes: list = []
     for p in model.parameters():
-        if isinstance(p, DTensor) and all(p.device_mesh is not m for m in meshes):
+        if isinstance(p, tensor.DTensor) and all(p.device_mesh is not m for m in meshes):
             meshes.append(p.device_mesh)
     return meshes
 
