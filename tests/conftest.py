@@ -10,23 +10,34 @@ grows compiles at every step): without LLVM's optimisation passes and with XLA's
 older loop emitters it compiles in half the time; the programs do the same float
 operations (a sum may run in another order, within every test's tolerance). Inductor
 compiles in this process instead of starting a pool of compile workers per test
-process on a machine with one core for each.
+process on a machine with one core for each, and takes the CPU's vector instructions
+from its flags instead of compiling a probe for each (a compiler that cannot build
+them then fails the compiled tests loudly; set TORCHINDUCTOR_VEC_ISA_OK=0 there).
 These are defaults: a variable already set in the environment wins.
 """
 
+import gc
 import os
+
+import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 
-try:
-    import torch
-except ImportError:  # the suite's torch tests skip themselves
-    pass
-else:
-    torch.set_num_threads(1)
+
+def pytest_configure(config):
+    """One torch thread in each process that runs tests (not in xdist's controller, which runs none)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # importing torch here would delay starting the workers by two seconds
+    try:
+        import torch
+    except ImportError:  # the suite's torch tests skip themselves
+        pass
+    else:
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,3 +55,10 @@ def pytest_collection_modifyitems(config, items):
         return 1 if item.get_closest_marker("mpi") else 2
 
     items.sort(key=rank)  # stable: file order within each rank
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave the objects built by the run to the end of the process: with torch, JAX and their compiled
+    functions loaded, the garbage collector's passes at interpreter exit take two seconds per process."""
+    gc.freeze()
