@@ -22,7 +22,8 @@ def test_data_parallel_ranks_agree_with_one_process(tmp_path):
     np.testing.assert_allclose(one["x"], x, rtol=0, atol=1e-6 * np.linalg.norm(x))
     for r in ranks:
         assert r["converged"] and r["method"] == one["method"]
-        assert abs(r["matvecs"] - one["matvecs"]) <= 2  # rounding of the sums over shards may move an iteration
+        # rounding of the sums over shards moves a tight (rtol 1e-9) indefinite solve by a few iterations
+        assert abs(r["matvecs"] - one["matvecs"]) <= max(2, 0.05 * one["matvecs"]), (r["matvecs"], one["matvecs"])
         np.testing.assert_allclose(r["x"], ranks[0]["x"], rtol=0, atol=0)  # the ranks agree bitwise
         np.testing.assert_allclose(r["x"], x, rtol=0, atol=1e-6 * np.linalg.norm(x))
         np.testing.assert_allclose(r["funm"], one["funm"], rtol=0, atol=1e-7 * np.linalg.norm(one["funm"]))
