@@ -25,11 +25,10 @@ from .._collective import check_arguments
 from .._renamed import renamed
 from ._linear_map import LinearMap, as_linear_map
 from ._progress import Progress
+from ._sketch_rounds import COST, hutchpp_round, xtrace_round
 from ._trace_result import TraceResult
 from .probes import (
     MIN_CALIBRATED,
-    Interrupted,
-    apply_blocks,
     blocks,
     check_budget,
     check_kind,
@@ -37,10 +36,8 @@ from .probes import (
     check_seed,
     gather,
     host64,
-    loo_directions,
     mean_stderr,
     mine,
-    pair_covariance,
     probe_comm,
     probes,
     t_factor,
@@ -163,7 +160,7 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int | None = None, rto
             samples, stop, evaluated = _hutchinson(lm, budget, rtol, probe, seed, comm, block_size, bar)
             cov, used_method = 0.0, method
         else:
-            step = _xtrace_round if method == "xtrace" else _hutchpp_round
+            step = xtrace_round if method == "xtrace" else hutchpp_round
             lm = bar.ticking(lm)
             samples, cov, stop, used_method = _sketched(lm, step, budget, rtol, probe, seed, bar, block_size)
             evaluated = 0  # counted by lm (one process)
@@ -289,15 +286,15 @@ def _sketched(lm: LinearMap, step: Callable, budget, rtol, kind, seed, bar, bloc
     Returns ``(samples, covariance, stop, method)``, ``stop`` one of ``"converged"``
     (``rtol`` reached, or the fixed budget spent), ``"budget"``, ``"interrupt"``.
     """
-    cost = _COST[step]
-    name = "xtrace" if step is _xtrace_round else "hutch++"
+    cost = COST[step]
+    name = "xtrace" if step is xtrace_round else "hutch++"
     cache: dict = {}
     k = _largest(lambda k: cost(k, 0) <= budget, 1, min(budget, lm.n))  # a sketch wider than n adds nothing
     if rtol is not None:
         k = min(k, FIRST_ROUND)
     spare = budget - cost(k, 0) if rtol is None else 0
     last, start, attempt = None, lm.num_matvecs, 0
-    bar.plan(cost(k, 0) + (spare if step is _hutchpp_round else 0))  # XTrace leaves the spare products unspent
+    bar.plan(cost(k, 0) + (spare if step is hutchpp_round else 0))  # XTrace leaves the spare products unspent
     try:
         while True:
             samples, cov, complete = step(lm, k, cache, kind, seed, spare, block_size)
@@ -353,13 +350,13 @@ def _final(lm: LinearMap, step: Callable, k: int, cache: dict, kind, seed, block
     ``(samples, covariance, cut)``, ``cut`` True when the budget shortened the round, or None
     when there is no room for a calibrated round (the pilot is then returned, not converged).
     """
-    if step is _hutchpp_round:
+    if step is hutchpp_round:
         want = max(MIN_CALIBRATED["hutch++"], k, math.ceil(FINAL_MARGIN * k * ratio))
         size = min(want, left - (0 if cache.get("top", (None,))[0] == k else k))
         if size < MIN_CALIBRATED["hutch++"]:
             return None
         bar.plan(spent + size)
-        samples, cov, _ = _hutchpp_round(lm, k, cache, kind, seed, size - k, block_size, stream)
+        samples, cov, _ = hutchpp_round(lm, k, cache, kind, seed, size - k, block_size, stream)
         return samples, cov, size < want
     want = min(lm.n, max(MIN_CALIBRATED["xtrace"], k, math.ceil(FINAL_MARGIN * k * ratio)))
     size = min(want, left // 2)
@@ -367,7 +364,7 @@ def _final(lm: LinearMap, step: Callable, k: int, cache: dict, kind, seed, block
         return None
     fresh: dict = {"stream": stream}
     bar.plan(spent + 2 * size)
-    samples, cov, complete = _xtrace_round(lm, size, fresh, kind, seed, 0, block_size)
+    samples, cov, complete = xtrace_round(lm, size, fresh, kind, seed, 0, block_size)
     if not complete:
         raise KeyboardInterrupt
     return samples, cov, size < want
@@ -384,93 +381,3 @@ def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
         if fits(k):
             return k
     return lo
-
-
-def _extend(lm: LinearMap, cache: dict, k: int, kind: str, seed: int, stream: int | None, block_size: int):
-    """Sketch ``Ω`` with ``k`` columns and ``Y = AΩ``, computing only the columns not cached.
-
-    On Ctrl-C the finished columns are cached before the ``KeyboardInterrupt`` goes on.
-    """
-    xp = lm.xp
-    have = cache["Y"].shape[1] if "Y" in cache else 0
-    if k > have:
-        Om = probes(lm, seed, range(have, k), kind, stream)
-        try:
-            Y, stop = apply_blocks(lm, Om, block_size), None
-        except Interrupted as exc:
-            Y, stop = exc.done, KeyboardInterrupt()
-        Om = Om[:, :Y.shape[1]]
-        cache["Om"] = Om if not have else xp.concat([cache["Om"], Om], axis=1)
-        cache["Y"] = Y if not have else xp.concat([cache["Y"], Y], axis=1)
-        if stop is not None:
-            raise stop
-    return cache["Om"][:, :k], cache["Y"][:, :k]
-
-
-def _xtrace_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int):
-    """The ``k`` exchangeable XTrace samples from ``k`` test vectors (``2k`` products), and their covariance.
-
-    With ``Y = AΩ = QR``, leaving test vector ``i`` out removes from ``range(Q)``
-    the unit direction ``Q s_i``, ``s_i ∝ R⁻ᵀ e_i``, so every leave-one-out
-    estimate ``tr(P_i A) + ω_iᵀ(I-P_i)A(I-P_i)ω_i`` costs only ``k x k`` algebra.
-    Interrupted while computing ``Z = AQ``, the first ``j`` columns of ``Q`` span
-    the first ``j`` columns of ``Y``, so the samples of those ``j`` test vectors
-    come with no further product (``complete=False``). With ``k = n`` test vectors
-    ``Q`` spans the whole space and every sample is the exact ``tr(QᵀAQ)``.
-    """
-    Om, Y = _extend(lm, cache, k, kind, seed, cache.get("stream"), block_size)
-    Q, R = lm.qr(Y)
-    try:
-        Z, complete = apply_blocks(lm, Q, block_size), True
-    except Interrupted as exc:
-        Z, complete = exc.done, False
-        j = int(Z.shape[1])
-        if j < 2:
-            raise KeyboardInterrupt from None
-        Om, Y, Q, R = Om[:, :j], Y[:, :j], Q[:, :j], R[:j, :j]
-    R, H, W, T = (host64(M) for M in (R, lm.inner(Q, Z), lm.inner(Q, Om), lm.inner(Z, Om)))
-    wy = host64(lm.dots(Om, Y))
-    H = 0.5 * (H + H.T)
-    if H.shape[0] >= lm.n:  # Q is a basis of the whole space: tr(QᵀAQ) is the trace itself
-        return np.full(H.shape[0], np.trace(H)), 0.0, complete
-    S = loo_directions(R)
-    c = np.sum(S * W, axis=0)
-    V = W - S * c
-    samples = (np.trace(H) - np.sum(S * (H @ S), axis=0) + wy - 2 * np.sum(T * V, axis=0)
-               + np.sum(V * (H @ V), axis=0))
-    return samples, pair_covariance(S, H, W, T - H @ V), complete
-
-
-def _hutchpp_round(lm: LinearMap, k: int, cache: dict, kind: str, seed: int, spare: int, block_size: int,
-                   stream: int = 1):
-    """Hutch++ samples: a ``k``-column sketch and ``k + spare`` residual probes (``3k + spare`` products).
-
-    Sketch probes use stream 0, residual probes ``stream`` (1, or an adaptive run's final
-    stream), so the families are independent and reproducible. The sketch's top part
-    ``tr(QᵀAQ)`` is kept in ``cache``: a final round on the same sketch costs only its probes.
-    """
-    count = k + spare
-    _, Y = _extend(lm, cache, k, kind, seed, 0, block_size)
-    Q, _ = lm.qr(Y)
-    if cache.get("top", (None,))[0] == k:
-        top = cache["top"][1]
-    else:
-        top = float(np.trace(host64(lm.inner(Q, lm(Q)))))
-        cache["top"] = (k, top)
-    if k >= lm.n:  # the sketch spans the whole space: nothing is left to estimate
-        return np.full(max(count, 2), top), 0.0, True
-    G = probes(lm, seed, range(count), kind, stream=stream)
-    G = G - Q @ lm.inner(Q, G)
-    G = G - Q @ lm.inner(Q, G)
-    return top + host64(lm.dots(G, lm(G))), 0.0, True
-
-
-def _xtrace_cost(k: int, have: int) -> int:
-    return max(k - have, 0) + k
-
-
-def _hutchpp_cost(k: int, have: int) -> int:
-    return max(k - have, 0) + 2 * k
-
-
-_COST = {_xtrace_round: _xtrace_cost, _hutchpp_round: _hutchpp_cost}
