@@ -19,6 +19,8 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from hessop import hessian  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("jax")  # with the other tests that run JAX in the worker (CONTRIBUTING.md)
+
 D, V = 3, 4
 
 
