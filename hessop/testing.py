@@ -10,7 +10,8 @@ reflections, O(n) memory and O(n) per product, for large n). It is a scipy
 run the same spectrum on numpy, ``array_api_strict`` or torch.
 :class:`SplitSpectralOperator` is the same matrix with its vectors split across
 processes (each rank holds a block of rows), to test the solvers on split
-operators without any framework.
+operators without any framework; :class:`InterruptingOperator` is one that is interrupted at a
+chosen product, as by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -149,6 +150,22 @@ class SpectralOperator(NativeOperator):
         """The matrix as a float64 host array."""
         Q = self.eigenvectors()
         return (Q * self.eigenvalues) @ Q.T
+
+
+class InterruptingOperator(SpectralOperator):
+    """A :class:`SpectralOperator` whose ``interrupt_at``-th product raises ``KeyboardInterrupt``, as Ctrl-C
+    would there: to test what a solver returns when it is interrupted (a block product counts once)."""
+
+    def __init__(self, eigenvalues, interrupt_at: int, **kwargs: Any):
+        super().__init__(eigenvalues, **kwargs)
+        self.interrupt_at = int(interrupt_at)
+        self.products = 0
+
+    def _product(self, V):
+        self.products += 1
+        if self.products == self.interrupt_at:
+            raise KeyboardInterrupt
+        return super()._product(V)
 
 
 class SplitSpectralOperator(NativeOperator):

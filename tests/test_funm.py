@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from hessop.solvers.funm import funm
-from hessop.testing import SpectralOperator, clustered_spectrum, geometric_spectrum, low_rank_spectrum
+from hessop.testing import (
+    InterruptingOperator,
+    SpectralOperator,
+    clustered_spectrum,
+    geometric_spectrum,
+    low_rank_spectrum,
+)
 
 FUNCTIONS = {"sqrt": np.sqrt, "log": np.log, "exp": np.exp, "inv": lambda t: 1.0 / t}
 
@@ -69,16 +75,8 @@ def test_callable_budget_interrupt_and_refusals():
     with pytest.raises(ValueError, match="shape"):
         funm(A, v[:-1], "exp")
 
-    class Interrupting(SpectralOperator):
-        count = 0
 
-        def _product(self, V):
-            self.count += 1
-            if self.count == 12:
-                raise KeyboardInterrupt
-            return super()._product(V)
-
-    r = funm(Interrupting(np.linspace(1.0, 3.0, 120), seed=7), v, "sqrt")
+    r = funm(InterruptingOperator(np.linspace(1.0, 3.0, 120), seed=7, interrupt_at=12), v, "sqrt")
     assert r.stopped == "interrupt" and not r.converged and r.num_steps == 10  # product 1 was the probe
 
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse.linalg as sla
 
 from hessop.solvers.solve import solve
-from hessop.testing import SpectralOperator
+from hessop.testing import InterruptingOperator, SpectralOperator
 
 N = 1500
 DAMPING = 1e-2
@@ -141,16 +141,8 @@ def test_warm_start_callback_budget_and_interrupt(spd):
     r = solve(A, b, damping=DAMPING, rtol=1e-7, max_matvecs=50)
     assert not r.converged and r.stopped == "budget" and r.num_matvecs <= 50
 
-    class Interrupting(SpectralOperator):
-        count = 0
 
-        def _product(self, V):
-            self.count += 1
-            if self.count == 20:
-                raise KeyboardInterrupt
-            return super()._product(V)
-
-    B = Interrupting(A.eigenvalues, seed=1, implicit=True)
+    B = InterruptingOperator(A.eigenvalues, seed=1, implicit=True, interrupt_at=20)
     r = solve(B, b, damping=DAMPING)
     assert not r.converged and r.stopped == "interrupt" and "Ctrl-C" in r.message
     assert r.residual == pytest.approx(true_residual(A, r.x, b)[()], rel=1e-6)  # the recurrence's, still exact
