@@ -2,6 +2,9 @@
 
 ``python hessian.py OUTDIR``           both ways of splitting the work, one after the other:
     ``data``   each rank holds a shard of the batches; the operator all-reduces every product;
+               solve, funm and logdet on that operator too: they make every decision from
+               all-reduced numbers, so all ranks take the same path (an indefinite system, where
+               CG hands over to MINRES, included) and end with the one-process result;
     ``probe``  each rank holds all the data; the stochastic estimators split their probes.
 ``python hessian.py OUTDIR mismatch``  each rank seeds its model differently (must be refused).
 ``torchrun ... hessian.py OUTDIR torchrun``  the same over torch.distributed (gloo) instead of MPI.
@@ -24,7 +27,10 @@ from hessop.factory import hessian
 from hessop.solvers.density import density
 from hessop.solvers.diagonal import diagonal
 from hessop.solvers.eigsh import eigsh
+from hessop.solvers.funm import funm
+from hessop.solvers.solve import solve
 from hessop.solvers.trace import trace
+from hessop.solvers.trace_function import logdet
 
 torch.set_num_threads(1)
 outdir = sys.argv[1]
@@ -68,6 +74,17 @@ def estimators(H, comm=None):
             "density": [np.asarray(a).ravel().tolist() for a in (sd.nodes, sd.weights, sd.values)]}
 
 
+def functions(H):
+    """A damped indefinite solve, exp(-H) b and a deflated log det (issue 22's functions of the operator)."""
+    b = np.random.default_rng(2).standard_normal(H.shape[0])
+    auto = solve(H, b, damping=1e-3, rtol=1e-9)
+    f = funm(H, b, lambda t: np.exp(-t), rtol=1e-9)
+    d = logdet(H, damping=1.0, num_probes=8, deflate=2)
+    return {"solve": {"x": np.asarray(auto.x).tolist(), "converged": auto.converged, "method": auto.method,
+                      "matvecs": auto.num_matvecs},
+            "funm": np.asarray(f.x).tolist(), "logdet": [d.estimate, d.stderr]}
+
+
 with abort_on_error(comm):
     model, batches = model_and_batches(comm.rank if mismatch else 0)
     loss = nn.CrossEntropyLoss()
@@ -81,6 +98,7 @@ with abort_on_error(comm):
     top = eigsh(H, k=3, seed=5)
     out["eigsh"] = np.sort(np.asarray(top.eigenvalues)).tolist() + [bool(np.all(top.converged))]
     out.update(estimators(H))
+    out.update(functions(H))
 
     H_all = hessian(model, loss, batches)  # every rank holds all the data: probe-parallel
     out.update({f"probe_{key}": value for key, value in estimators(H_all, comm).items()})
