@@ -27,8 +27,8 @@ comm = world()
 r = comm.rank
 
 
-def model(dtype=torch.float64):
-    torch.manual_seed(0)
+def model(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
 
 
@@ -67,6 +67,7 @@ cases = {
     "empty_shard": lambda: hessian(model(), loss, shard(batches()[:1], comm), comm=comm),
     "shuffled_on_one_rank": lambda: hessian(model(), loss, loader if r == 1 else mine, comm=comm),
     "dtype": lambda: hessian(model(torch.float32 if r == 1 else torch.float64), loss, mine, comm=comm),
+    "different_models": lambda: hessian(model(seed=r), loss, mine, comm=comm),  # each rank seeded its own
     "nan_in_first_batch": lambda: hessian(model(), loss, shard(batches(nan_in=1), comm), comm=comm),
     "nan_in_one_shard": lambda: eigsh(hessian(model(), loss, shard(batches(nan_in=3), comm), comm=comm), k=2),
     # item 3: solver arguments that differ between ranks
