@@ -472,6 +472,18 @@ def assert_close(got, want, what: str, rtol: float = 1e-6):
     assert np.max(np.abs(got - want), initial=0.0) <= rtol * scale, f"{what}: {got} != {want}"
 
 
+def assert_token_mean(ranks: list[dict]) -> None:
+    """Every rank's operator is the token mean of all three padded batches, whichever shares they held."""
+    from test_torch_tokens import PAD, _data, _dense_token_mean, _model
+
+    data = _data()
+    expected = _dense_token_mean(_model(), data)
+    for r, rec in enumerate(ranks):
+        mine = data[r::len(ranks)]  # shard()'s round robin
+        assert rec["tokens"]["local"] == sum(float((y != PAD).sum()) for _, y in mine)
+        np.testing.assert_allclose(np.array(rec["tokens"]["dense"]), expected, rtol=0, atol=1e-12)
+
+
 def assert_functions_agree(ranks: list[dict], one: dict) -> None:
     """solve, funm and logdet: the right solution, the same path on every rank, the one-process numbers."""
     D = np.array(one["dense"])
@@ -494,9 +506,11 @@ def assert_functions_agree(ranks: list[dict], one: dict) -> None:
 @pytest.mark.mpi
 @pytest.mark.xdist_group("serial_hessian")  # one worker: the one-process reference is run once
 @pytest.mark.parametrize("n, launcher", [(3, "mpiexec"), (2, "torchrun")])
-def test_parallel_hessian_estimators_and_functions_equal_the_one_process_results(n, launcher, tmp_path,
-                                                                                 serial_hessian):
+def test_data_parallel_results_equal_the_one_process_results(n, launcher, tmp_path, serial_hessian):
     """3 ranks under mpiexec: 3 + 2 + 2 batches of unequal sizes; 2 under torchrun: TorchDistComm on gloo.
+
+    One launch checks the products, estimators, solves and matrix functions of an MLP, and a token mean
+    over padded batches of unequal shapes.
 
     (Two MPI ranks add nothing the three do not check: each launch costs seconds of start-up.)
     """
@@ -522,6 +536,7 @@ def test_parallel_hessian_estimators_and_functions_equal_the_one_process_results
     assert converged
     assert_close(top, exact, "eigsh vs dense eigenvalues")
     assert_functions_agree(ranks, serial_hessian)
+    assert_token_mean(ranks)
 
 
 def test_torch_dist_comm_needs_an_initialised_process_group():

@@ -5,7 +5,9 @@
                solve, funm and logdet on that operator too: they make every decision from
                all-reduced numbers, so all ranks take the same path (an indefinite system, where
                CG hands over to MINRES, included) and end with the one-process result;
-    ``probe``  each rank holds all the data; the stochastic estimators split their probes.
+    ``probe``  each rank holds all the data; the stochastic estimators split their probes;
+    ``tokens`` a token-mean Hessian (a tiny language model, padded batches of unequal shapes) over the
+               ranks' shares of three batches: the mean over every kept token of all of them.
 ``torchrun ... hessian.py OUTDIR torchrun``  the same over torch.distributed (gloo) instead of MPI.
 
 Every rank writes its numbers to ``OUTDIR/rank<r>.json``; the test compares the
@@ -16,9 +18,12 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 import numpy as np
 import scipy.sparse.linalg
 import torch
+from test_torch_tokens import PAD, _data, _model
 from torch import nn
 
 from hessop.distributed import abort_on_error, as_comm, shard, world
@@ -100,5 +105,8 @@ with abort_on_error(comm):
 
     H_all = hessian(model, loss, batches)  # every rank holds all the data: probe-parallel
     out.update({f"probe_{key}": value for key, value in estimators(H_all, comm).items()})
+
+    tokens = hessian(_model(), nn.CrossEntropyLoss(ignore_index=PAD), shard(_data(), comm), comm=comm)
+    out["tokens"] = {"dense": tokens.to_dense().tolist(), "local": tokens.backend.local_count}
     with open(os.path.join(outdir, f"rank{comm.rank}.json"), "w") as f:
         json.dump(out, f)
