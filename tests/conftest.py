@@ -62,3 +62,20 @@ def pytest_unconfigure(config):
     """Leave the objects built by the run to the end of the process: with torch, JAX and their compiled
     functions loaded, the garbage collector's passes at interpreter exit take two seconds per process."""
     gc.freeze()
+
+
+@pytest.fixture(scope="session")
+def two_rank_job(tmp_path_factory):
+    """One ``mpiexec -n 2`` launch of the 2-rank scripts (``tests/mpi/job.py``): the communicator's collectives,
+    faults on one rank, the split solvers, and last the split faults, which end the job on purpose.
+
+    Each process pays seconds of start-up (torch, JAX) once instead of once per script. Tests that use this
+    fixture are marked ``xdist_group("two_ranks")``, so that one worker runs them all after one launch.
+    """
+    from launch import Job, mpi_missing
+
+    if mpi_missing():
+        pytest.skip(mpi_missing())
+    pytest.importorskip("torch")
+    specs = ["comm_basics.py", "faults.py", "split.py:results", "split.py:faults"]
+    return Job(2, specs, tmp_path_factory.mktemp("two_ranks"))

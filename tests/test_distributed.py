@@ -1,22 +1,17 @@
 """Communicators: serial semantics in-process, MPI collectives and data-parallel Hessians under mpiexec.
 
-The MPI tests launch the scripts in ``tests/mpi/`` with ``mpiexec -n 2`` (and 3,
-for uneven shards) and compare what every rank wrote with a one-process run.
+The MPI tests launch the scripts in ``tests/mpi/`` (``tests/launch.py``: 2 ranks through the shared
+``two_rank_job`` of ``tests/conftest.py``, 3 for uneven shards, torchrun for gloo) and compare what every
+rank wrote with a one-process run.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import runpy
-import shutil
-import subprocess
 import sys
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from launch import ROOT, mpi_missing, mpiexec, needs_mpi, run_here, run_ranks, torchrun
 
 from hessop.comm import Communicator
 from hessop.distributed import (
@@ -28,10 +23,6 @@ from hessop.distributed import (
     checksum,
     shard,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = Path(__file__).resolve().parent / "mpi"
-TIMEOUT = 120
 
 
 class FakeComm(SerialComm):
@@ -243,48 +234,11 @@ def test_mpi_comm_of_one_process():
 
 
 # -- under mpiexec -------------------------------------------------------------------------------
-def _mpi_available() -> str | None:
-    if shutil.which("mpiexec") is None:
-        return "mpiexec is not on PATH"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed"
-    return None
-
-
-needs_mpi = pytest.mark.skipif(_mpi_available() is not None, reason=str(_mpi_available()))
-
-
-def mpiexec(n: int, script: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``tests/mpi/<script>`` on ``n`` processes, one thread each, hessop from this checkout."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}"
-               + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    cmd = ["mpiexec", "-n", str(n), sys.executable, str(SCRIPTS / script), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def torchrun(n: int, script: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``tests/mpi/<script>`` on ``n`` processes of a torch.distributed (gloo) job."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           str(SCRIPTS / script), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def run_ranks(n: int, script: str, tmp_path: Path, *args: str, launcher=mpiexec) -> list[dict]:
-    """Launch, require success, and return each rank's JSON record in rank order."""
-    out = tmp_path / f"n{n}"
-    out.mkdir()
-    proc = launcher(n, script, str(out), *args)
-    assert proc.returncode == 0, f"{launcher.__name__} -n {n} {script} failed:\n{proc.stdout}\n{proc.stderr}"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
-
-
 @needs_mpi
 @pytest.mark.mpi
-def test_collectives_on_every_array_kind(tmp_path):
-    ranks = run_ranks(2, "comm_basics.py", tmp_path)
+@pytest.mark.xdist_group("two_ranks")  # one launch shared with other 2-rank scripts (tests/conftest.py)
+def test_collectives_on_every_array_kind(two_rank_job):
+    ranks = two_rank_job.records("comm_basics")
     for rec in ranks:
         for kind in ("numpy_f64", "numpy_f32", "numpy_f16", "numpy_noncontig", "numpy_int",
                      "torch_f32", "torch_f64_T", "torch_bf16", "jax_f32", "strict"):
@@ -316,23 +270,13 @@ def test_a_failing_rank_ends_the_job_with_its_message(mode):
     assert "rank 2: Traceback" in proc.stderr
 
 
-def mpiexec_timed(n: int, script: str, *args: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess, float]:
-    """``mpiexec`` that fails the test if the job hangs (TimeoutExpired), with the seconds it took."""
-    import time
-
-    start = time.perf_counter()
-    proc = mpiexec(n, script, *args, timeout=timeout)
-    return proc, time.perf_counter() - start
-
-
 @needs_mpi
 @pytest.mark.mpi
-def test_one_ranks_bad_data_or_arguments_fail_on_every_rank(tmp_path):
+@pytest.mark.xdist_group("two_ranks")
+def test_one_ranks_bad_data_or_arguments_fail_on_every_rank(two_rank_job):
     """Issue 12, items 2-4: each case raises on *both* ranks (the script catches it and runs the next); ranks whose
-    models were seeded differently are refused."""
-    proc, seconds = mpiexec_timed(2, "faults.py", str(tmp_path))
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    models were seeded differently are refused. Both ranks then finish the script (their records)."""
+    rank0, rank1 = two_rank_job.records("faults")
     expected = {
         "empty_list": ("ValueError", "rank 1 failed while building the Hessian: the data holds no samples"),
         "empty_shard": ("ValueError", "rank 1 failed while building the Hessian: the data holds no samples"),
@@ -449,20 +393,11 @@ def test_the_symmetry_error_never_advises_switching_the_check_off():
 # -- a small torch model's Hessian across processes ------------------------------------------------
 @pytest.fixture(scope="module")
 def serial_hessian(tmp_path_factory):
-    """``hessian.py`` run once in this process (one rank of MPI's COMM_WORLD): the reference every launch meets."""
+    """``hessian.py`` run once in this process: the one-process reference every launch meets."""
     pytest.importorskip("torch")
-    if _mpi_available():
-        pytest.skip(_mpi_available())
-    out = tmp_path_factory.mktemp("serial")
-    argv = sys.argv
-    sys.argv = [str(SCRIPTS / "hessian.py"), str(out)]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the small estimators' calibration warnings
-            runpy.run_path(str(SCRIPTS / "hessian.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    return json.loads((out / "rank0.json").read_text())
+    if mpi_missing():
+        pytest.skip(mpi_missing())
+    return run_here("hessian.py", tmp_path_factory.mktemp("serial"))
 
 
 def assert_close(got, want, what: str, rtol: float = 1e-6):

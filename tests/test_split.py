@@ -8,7 +8,6 @@ ranks (uneven rows on 4) and the truth, and faults end the job or fail on every 
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import array_api_compat
 import numpy as np
 import pytest
 import scipy.sparse.linalg
+from launch import needs_mpi, run_here, run_ranks
 
 import hessop
 from hessop._array import SPLIT_CHUNK, random_at, random_rows
@@ -26,7 +26,6 @@ from hessop.split import RowSplit
 from hessop.testing import SpectralOperator, SplitSpectralOperator, nn_like_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "mpi" / "split.py"
 
 
 class FakeRank(Communicator):
@@ -134,24 +133,6 @@ def test_unsplit_maps_keep_their_draws_and_reductions():
 
 
 # -- under mpiexec -------------------------------------------------------------------------------
-needs_mpi = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not on PATH")
-
-
-def mpiexec(n, *args, timeout=120):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
-    cmd = ["mpiexec", "-n", str(n), sys.executable, str(SCRIPT), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def _records(n, tmp_path, mode, *extra):
-    out = tmp_path / f"{mode}{n}"
-    out.mkdir()
-    proc = mpiexec(n, out, mode, *extra)
-    return proc, [json.loads((out / f"rank{r}.json").read_text()) if (out / f"rank{r}.json").exists() else None
-                  for r in range(n)]
-
-
 def _flat(value):
     if isinstance(value, dict):
         return np.concatenate([_flat(v) for k, v in sorted(value.items()) if k not in ("local_rows", "num_matvecs")])
@@ -160,12 +141,10 @@ def _flat(value):
 
 @needs_mpi
 @pytest.mark.mpi
-def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path):
-    runs = {}
-    for n in (1, 2, 4):
-        proc, runs[n] = _records(n, tmp_path, "results", *(["quick"] if n == 4 else []))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    one = runs[1][0]
+@pytest.mark.xdist_group("two_ranks")  # the 2-rank run shares a launch with other scripts (tests/conftest.py)
+def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path, two_rank_job):
+    one = run_here("split.py", tmp_path, "results")  # one rank: this process
+    runs = {2: two_rank_job.records("split-results"), 4: run_ranks(4, "split.py", tmp_path, "results", "quick")}
     lam = nn_like_spectrum(90, num_outliers=6, null_fraction=0.3, seed=1)
     for method in ("thick-restart", "lanczos", "block"):
         assert np.allclose(one[method]["eigenvalues"], lam[::-1][:4], rtol=0, atol=1e-9)
@@ -194,11 +173,14 @@ def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path)
 
 @needs_mpi
 @pytest.mark.mpi
-def test_split_faults_fail_on_every_rank_or_end_the_job(tmp_path):
-    proc, records = _records(2, tmp_path, "faults")  # a hang would raise TimeoutExpired
+@pytest.mark.xdist_group("two_ranks")
+def test_split_faults_fail_on_every_rank_or_end_the_job(two_rank_job):
+    """The shared 2-rank job's last script: argument and layout disagreements raise on every rank, then a
+    failing product on rank 1 ends the job (a hang would have raised TimeoutExpired)."""
+    proc = two_rank_job.proc
     assert proc.returncode != 0
     assert "ValueError: rank 1 lost its shard in product 5" in proc.stderr
-    for rec in records:  # different k on the two ranks: both raised before any product
+    for rec in two_rank_job.records("split-faults"):  # different k on the two ranks: both raised before any product
         assert rec["args"][0] == "RankDisagreementError" and "(k;" in rec["args"][1]
         assert rec["layout"][0] == "RankDisagreementError" and "whole length n" in rec["layout"][1]
         kind, message = rec["bad_rows"]
