@@ -9,8 +9,9 @@ products *spent*. Budgets once called ``num_matvecs`` / ``trace_matvecs`` keep w
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
+
+from ._warnings import warn
 
 __all__ = ["renamed"]
 
@@ -36,9 +37,9 @@ def renamed(**old_to_new: str) -> Callable:
                     if new in kwargs:
                         raise TypeError(f"{name}() got both {old}= and {new}=; pass only {new}= "
                                         f"({old}= is its deprecated name)")
-                    warnings.warn(f"{name}({old}=...) is now {name}({new}=...)"
-                                  + (f" ({BUDGET})" if new.endswith("max_matvecs") else "")
-                                  + f"; the name {old}= will be removed", DeprecationWarning, stacklevel=2)
+                    warn(f"{name}({old}=...) is now {name}({new}=...)"
+                         + (f" ({BUDGET})" if new.endswith("max_matvecs") else "")
+                         + f"; the name {old}= will be removed", DeprecationWarning)
                     kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
 

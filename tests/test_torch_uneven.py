@@ -59,8 +59,9 @@ def test_an_opaque_token_loss_over_unequal_lengths_is_the_token_mean_and_warns()
     torch.manual_seed(0)
     model = _Tokens().double()
     data = _data([(8, 6), (4, 3)])  # 48 and 12 tokens: by sequences the second batch weighed 4/12, by tokens 12/60
-    with pytest.warns(UserWarning, match="differ in shape beyond the first dimension.*weight_fn"):
+    with pytest.warns(UserWarning, match="differ in shape beyond the first dimension.*weight_fn") as warned:
         H = make_operator(model, _token_loss, data)
+    assert warned[0].filename == __file__  # the user's line, not the backend's, however deep it was raised
     expected = _element_mean_hessian(model, _token_loss, data)
     np.testing.assert_allclose(H.to_dense(), expected, atol=1e-12 * np.abs(expected).max())
     with warnings.catch_warnings():  # a stated weight is not second-guessed

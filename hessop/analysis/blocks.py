@@ -11,11 +11,11 @@ every backend.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._warnings import warn
 from ..operator import restrict_names
 
 __all__ = ["resolve_blocks"]
@@ -57,6 +57,6 @@ def resolve_blocks(H: Any,
 
 def block_groups(H: Any, groups: Any = None) -> OrderedDict[str, tuple[str, ...]]:
     """Deprecated name of :func:`resolve_blocks`."""
-    warnings.warn("block_groups is now resolve_blocks (hessop.analysis.blocks): parameter groups are called blocks",
-                  DeprecationWarning, stacklevel=2)
+    warn("block_groups is now resolve_blocks (hessop.analysis.blocks): parameter groups are called blocks",
+         DeprecationWarning)
     return resolve_blocks(H, groups)

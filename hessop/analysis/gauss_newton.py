@@ -14,7 +14,6 @@ the top eigenvalues, trace (with standard error) and SLQ density of ``H_l`` and
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .._renamed import renamed
+from .._warnings import warn
 from ..factory import hessian
 from .blocks import resolve_blocks
 from .results import GaussNewtonRow
@@ -159,9 +159,9 @@ def gauss_newton_decomposition(
         if len(args) != 1:
             raise TypeError("gauss_newton_decomposition takes the Hessian and the Gauss-Newton operators: "
                             "gauss_newton_decomposition(H, G, blocks=...)")
-        warnings.warn("gauss_newton_decomposition(model, loss_fn, data) is deprecated: build the operators and pass "
-                      "gauss_newton_decomposition(H, G), H = hessop.hessian(model, loss_fn, data) and "
-                      "G = hessop.hessian(model, loss_fn, data, curvature='ggn')", DeprecationWarning, stacklevel=3)
+        warn("gauss_newton_decomposition(model, loss_fn, data) is deprecated: build the operators and pass "
+             "gauss_newton_decomposition(H, G), H = hessop.hessian(model, loss_fn, data) and "
+             "G = hessop.hessian(model, loss_fn, data, curvature='ggn')", DeprecationWarning)
 
         model, loss_fn, data = H, G, args[0]
         H = hessian(model, loss_fn, data, curvature="hessian", **options)

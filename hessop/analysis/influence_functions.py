@@ -18,7 +18,6 @@ function ``hessop.analysis.influence`` as the package's attribute once imported.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._warnings import warn
 from ..factory import hessian
 from ..solvers.solve import SolveResult, solve
 
@@ -106,8 +106,9 @@ def influence(model: nn.Module, loss: Callable, train_data: Iterable, test_batch
     sol = solve(H, g_test, damping=float(damping), method=method, rtol=rtol, max_matvecs=max_matvecs,
                 progress=progress)
     if not sol.converged:
-        warnings.warn(f"influence: the solve did not converge ({sol.message}); the influences are approximate",
-                      RuntimeWarning, stacklevel=2)
+        warn(f"influence: the solve did not converge ({sol.message}); the influences are approximate",
+             RuntimeWarning,
+         )
     s = _unflatten(torch.as_tensor(sol.x), H.parameter_shapes)
     names = H.parameter_names
     scores = [_scores(model, loss, names, s, x, y) for x, y in batches]

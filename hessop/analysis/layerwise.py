@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .._renamed import renamed
+from .._warnings import warn
 from ..solvers.density import SCALES, spectral_distance
 from .blocks import block_groups, resolve_blocks
 from .results import LayerwiseRow
@@ -125,8 +125,8 @@ def _fmt(x) -> str:
 def spectral_distances(rho_a: Any, rho_b: Any, scale: str = "none") -> tuple[float, float]:
     """Deprecated: the pair ``(spectral_distance(a, b, metric="wasserstein", scale=...),
     spectral_distance(a, b, metric="jensen-shannon", scale=...))``; call ``spectral_distance`` once per metric."""
-    warnings.warn("spectral_distances(a, b, scale) is spectral_distance(a, b, metric, scale=scale), one metric a call",
-                  DeprecationWarning, stacklevel=2)
+    warn("spectral_distances(a, b, scale) is spectral_distance(a, b, metric, scale=scale), one metric a call",
+         DeprecationWarning)
     return (spectral_distance(rho_a, rho_b, metric="wasserstein", scale=scale),
             spectral_distance(rho_a, rho_b, metric="jensen-shannon", scale=scale))
 

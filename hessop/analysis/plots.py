@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._array import to_host
+from .._warnings import warn
 from .results import TrackRecord
 
 __all__ = ["style", "plot_eigenvalues", "plot_density", "plot_landscape", "plot_track", "plot_layerwise", "savefig"]
@@ -151,8 +151,8 @@ def plot_density(
 
 def negative_mass(rho: Any) -> tuple[float, float]:
     """Deprecated: ``(rho.negative_mass(), rho.sigma)``; the one definition is :meth:`SpectralDensity.negative_mass`."""
-    warnings.warn("hessop.analysis.plots.negative_mass is deprecated: use rho.negative_mass() (mass below -rho.sigma)",
-                  DeprecationWarning, stacklevel=2)
+    warn("hessop.analysis.plots.negative_mass is deprecated: use rho.negative_mass() (mass below -rho.sigma)",
+         DeprecationWarning)
     return float(rho.negative_mass()), float(rho.sigma)
 
 

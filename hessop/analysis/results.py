@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from .._warnings import warn
 
 __all__ = ["LayerwiseRow", "GaussNewtonRow", "TrackRecord"]
 
@@ -56,8 +57,8 @@ class _Row:
         return cls(**dict(d))
 
     def __getitem__(self, key: str) -> Any:
-        warnings.warn(f"{type(self).__name__} is a dataclass now: read row.{key} instead of row[{key!r}]",
-                      DeprecationWarning, stacklevel=2)
+        warn(f"{type(self).__name__} is a dataclass now: read row.{key} instead of row[{key!r}]",
+             DeprecationWarning)
         value = self.to_dict().get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)

@@ -163,7 +163,7 @@ def diagonal(A: Any, *, method: str = "xdiag", max_matvecs: int = 60, probe: str
     key = "xdiag" if method == "xdiag" else "diagonal-hutchinson"
     calibrated = k >= MIN_CALIBRATED[key]
     if not calibrated:
-        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key], stacklevel=4)  # past @renamed
+        warn_uncalibrated(f"diagonal(method={method!r})", k, MIN_CALIBRATED[key])
     return DiagonalResult(est, err, used, method, k, done, calibrated)
 
 

@@ -22,7 +22,6 @@ but power iteration's is certified by :mod:`.certify` before it is returned.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from .._array import Array, numpy_dtype
 from .._collective import check_arguments
+from .._warnings import warn
 from ._linear_map import LinearMap, as_linear_map
 from ._ritz import Control, EigshResult, EigshState
 from .block import block_lanczos
@@ -199,11 +199,10 @@ def _tol(tol: float | None, lm: LinearMap) -> float:
     if not tol > 0 or not math.isfinite(tol):
         raise ValueError(f"tol must be a positive number; got {tol!r}")
     if tol < floor:
-        warnings.warn(
+        warn(
             f"tol={tol:g} is below what {numpy_dtype(lm.xp, lm.dtype).name} arithmetic can certify; "
             f"using {floor:.2g} (run the operator in float64 for tighter results)",
             RuntimeWarning,
-            stacklevel=3,
         )
         return floor
     return float(tol)

@@ -14,7 +14,6 @@ and the Student-t widening and calibration rules of every standard error live he
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import scipy.special
 
 from .._array import Array, to_numpy
+from .._warnings import warn
 from ..distributed import as_comm
 from ._linear_map import LinearMap
 
@@ -144,12 +144,11 @@ def mean_stderr(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndar
     return mean, samples.std(axis=axis, ddof=1) / math.sqrt(m) * t_factor(m)
 
 
-def warn_uncalibrated(what: str, m: int, minimum: int, stacklevel: int = 3) -> None:
+def warn_uncalibrated(what: str, m: int, minimum: int) -> None:
     """Say that ``what``'s standard error rests on too few samples to be trusted as an error bar."""
-    warnings.warn(f"{what}: the standard error rests on {m} sample{'s' * (m != 1)}, fewer than the "
-                  f"{minimum} from which ±2 standard errors are known to cover the truth about 95% of "
-                  "the time; treat it as a rough guide (result.calibrated is False) or spend more products",
-                  RuntimeWarning, stacklevel=stacklevel)
+    warn(f"{what}: the standard error rests on {m} sample{'s' * (m != 1)}, fewer than the "
+         f"{minimum} from which ±2 standard errors are known to cover the truth about 95% of "
+         "the time; treat it as a rough guide (result.calibrated is False) or spend more products", RuntimeWarning)
 
 
 class Interrupted(Exception):

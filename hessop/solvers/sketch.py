@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ import scipy.linalg
 
 from .._collective import check_arguments
 from .._renamed import renamed
+from .._warnings import warn
 from ._linear_map import as_linear_map
 from ._progress import Progress
 from .probes import Interrupted, apply_blocks, check_method, check_seed, host64, mean_stderr, probes
@@ -72,8 +72,8 @@ class SketchResult:
     @property
     def kind(self) -> str:
         """Deprecated name of :attr:`method`."""
-        warnings.warn("SketchResult.kind is now SketchResult.method; the name kind will be removed",
-                      DeprecationWarning, stacklevel=2)
+        warn("SketchResult.kind is now SketchResult.method; the name kind will be removed",
+             DeprecationWarning)
         return self.method
 
 

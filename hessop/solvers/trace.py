@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from .._collective import check_arguments
 from .._renamed import renamed
+from .._warnings import warn
 from ._linear_map import LinearMap, as_linear_map
 from ._progress import Progress
 from ._sketch_rounds import COST, hutchpp_round, xtrace_round
@@ -172,15 +172,15 @@ def trace(A: Any, *, method: str = "xtrace", max_matvecs: int | None = None, rto
     estimate, stderr = _estimate(samples, cov)
     calibrated = samples.size >= MIN_CALIBRATED[used_method]
     if not calibrated:
-        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method],
-                          stacklevel=4)  # the caller of the @renamed wrapper
+        warn_uncalibrated(f"trace(method={used_method!r})", samples.size, MIN_CALIBRATED[used_method])
     if stop == "budget":
         share = stderr / max(abs(estimate), 1e-300)
         unconfirmed = " (and no room was left for the independent final sample that confirms it)" * bool(
             rtol is not None and share <= rtol)
-        warnings.warn(f"trace did not reach rtol={rtol:g}: the standard error is {share:.2g} of the estimate after"
-                      f" {used} products{unconfirmed}; raise max_matvecs (now {budget}) or loosen rtol",
-                      RuntimeWarning, stacklevel=3)
+        warn(f"trace did not reach rtol={rtol:g}: the standard error is {share:.2g} of the estimate after"
+             f" {used} products{unconfirmed}; raise max_matvecs (now {budget}) or loosen rtol",
+             RuntimeWarning,
+         )
     return TraceResult(float(estimate), float(stderr), used, used_method, converged, samples, calibrated)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from .._array import Array
 from .._collective import check_arguments
+from .._warnings import warn
 from ._krylov import KrylovBasis
 from ._linear_map import LinearMap, as_linear_map
 from ._ortho import cgs2
@@ -146,11 +146,12 @@ def trace_function(A: Any, f: str | Callable, *, damping: float = 0.0, deflate: 
     estimate, stderr = (float(x[0]) for x in mean_stderr(samples[:, None])) if samples.size else (math.nan, math.inf)
     calibrated = samples.size >= MIN_CALIBRATED["slq"]
     if not calibrated:
-        warn_uncalibrated(f"trace of {name} (SLQ)", samples.size, MIN_CALIBRATED["slq"], stacklevel=3)
+        warn_uncalibrated(f"trace of {name} (SLQ)", samples.size, MIN_CALIBRATED["slq"])
     if not settled:
-        warnings.warn(f"some probes' quadrature of {name} had not settled after max_steps={max_steps} Lanczos steps: "
-                      "the estimate may be biased beyond its standard error; raise max_steps or add damping",
-                      RuntimeWarning, stacklevel=3)
+        warn(f"some probes' quadrature of {name} had not settled after max_steps={max_steps} Lanczos steps: "
+             "the estimate may be biased beyond its standard error; raise max_steps or add damping",
+             RuntimeWarning,
+         )
     mine_ = float(op.num_matvecs - lm.num_matvecs)  # this rank's probe products; the rest ran on every rank
     spent = mine_ if comm.size == 1 else float(gather(comm, np.array([mine_]))[0])
     num = int(spent) + (lm.num_matvecs + used) * comm.size
@@ -167,9 +168,10 @@ def _deflate(A, lm: LinearMap, k: int, fn, name, low, damping: float, seed: int)
     which = "LA" if low > -math.inf else "LM"
     r = eigsh(A, k=k, which=which, seed=seed, check_symmetric=False)
     if not r.all_converged:
-        warnings.warn(f"deflation: only {int(np.sum(r.converged))} of the top {k} eigenpairs converged; the exact "
-                      "part uses Ritz values (its error is second order in their residuals)",
-                      RuntimeWarning, stacklevel=4)
+        warn(f"deflation: only {int(np.sum(r.converged))} of the top {k} eigenpairs converged; the exact "
+             "part uses Ritz values (its error is second order in their residuals)",
+             RuntimeWarning,
+         )
     lam = np.asarray(r.eigenvalues, dtype=np.float64) + damping
     if low > -math.inf and np.any(lam <= low):
         raise ValueError(f"f = {name} needs a positive definite operator; A + damping·I has the eigenvalue "

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ..._warnings import warn
 from ..base import CURVATURES, Backend
 from .data import Batches
 from .params import as_float_leaf, module_of, path_name
@@ -102,8 +102,8 @@ class JaxBackend(Backend):
         if batch_size_fn is not None:
             if weight_fn is not None:
                 raise ValueError("pass weight_fn only: batch_size_fn is its former name")
-            warnings.warn("batch_size_fn is renamed weight_fn (the same in the PyTorch backend); pass weight_fn=",
-                          DeprecationWarning, stacklevel=2)
+            warn("batch_size_fn is renamed weight_fn (the same in the PyTorch backend); pass weight_fn=",
+                 DeprecationWarning)
             weight_fn = batch_size_fn
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, not {type(loss_fn).__name__}")
@@ -117,8 +117,8 @@ class JaxBackend(Backend):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
         if hvp in RENAMED_MODES:
-            warnings.warn(f"hvp={hvp!r} is now hvp={RENAMED_MODES[hvp]!r}, the PyTorch backend's name for the same "
-                          f"product; the name {hvp!r} will be removed", DeprecationWarning, stacklevel=3)
+            warn(f"hvp={hvp!r} is now hvp={RENAMED_MODES[hvp]!r}, the PyTorch backend's name for the same "
+                 f"product; the name {hvp!r} will be removed", DeprecationWarning)
             hvp = RENAMED_MODES[hvp]
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, not {hvp!r}")

@@ -15,12 +15,13 @@ a loss that averages per sequence or skips padding needs ``weight_fn``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import jax
 import numpy as np
+
+from ..._warnings import warn
 
 
 class Batches:
@@ -105,13 +106,12 @@ class Batches:
             self._shapes = shapes
         elif shapes != self._shapes and not self._warned:
             self._warned = True
-            warnings.warn(
+            warn(
                 f"the batches differ in shape beyond the first dimension ({shapes} against {self._shapes}), so "
                 "each (inputs, targets) batch is weighted by its targets' number of elements, as a mean loss "
                 "divides by them (other batches by their samples); if the loss averages per sample first or skips "
                 "padding, state each batch's weight with weight_fn=lambda batch: ...",
                 UserWarning,
-                stacklevel=2,
             )
         targets = jax.tree_util.tree_leaves(batch[1]) if _is_pair(batch) else []
         if not targets or not getattr(targets[0], "ndim", 0) or targets[0].shape[0] != rows or rows == 0:

@@ -25,13 +25,13 @@ once. Measured against exact products: ``docs/numerics.md``.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.func import grad
 
+from ..._warnings import warn
 from .hvp import Loss, Tensors
 
 SOLVER_TOLERANCE = 1e-6
@@ -71,13 +71,12 @@ class FiniteDifference:
             out, self.factor, self.error = ladder(difference, h0, _relative_change)
             tolerance = max(SOLVER_TOLERANCE, 100 * eps)  # eigsh's default tolerance, or its floor in this dtype
             if self.error > tolerance:
-                warnings.warn(
+                warn(
                     f"finite-difference products are accurate to about {self.error:.1g} (relative) on this model, "
                     f"measured at the first product: more than the solvers' default tolerance {tolerance:.1g}, and "
                     "solvers report no residual below it (H.product_error); pass a tol of at least that, or use an "
                     "exact hvp (or a loss computed in float64) for tighter results",
                     RuntimeWarning,
-                    stacklevel=2,
                 )
             return out
         return difference(h0 * self.factor)

@@ -31,13 +31,13 @@ two cannot be told apart and torch's layout wins.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..._warnings import warn
 from .data import first_tensor
 
 TOKEN_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
@@ -133,13 +133,12 @@ class Counter:
         elif per and per != self.per_sample and not self.uneven:
             self.uneven = True
             if not isinstance(self.loss, nn.modules.loss._Loss):
-                warnings.warn(
+                warn(
                     f"the batches' targets differ in shape beyond the first dimension ({per} elements per sample "
                     f"against {self.per_sample}), so each batch is weighted by its target's number of elements, as "
                     "torch's mean losses divide by it; if the loss function averages per sample first or skips "
                     "padding, state each batch's weight with weight_fn=lambda batch: ...",
                     UserWarning,
-                    stacklevel=2,
                 )
         return rows * per / self.per_sample if per and self.per_sample else float(rows)
 

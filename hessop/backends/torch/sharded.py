@@ -41,7 +41,6 @@ made the same number.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -51,6 +50,7 @@ import torch
 from torch import nn
 
 from ..._array import namespace
+from ..._warnings import warn
 from ...distributed import as_comm
 from ...split import RowSplit
 from ..base import Backend
@@ -317,13 +317,12 @@ class ShardedTorchBackend(Backend):
     def _warn_error(self, eps: float) -> None:
         tolerance = max(SOLVER_TOLERANCE, 100 * eps)
         if self.product_error is not None and self.product_error > tolerance:
-            warnings.warn(
+            warn(
                 f"the FSDP2 model's finite-difference products are accurate to about {self.product_error:.1g} "
                 f"(relative), measured at the first product: more than the solvers' default tolerance "
                 f"{tolerance:.1g}, and solvers report no residual below it (H.product_error); pass a tol of at "
                 "least that, or shard a float64 model for tighter results",
                 RuntimeWarning,
-                stacklevel=2,
             )
 
     def restrict(self, names: Sequence[str]) -> ShardedTorchBackend:

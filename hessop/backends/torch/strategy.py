@@ -25,11 +25,11 @@ they hold no state.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable
 
 import torch
 
+from ..._warnings import warn
 from .hvp import STRATEGIES
 
 
@@ -70,11 +70,10 @@ def fastest(run: Callable[[str], object], names: Iterable[str], device: torch.de
     if times:
         return pick(times, peaks)
     why = "; ".join(f"{n}: {str(e).splitlines()[0][:160]}" for n, e in errors.items())
-    warnings.warn(
+    warn(
         f"no exact Hessian-vector product runs on this model ({why}); using hvp='finite-difference', a central "
         "difference of two gradient passes, accurate to about eps^(2/3) relative (docs/transformers.md)",
         RuntimeWarning,
-        stacklevel=4,
     )
     return "finite-difference"
 
