@@ -29,6 +29,11 @@ take the same steps; :attr:`ShardedTorchBackend.product_error` is the estimate, 
 the solvers report no residual below it. Per rank a product holds the gradient
 pass and three local vectors (θ's shards, one gradient, the result).
 
+*Other weights.* :meth:`ShardedTorchBackend.loss_at` (the loss landscapes) sets
+this rank's shards to its rows of the point, evaluates, and writes the shards
+back in a ``finally``: exactly the model's again, even after an exception or
+Ctrl-C, as after every product.
+
 *Weights.* Each rank's loss is ``Σ_b w_b loss_b`` over its batches (the batch
 weights of :mod:`hessop.backends.base`); FSDP2 divides the reduce-scattered
 gradient by the number of ranks, which is multiplied back, and the operator
