@@ -282,6 +282,8 @@ def _check_the_fsdp2_report(tmp_path, rec):
     assert abs(center - loss) < 1e-12 and steps["landscape_2d"]["center_loss"] == center
     # every point of both landscapes is the dense model's loss along the kept eigenvectors
     assert rec["cli_landscapes"]["line_error"] < 1e-12 and rec["cli_landscapes"]["plane_error"] < 1e-12
+    slopes, want = rec["cli_landscapes"]["slopes"]  # gradient . eigenvector over the whole vectors, not one rank's
+    assert np.allclose(slopes, want, rtol=0, atol=1e-12)
     layers = steps["layerwise"]
     assert [(r["block"], r["num_params"]) for r in layers["rows"]] == [("0", 77), ("2", 36)]
     for row, top in zip(layers["rows"], rec["block_tops"]):

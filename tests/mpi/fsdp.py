@@ -160,7 +160,8 @@ if rank == 0:  # the eigenvectors each rank kept, put together, and the landscap
     record["cli_landscapes"] = {
         "center": [steps["landscape_1d"]["center_loss"], float(loss_of(*params))],
         "line_error": float(np.abs(np.array([c["losses"] for c in steps["landscape_1d"]["curves"]]) - line).max()),
-        "plane_error": float(np.abs(np.array(plane["losses"]) - grid).max())}
+        "plane_error": float(np.abs(np.array(plane["losses"]) - grid).max()),
+        "slopes": [[c["slope"] for c in steps["landscape_1d"]["curves"]], (full_g @ X[:, :2]).tolist()]}
 # the same model sharded over one rank (a mesh of this rank alone), all the data in the command line's
 # two batches: its seeds must give the command line's numbers, since vectors are drawn in parameter
 # order whatever the number of ranks
