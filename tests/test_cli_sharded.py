@@ -95,6 +95,17 @@ def _dense_top(factories):
     return np.sort(np.linalg.eigvalsh(dense))[::-1], float(loss(*params))
 
 
+def test_a_factory_that_shards_outside_torchrun_is_told_to_launch_it_with_torchrun(tmp_path, capsys):
+    path = tmp_path / "outside.py"
+    path.write_text("from torch.distributed.device_mesh import init_device_mesh\n\n"
+                    "def model():\n    init_device_mesh('cpu', (2,))\n\n"
+                    "def data():\n    return []\n")
+    if dist.is_initialized():  # first in the file: before the other tests start their one-rank group
+        pytest.skip("a process group is already initialised in this process")
+    assert main(["analyze", "--model", f"{path}:model", "--data", f"{path}:data", "--out", str(tmp_path / "r")]) == 2
+    assert "launch it with torchrun --nproc-per-node N -m hessop analyze" in capsys.readouterr().err
+
+
 def test_a_sharded_run_keeps_each_ranks_own_files_and_resumes_to_the_same_numbers(factories, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(_argv(factories, out, "--device", "cpu", "--dtype", "float64")) == 0  # options that match: kept

@@ -65,12 +65,22 @@ def analyze(args: Any) -> int:
     return run(session, lambda runner, state: _setup(session, state, model, loss_fn, data, sharded))
 
 
+NOT_UNDER_TORCHRUN = ("init_process_group", "torch.distributed using env://")
+"""What torch says when a factory shards its model (``get_world_size``, ``init_device_mesh``) in a process that
+no ``torchrun`` started: the command line then says how to launch it."""
+
+
 def _call(factory: Any, flag: str, comm: Any) -> Any:
     try:
         return call_factory(factory, rank=comm.rank, size=comm.size)
     except UsageError:
         raise
     except Exception as exc:
+        if comm.size == 1 and any(w in str(exc) for w in NOT_UNDER_TORCHRUN):  # sharding outside a torchrun job
+            raise UsageError(
+                f"{flag}: the factory needs torch.distributed ({type(exc).__name__}: {str(exc).rstrip('. ')}); "
+                "launch it with torchrun --nproc-per-node N -m hessop analyze ..."
+            ) from exc
         raise UsageError(
             f"{flag}: the factory raised {type(exc).__name__}: {exc}; fix it (rerun with --debug for the traceback)"
         ) from exc
