@@ -257,6 +257,7 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         assert size == 2 and error < 1e-12 and unsplit  # DDP unwrapped: data parallel over its group
         assert rec["cli_codes"] == [0, 0]  # hessop analyze, then its resume
     assert ranks[0]["product_error_estimate"] == ranks[1]["product_error_estimate"]
+    assert ranks[0]["cli_numbers"] == ranks[1]["cli_numbers"]  # every rank computed the same numbers, bit for bit
     _check_the_fsdp2_report(tmp_path, ranks[0])
 
 
@@ -268,6 +269,7 @@ def _check_the_fsdp2_report(tmp_path, rec):
     assert first["status"] == report["status"] == "complete" and report["info"]["processes"] == 2
     assert report["info"]["parameters"] == n and report["config"]["sharded"] == "fully_shard"
     steps = report["steps"]
+    assert rec["cli_numbers"] == [steps["eigenvalues"]["eigenvalues"], steps["trace"]["trace"]]  # rank 0 wrote them
     eig = steps["eigenvalues"]
     assert all(eig["converged"]) and np.allclose(eig["eigenvalues"], truth[:5], rtol=0, atol=1e-5)
     assert 0 < eig["product_error"] < 1e-6 and min(eig["residual_norms"]) >= eig["product_error"]

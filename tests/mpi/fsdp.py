@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hessop
 from hessop.cli.main import main
-from hessop.cli.steps import BUDGETS, step_seed
+from hessop.cli.steps import BUDGETS, STEPS, step_seed
 
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
@@ -132,7 +132,14 @@ out = root / "report"
 factories = Path(__file__).with_name("fsdp_factories.py")
 argv = ["analyze", "--model", f"{factories}:sharded_model", "--data", f"{factories}:data", "--out", str(out),
         "--budget", "small", "--eig", "5", "--trace", "--density", "--landscape", "--layerwise", "--quiet"]
+seen = {}  # what each rank computed in the steps, to compare across ranks (rank 0 alone writes the report)
+for name in ("eigenvalues", "trace"):
+    def kept(*args, _step=STEPS[name], _name=name, **kwargs):
+        seen[_name] = _step(*args, **kwargs)
+        return seen[_name]
+    STEPS[name] = kept
 record["cli_codes"] = [main(argv)]
+record["cli_numbers"] = [seen["eigenvalues"]["eigenvalues"], seen["trace"]["trace"]]
 if rank == 0:
     (root / "first.json").write_text((out / "report.json").read_text())
     state = json.loads((out / "state.json").read_text())
