@@ -60,10 +60,12 @@ def check_sharded(model: Any, args: Any, comm: Any) -> tuple[str, str]:
     Raises :class:`UsageError` with the sentence that says what to change (alike on every rank:
     the ranks build the same model from the same options).
     """
+    from ..comm.torch_dist import TorchDistComm
+
     local = _first_local(model)
     device, dtype = local.device, str(local.dtype).removeprefix("torch.")
     ranks = mesh_size(model)
-    if comm.size != ranks or (ranks > 1 and type(comm).__name__ != "TorchDistComm"):
+    if comm.size != ranks or (ranks > 1 and not isinstance(comm, TorchDistComm)):
         raise UsageError(
             f"--model: the factory returned a model sharded with fully_shard over {ranks} process(es), but hessop "
             f"runs on {comm.size} ({type(comm).__name__}); launch it with torchrun --nproc-per-node {ranks} "
