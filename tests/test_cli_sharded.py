@@ -169,6 +169,16 @@ def test_what_would_cast_move_or_load_a_sharded_model_is_refused_with_what_to_do
         check_sharded(model, Namespace(checkpoint=None, dtype=None, device=None), TwoMPIRanks())
     assert check_sharded(model, Namespace(checkpoint=None, dtype="float64", device="cpu"), SerialComm()) == (
         "cpu", "float64")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    part = namespace["plain"]()
+    fully_shard(part[0], mesh=init_device_mesh("cpu", (1,)))  # the first layer only, not the root
+    with pytest.raises(UsageError, match=r"only part of the model .*2.weight is not sharded.*root module too"):
+        check_sharded(part, Namespace(checkpoint=None, dtype=None, device=None), SerialComm())
+    hybrid = fully_shard(namespace["plain"](), mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("r", "s")))  # HSDP
+    with pytest.raises(UsageError, match="more than one dimension"):
+        check_sharded(hybrid, Namespace(checkpoint=None, dtype=None, device=None), SerialComm())
 
 
 def test_comm_auto_finds_torchrun_and_torch_joins_the_group(monkeypatch, world_of_one):

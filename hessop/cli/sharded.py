@@ -47,11 +47,20 @@ def _first_local(model: Any) -> Any:
     return next(p.to_local() for p in model.parameters() if isinstance(p, DTensor))
 
 
-def mesh_size(model: Any) -> int:
-    """How many processes the model's parameters are sharded over (its device mesh's size)."""
+def _is_dtensor(p: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
-    return int(next(p.device_mesh.size() for p in model.parameters() if isinstance(p, DTensor)))
+    return isinstance(p, DTensor)
+
+
+def mesh_size(model: Any) -> int:
+    """How many processes the model's parameters are sharded over (its device mesh's size)."""
+    return int(next(p.device_mesh.size() for p in model.parameters() if _is_dtensor(p)))
+
+
+def mesh_dims(model: Any) -> int:
+    """The number of dimensions of the model's device mesh."""
+    return int(next(p.device_mesh.ndim for p in model.parameters() if _is_dtensor(p)))
 
 
 def check_sharded(model: Any, args: Any, comm: Any) -> tuple[str, str]:
@@ -71,6 +80,13 @@ def check_sharded(model: Any, args: Any, comm: Any) -> tuple[str, str]:
             f"runs on {comm.size} ({type(comm).__name__}); launch it with torchrun --nproc-per-node {ranks} "
             "-m hessop analyze ... and --comm auto"
         )
+    plain = [name for name, p in model.named_parameters() if p.requires_grad and not _is_dtensor(p)]
+    if plain:
+        raise UsageError(f"--model: the factory sharded only part of the model with fully_shard ({plain[0]} is not "
+                         "sharded); call fully_shard on the root module too, last")
+    if mesh_dims(model) != 1:
+        raise UsageError("--model: the factory sharded the model over a mesh of more than one dimension (HSDP); "
+                         "hessop splits vectors over a 1-D mesh: init_device_mesh(device, (world_size,))")
     if args.checkpoint:
         raise UsageError("--checkpoint cannot be loaded into a model already sharded with fully_shard; load it in "
                          "the --model factory before calling fully_shard, and leave out --checkpoint")
