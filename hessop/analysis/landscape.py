@@ -9,6 +9,11 @@ landscape of neural nets" (:func:`filter_normalized_direction`).
 
 Directions are used exactly as given (no rescaling): a unit eigenvector with
 eigenvalue λ gives, near the minimum of a quadratic, ``L(θ) + ½ λ α²``.
+
+A split operator (``H.split``, an FSDP2 model) takes each rank's rows of the
+directions, as its eigenvectors come; its backend shifts only the local shards
+for each loss and restores them exactly, and the directions' norms are those of
+the whole vectors.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._array import Array, from_numpy, rng, to_numpy
+from .._collective import together
 
 __all__ = ["Landscape", "landscape_1d", "landscape_2d", "filter_normalized_direction"]
 
@@ -105,21 +111,41 @@ def _steps(radius: float, num_points: int, name: str) -> np.ndarray:
 
 
 def _direction(H: Any, d: Any, name: str) -> Array:
-    """A native vector of the operator's size, dtype and device from a vector or an (n, 1) column."""
-    n = H.shape[0]
+    """A native vector of the operator's size, dtype and device from a vector or an (n, 1) column.
+
+    For a split operator (``H.split``): this rank's rows, or a whole host vector, which is cut to them.
+    The check is collective there, so a rank given another shape cannot leave the others waiting.
+    """
+    split = getattr(H, "split", None)
+    n = H.shape[0] if split is None else split.rows
     if isinstance(d, np.ndarray) or not hasattr(d, "shape"):
-        d = from_numpy(np.asarray(d, dtype=np.float64), H.xp, H.device, H.native_dtype)
+        d = np.asarray(d, dtype=np.float64)
+        if split is not None and d.ndim == 1 and d.shape[0] == split.n:
+            d = split.scatter(d)
+        d = from_numpy(d, H.xp, H.device, H.native_dtype)
     if d.ndim == 2 and d.shape[1] == 1:
         d = d[:, 0]
-    if d.ndim != 1 or d.shape[0] != n:
-        raise ValueError(f"{name} must be a vector of length {n} (one entry per parameter); got shape {tuple(d.shape)}")
+
+    def check() -> None:
+        if d.ndim != 1 or d.shape[0] != n:
+            whose = "" if split is None else f" (this rank's rows of a vector split over {split.comm.size} ranks)"
+            raise ValueError(f"{name} must be a vector of length {n} (one entry per parameter{whose}); "
+                             f"got shape {tuple(d.shape)}")
+
+    if split is None:
+        check()
+    else:
+        together(split.comm, check)
     if d.dtype != H.native_dtype:
         d = H.xp.astype(d, H.native_dtype)
     return d
 
 
-def _norm(d: Array) -> float:
-    return float(np.linalg.norm(to_numpy(d).astype(np.float64)))
+def _norm(H: Any, d: Array) -> float:
+    """The Euclidean norm of a direction; of the whole vector for a split operator (one all-reduce)."""
+    squares = float(np.sum(np.square(to_numpy(d).astype(np.float64))))
+    split = getattr(H, "split", None)
+    return float(np.sqrt(squares if split is None else split.comm.allreduce_scalar(squares)))
 
 
 def _progress(total: int, progress: bool, desc: str):
@@ -144,7 +170,8 @@ def landscape_1d(
     H : HessianOperator
         Supplies the parameters ``θ`` (``H.parameters()``) and the full-data loss (``H.loss_at``).
     direction : native vector, host array or (n, 1) column
-        The direction ``d`` (e.g. ``eigsh(H, k=1).eigenvectors[:, 0]``), used unscaled.
+        The direction ``d`` (e.g. ``eigsh(H, k=1).eigenvectors[:, 0]``), used unscaled. For a split
+        operator (an FSDP2 model): this rank's rows, as eigsh returns them, or a whole host vector.
     radius, num_points : float, int
         The grid of steps; an odd ``num_points`` contains ``α = 0`` exactly.
     label : str
@@ -171,7 +198,7 @@ def landscape_1d(
                 bar.update()
         except KeyboardInterrupt:
             partial = True
-    return Landscape(alphas, losses, center, None, (_norm(d),), (label,), done, partial)
+    return Landscape(alphas, losses, center, None, (_norm(H, d),), (label,), done, partial)
 
 
 def landscape_2d(
@@ -205,7 +232,8 @@ def landscape_2d(
                 bar.update()
         except KeyboardInterrupt:
             partial = True
-    return Landscape(alphas, losses, center, alphas.copy(), (_norm(u), _norm(v)), tuple(labels)[:2], done, partial)
+    norms = (_norm(H, u), _norm(H, v))
+    return Landscape(alphas, losses, center, alphas.copy(), norms, tuple(labels)[:2], done, partial)
 
 
 def filter_normalized_direction(model_or_H: Any, *, seed: int = 0, ignore_1d: bool = True) -> Array:
@@ -245,6 +273,9 @@ def filter_normalized_direction(model_or_H: Any, *, seed: int = 0, ignore_1d: bo
     H = model_or_H
     if not hasattr(H, "parameter_shapes"):
         raise TypeError(f"expected a torch.nn.Module or a HessianOperator; got a {type(H).__name__}")
+    if getattr(H, "split", None) is not None:
+        raise TypeError("filter_normalized_direction draws a whole vector, which no rank of a split operator holds: "
+                        "draw it on the unsharded model and pass this rank's rows, H.split.scatter(direction)")
     values = to_numpy(H.parameters()).astype(np.float64)
     d = _filter_normalize(values, H.parameter_shapes, rng(seed), ignore_1d)
     return from_numpy(d, H.xp, H.device, H.native_dtype)

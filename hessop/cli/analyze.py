@@ -12,6 +12,7 @@ from .errors import UsageError
 from .loading import as_model_and_loss, call_factory, check_data, declares_shard, load_checkpoint, load_object, share
 from .run import RunState
 from .session import Session, chosen_steps, communicator, prepare, run, torch_device, torch_dtype
+from .sharded import check_sharded, is_sharded, keep_shards
 
 
 def analyze(args: Any) -> int:
@@ -25,34 +26,48 @@ def analyze(args: Any) -> int:
     comm = communicator(args.comm)
     prepare(args, comm)
 
-    def load() -> tuple[Any, Any, Any]:  # on every process; a bad input on any of them fails all together
+    def load() -> tuple[Any, Any, Any, Any]:  # on every process; a bad input on any of them fails all together
         model_factory = load_object(args.model, "--model")
         data_factory = load_object(args.data, "--data")
         model, loss_fn = as_model_and_loss(_call(model_factory, "--model", comm), "--model")
+        # a model sharded with fully_shard (FSDP2) is used as the factory made it (hessop.cli.sharded)
+        layout = check_sharded(model, args, comm) if is_sharded(model) else None
         if args.checkpoint:
             load_checkpoint(model, args.checkpoint, device)
         data = check_data(_call(data_factory, "--data", comm), "--data")
         if not declares_shard(data_factory):  # a factory that takes rank/size returned this process's own shard
             data = share(data, comm)
-        return model, loss_fn, data
+        return model, loss_fn, data, layout
 
-    model, loss_fn, data = together(comm, load, known=(UsageError,))
-    dtype = torch_dtype(args.dtype)
-    model = model.to(device=device, dtype=dtype).eval() if dtype is not None else model.to(device).eval()
+    model, loss_fn, data, layout = together(comm, load, known=(UsageError,))
+    sharded = layout is not None
+    if sharded:
+        device, dtype_name = layout
+        model = model.eval()
+    else:
+        dtype = torch_dtype(args.dtype)
+        model = model.to(device=device, dtype=dtype).eval() if dtype is not None else model.to(device).eval()
+        dtype_name = args.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
     config = {
         "command": "analyze",
         "model": args.model,
         "data": args.data,
         "checkpoint": args.checkpoint,
         "device": device,
-        "dtype": args.dtype or str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name,
         "seed": args.seed,
         "budget": budget.to_dict(),
         "steps": steps,
         "ranks": comm.size,
+        **({"sharded": "fully_shard"} if sharded else {}),  # absent otherwise: older runs still resume
     }
     session = Session(args, config, steps, budget, comm)
-    return run(session, lambda runner, state: _setup(session, state, model, loss_fn, data))
+    return run(session, lambda runner, state: _setup(session, state, model, loss_fn, data, sharded))
+
+
+NOT_UNDER_TORCHRUN = ("init_process_group", "torch.distributed using env://")
+"""What torch says when a factory shards its model (``get_world_size``, ``init_device_mesh``) in a process that
+no ``torchrun`` started: the command line then says how to launch it."""
 
 
 def _call(factory: Any, flag: str, comm: Any) -> Any:
@@ -61,6 +76,11 @@ def _call(factory: Any, flag: str, comm: Any) -> Any:
     except UsageError:
         raise
     except Exception as exc:
+        if comm.size == 1 and any(w in str(exc) for w in NOT_UNDER_TORCHRUN):  # sharding outside a torchrun job
+            raise UsageError(
+                f"{flag}: the factory needs torch.distributed ({type(exc).__name__}: {str(exc).rstrip('. ')}); "
+                "launch it with torchrun --nproc-per-node N -m hessop analyze ..."
+            ) from exc
         raise UsageError(
             f"{flag}: the factory raised {type(exc).__name__}: {exc}; fix it (rerun with --debug for the traceback)"
         ) from exc
@@ -76,20 +96,11 @@ def cli_advice(message: str) -> str:
             "factory return the same batches on every pass and the --model factory a model in eval mode")
 
 
-def refuse_sharded(model: Any) -> None:
-    """A model whose parameters are split across processes (FSDP2) is refused: the command line keeps,
-    broadcasts and resumes whole weights and whole eigenvectors, which such a model does not have."""
-    if any(type(p).__name__ == "DTensor" for p in getattr(model, "parameters", lambda: [])()):
-        raise UsageError(
-            "--model: the factory returned a model sharded with fully_shard (FSDP2), which hessop analyze does not "
-            "support yet (it keeps whole weights and eigenvectors); call hessop.hessian and the solvers from a "
-            "torchrun script instead (docs/distributed.md, 'Split models')"
-        )
-
-
-def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: Any) -> Any:
-    refuse_sharded(model)
-    session.keep_weights(model, state)
+def _setup(session: Session, state: RunState, model: Any, loss_fn: Any, data: Any, sharded: bool) -> Any:
+    if sharded:  # each rank its own shards, in a file of its own (hessop.cli.sharded)
+        keep_shards(model, state, session.comm)
+    else:
+        session.keep_weights(model, state)
     try:
         H = hessian(model, loss_fn, data, comm=session.comm)
         loss = H.loss()

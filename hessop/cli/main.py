@@ -88,8 +88,9 @@ def _common(p: argparse.ArgumentParser, default_dtype: str | None, default_threa
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in --out, skipping finished steps")
-    run.add_argument("--comm", choices=("auto", "serial", "mpi"), default="auto",
-                     help="processes: auto uses MPI when launched by mpiexec (default: auto)")
+    run.add_argument("--comm", choices=("auto", "serial", "mpi", "torch"), default="auto",
+                     help="processes: auto uses MPI when launched by mpiexec, torch.distributed when launched by "
+                     "torchrun (default: auto)")
     show = p.add_argument_group("output")
     show.add_argument("--json", action="store_true", help="print the report's JSON to stdout")
     show.add_argument("--quiet", action="store_true", help="no progress bars, no summary line")

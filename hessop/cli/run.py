@@ -12,7 +12,9 @@ here: the message says which file to delete if that run is gone.
 **The state** (:class:`RunState`): ``state.json`` (the run's configuration and
 the JSON result of every finished step, rewritten atomically after each step)
 and ``arrays/`` (``.npy`` arrays and ``.pt`` weights a later step needs, such as
-eigenvectors). A resumed run must have the same configuration, so the same seed
+eigenvectors; for a model split across processes, each rank's own part in a file
+named by its rank and the number of ranks, :func:`part_name`). A resumed run must
+have the same configuration (the number of ranks included), so the same seed
 gives the same numbers whether or not the run was interrupted; saved state that
 cannot be read gives a sentence naming the file (:func:`damaged`).
 """
@@ -224,15 +226,21 @@ class RunState:
         """Where the array or weights file ``name`` of this run lives."""
         return self.out / "arrays" / name
 
-    def save_array(self, name: str, value: np.ndarray) -> None:
-        """Keep an array (``name.npy``) that a later or resumed step needs."""
-        if self.writer:
-            self.array_path("").mkdir(parents=True, exist_ok=True)
-            np.save(self.array_path(name + ".npy"), value)
+    def save_array(self, name: str, value: np.ndarray, part: tuple[int, int] | None = None) -> None:
+        """Keep an array (``name.npy``) that a later or resumed step needs.
 
-    def load_array(self, name: str, rows: int | None = None) -> np.ndarray:
-        """An array saved by :meth:`save_array`; ``rows``: the first dimension it must have."""
-        path = self.array_path(name + ".npy")
+        ``part=(rank, size)``: ``value`` is this rank's own rows of an array split over ``size``
+        processes (the eigenvectors of an FSDP2 model); every rank writes its own file,
+        ``name.rank{rank}of{size}.npy`` (:func:`part_name`), none gathers the whole.
+        """
+        if self.writer or part is not None:
+            self.array_path("").mkdir(parents=True, exist_ok=True)
+            np.save(self.array_path(part_name(name, part) + ".npy"), value)
+
+    def load_array(self, name: str, rows: int | None = None, part: tuple[int, int] | None = None) -> np.ndarray:
+        """An array saved by :meth:`save_array` (this rank's own with ``part``); ``rows``: the first dimension
+        it must have."""
+        path = self.array_path(part_name(name, part) + ".npy")
         if not path.is_file():
             raise UsageError(f"--resume: {path} is missing; delete {str(self.out)!r} and run again")
         try:
@@ -243,6 +251,16 @@ class RunState:
                 value.ndim != 2 or value.shape[0] != rows)):
             raise damaged(path, f"an array of shape {getattr(value, 'shape', '?')} where ({rows}, k) floats were saved")
         return value
+
+
+def part_name(name: str, part: tuple[int, int] | None) -> str:
+    """The file name (before its extension) of rank ``r``'s own part of ``name`` split over ``s`` processes,
+    ``part=(r, s)``: ``name.rank{r}of{s}``; ``name`` itself for a whole array (``part=None``).
+
+    The number of processes is in the name, so a run resumed on other ranks never reads parts cut
+    for another layout (the run's configuration, which records the ranks, refuses it first).
+    """
+    return name if part is None else f"{name}.rank{part[0]}of{part[1]}"
 
 
 def damaged(path: Path, what: str) -> UsageError:

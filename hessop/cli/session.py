@@ -15,6 +15,7 @@ Whatever happens, the report is written from the steps that did finish, marked
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -42,14 +43,64 @@ MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 """Variables ``mpiexec`` sets (MPICH / Open MPI) by which ``--comm auto`` detects it."""
 
 
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""Variables ``torchrun`` sets, by which ``--comm auto`` detects it (``WORLD_SIZE`` above 1) and
+``torch.distributed`` joins the job."""
+
+
 def communicator(choice: str) -> Any:
-    """``serial``, ``mpi``, or ``auto``: the library's :func:`~hessop.distributed.world` when launched by
-    ``mpiexec`` with more than one process, else one process (without importing mpi4py, which starts MPI)."""
+    """``serial``, ``mpi``, ``torch`` or ``auto``: auto is the library's :func:`~hessop.distributed.world`
+    when launched by ``mpiexec`` with more than one process (without importing mpi4py, which starts MPI),
+    ``torch.distributed`` when launched by ``torchrun`` with more than one (:func:`torch_world`), else one process."""
     launched = any(os.environ.get(v, "1").isdigit() and int(os.environ.get(v, "1")) > 1 for v in MPI_ENV)
     if choice == "mpi" or (choice == "auto" and launched):
         require("mpi4py", "mpi", f"--comm {choice} under mpiexec")  # world() alone would fall back to one process
         return world()
+    if choice == "torch" or (choice == "auto" and _under_torchrun()):
+        return torch_world(choice)
     return as_comm(None)
+
+
+def _under_torchrun() -> bool:
+    size = os.environ.get("WORLD_SIZE", "1")
+    if size.isdigit() and int(size) > 1 and "RANK" in os.environ:
+        return True
+    dist = sys.modules.get("torch.distributed")  # a script that started its own group and calls main()
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def torch_world(choice: str) -> Any:
+    """The ``torch.distributed`` world as a hessop communicator, joining the ``torchrun`` job if need be.
+
+    An uninitialised default group is initialised as ``init_device_mesh`` would
+    (``init_process_group()`` with torch's default backends: gloo for CPU tensors,
+    and nccl for CUDA ones where CUDA is available), so a model factory that calls
+    ``init_device_mesh`` finds it ready; a group the caller started is used as it is.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise UsageError(f"--comm {choice}: this torch has no torch.distributed; use --comm mpi under mpiexec")
+    if not dist.is_initialized():
+        missing = [v for v in TORCHRUN_ENV if v not in os.environ]
+        if missing:
+            raise UsageError(f"--comm {choice}: no torchrun job to join (the environment lacks {', '.join(missing)}); "
+                             "launch with torchrun --nproc-per-node N -m hessop analyze ...")
+        try:
+            dist.init_process_group()
+        except Exception as exc:  # torch raises many kinds for a rendezvous that fails
+            raise UsageError(f"--comm {choice}: cannot join the torchrun job ({type(exc).__name__}: {exc}); check "
+                             "the launch (torchrun --nproc-per-node N -m hessop analyze ...)") from exc
+        atexit.register(_leave, dist)
+    from ..comm.torch_dist import TorchDistComm
+
+    return TorchDistComm()
+
+
+def _leave(dist: Any) -> None:
+    """Destroy the process group this command started, at exit (torch warns about one left behind)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def chosen_steps(args: Any) -> tuple[list[str], Budget]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._array import from_numpy, host_floats, to_numpy
+from .._collective import together
 from ..analysis.landscape import landscape_1d as line
 from ..analysis.landscape import landscape_2d as plane
 from ..analysis.layerwise import layerwise as per_block
@@ -26,6 +27,7 @@ from ..analysis.spectrum import density_to_dict
 from ..solvers.density import density as slq
 from ..solvers.eigsh import eigsh
 from ..solvers.trace import trace as estimate_trace
+from .errors import UsageError
 from .run import RunState
 
 ORDER = ("eigenvalues", "trace", "density", "landscape_1d", "landscape_2d", "layerwise")
@@ -84,7 +86,7 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
 
     k = min(budget.k, H.shape[0] - 1)
     r = eigsh(H, k=k, which="LA", tol=budget.eig_tol, seed=seed, progress=progress)
-    state.save_array("eigenvectors", to_numpy(r.eigenvectors))
+    state.save_array("eigenvectors", to_numpy(r.eigenvectors), part=_part(H))
     out = {
         "eigenvalues": host_floats(r.eigenvalues),
         "residual_norms": host_floats(r.residual_norms),
@@ -92,6 +94,9 @@ def eigenvalues(H: Any, budget: Budget, seed: int, state: RunState, progress: bo
         "stopped": r.stopped,
         "num_matvecs": int(r.num_matvecs),
     }
+    error = getattr(H, "product_error", None)
+    if error:  # finite-difference products (an FSDP2 model): no residual is reported below their error
+        out["product_error"] = float(error)
     if budget.k > k:  # more than the model has: the report says what was computed instead
         out["requested"] = int(budget.k)
     return out
@@ -127,8 +132,23 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
     }
 
 
+def _part(H: Any) -> tuple[int, int] | None:
+    """``(rank, ranks)`` for an operator whose vectors are split across processes (each keeps its own rows of
+    the eigenvectors, :meth:`RunState.save_array`), else ``None`` (rank 0 keeps the whole ones)."""
+    split = getattr(H, "split", None)
+    return None if split is None else (split.comm.rank, split.comm.size)
+
+
+def _dot(H: Any, a: Any, b: Any) -> float:
+    """``aᵀ b`` of two native vectors: over the whole vectors for a split operator (one all-reduce)."""
+    local = float(H.xp.sum(a * b))
+    split = getattr(H, "split", None)
+    return local if split is None else float(split.comm.allreduce_scalar(local))
+
+
 def _directions(H: Any, state: RunState, count: int) -> tuple[list[Any], list[float]]:
-    vecs = state.load_array("eigenvectors", rows=H.shape[0])
+    # on every rank together: a file missing or damaged on one rank fails them all, leaving none waiting
+    vecs = together(H.comm, lambda: state.load_array("eigenvectors", rows=H.rows, part=_part(H)), known=(UsageError,))
     vals = state.result("eigenvalues")["eigenvalues"]
     if vecs.shape[1] < count:
         raise ValueError(f"the 2-D landscape needs two eigenvectors but only {vecs.shape[1]} were computed; "
@@ -148,12 +168,11 @@ def landscape_1d(H: Any, budget: Budget, seed: int, state: RunState, progress: b
     dirs, vals = _directions(H, state, min(2, len(state.result("eigenvalues")["eigenvalues"])))
     radius = landscape_radius(vals[0])
     grad = H.gradient()
-    xp = H.xp
     curves = []
     for i, (d, lam) in enumerate(zip(dirs, vals), start=1):
         ls = line(H, d, radius=radius, num_points=budget.points_1d, label=f"v{i}", progress=progress)
         curves.append({**ls.to_dict(), "direction": f"v{i}", "eigenvalue": float(lam),
-                       "slope": float(xp.sum(grad * d))})
+                       "slope": _dot(H, grad, d)})
     return {"radius": radius, "center_loss": float(ls.center_loss), "curves": curves}
 
 

@@ -1,37 +1,42 @@
-"""Launched by tests/test_split.py with torchrun (2 gloo ranks): hessop.hessian of an FSDP2 model.
+"""Launched by tests/test_split.py with torchrun (2 gloo ranks): an FSDP2 model's Hessian, and ``hessop analyze`` of it.
 
 ``python fsdp.py OUTDIR``: a float64 MLP sharded with ``fully_shard`` (uneven shards: 11 and 3 rows
-do not split evenly over 2 ranks); rank 0 holds 2 batches
-(26 samples) and rank 1 one batch (14), so the weights and the forward-pass padding are
-exercised. Each rank compares against the dense Hessian of the unsharded model over all the data,
-repeats eigsh and trace on the same model sharded over itself alone (one rank, all the data), and
-writes ``OUTDIR/rank<r>.json``; then rank 1 fails inside a product, which must end the job.
+do not split evenly over 2 ranks); rank 0 holds 2 batches (26 samples) and rank 1 one batch (14),
+so the weights and the forward-pass padding are exercised. Each rank compares products, the loss,
+the gradient and ``loss_at`` with the dense Hessian of the unsharded model over all the data. Then
+the command line analyses the same model in process (``fsdp_factories.py``: sharded as one group,
+each rank its own batch), every step, into ``OUTDIR/report`` (the first report kept as
+``OUTDIR/first.json``), and resumes that run with its landscapes dropped from its state and the
+factory's weights perturbed; rank 0 checks the saved eigenvectors and the landscapes against the
+dense model, and the eigenvalues and trace are repeated with the command line's seeds on the same
+model sharded over one rank (all the data). Each rank writes ``OUTDIR/rank<r>.json``; then rank 1
+fails inside a product, which must end the job.
 """
 
 import copy
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from fsdp_factories import all_data, plain_model, shard  # beside this script
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import hessop
-import hessop.cli.analyze
+from hessop.cli.main import main
+from hessop.cli.steps import BUDGETS, STEPS, step_seed
 
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(6, 11), nn.Tanh(), nn.Linear(11, 3)).double()  # uneven shards
+model = plain_model()
 plain = copy.deepcopy(model)
-gen = np.random.default_rng(1)
-x_all = torch.from_numpy(gen.standard_normal((40, 6)))
-y_all = torch.from_numpy(gen.integers(0, 3, 40))
+x_all, y_all = all_data()
 loss = nn.CrossEntropyLoss()
 
 names = [n for n, _ in plain.named_parameters()]
@@ -41,6 +46,12 @@ params = [p.detach() for p in plain.parameters()]
 def loss_of(*ps):
     out = torch.func.functional_call(plain, dict(zip(names, ps)), (x_all,))
     return loss(out, y_all)
+
+
+def dense_loss(flat):
+    """The unsharded model's loss over all the data at the whole flat parameter vector ``flat``."""
+    cuts = np.cumsum([0] + [p.numel() for p in params])
+    return float(loss_of(*(torch.from_numpy(flat[a:b]).reshape(p.shape) for a, b, p in zip(cuts, cuts[1:], params))))
 
 
 blocks = torch.autograd.functional.hessian(loss_of, tuple(params))
@@ -59,37 +70,48 @@ mine = [(x_all[a:b], y_all[a:b]) for a, b in cuts]
 
 H = hessop.hessian(model, loss, mine)
 idx = H.backend.global_indices()
-record = {"rank": rank, "n": n, "shape": list(H.shape), "rows": H.split.rows, "split": H.split is not None}
+record = {"rank": rank, "n": n, "shape": list(H.shape), "rows": H.split.rows, "split": H.split is not None,
+          "truth": truth.tolist(), "trace": float(np.trace(dense))}
+offsets = np.cumsum([0] + [p.numel() for p in params])
+for layer in ("0", "2"):  # the dense blocks of the layer-wise table
+    block = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i, name in enumerate(names)
+                            if name.startswith(layer + ".")])
+    sub = dense[np.ix_(block, block)]
+    record.setdefault("block_tops", []).append(float(np.linalg.eigvalsh(sub)[-1]))
+    record.setdefault("block_traces", {})[layer] = float(np.trace(sub))
 v = np.random.default_rng(2).standard_normal((n, 3))
 got = H.apply(torch.from_numpy(H.split.scatter(v)))
 record["product_error"] = float(np.abs(got.numpy() - (dense @ v)[idx]).max() / np.abs(dense @ v).max())
 exact = dense @ v
 record["product_error_2norm"] = float(np.linalg.norm(H.split.gather(got).numpy() - exact) / np.linalg.norm(exact))
 record["product_error_estimate"] = H.product_error  # measured by the first product (a ladder of steps)
-r = hessop.eigsh(H, k=5, seed=3)
-record["residual_norms"] = r.residual_norms.tolist()
-record["eigenvalues"] = r.eigenvalues.tolist()
-record["truth"] = truth[:5].tolist()
-record["converged"] = bool(r.all_converged)
-record["eigenvector_rows"] = int(r.eigenvectors.shape[0])
-X = H.split.gather(r.eigenvectors).numpy()  # the whole eigenvectors (parameter order), gathered for the check
-record["eigenvector_residual"] = float(np.abs(dense @ X - X * r.eigenvalues).max())
-t = hessop.trace(H, max_matvecs=40, seed=4)
-record["trace"] = [t.estimate, t.stderr, float(np.trace(dense))]
-record["num_matvecs"] = r.num_matvecs
-rho = hessop.density(H, num_probes=2, num_steps=12, seed=5)
-record["density_trace"] = rho.trace_estimate
 record["loss"] = [H.loss(), float(loss_of(*params))]
 whole = [p.clone().requires_grad_() for p in params]
 full_g = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_of(*whole), whole)]).numpy()
 record["gradient_error"] = float(np.abs(H.gradient().numpy() - full_g[idx]).max())
-H2 = H.restrict("2")
-sub = [i for i, name in enumerate(names) if name.startswith("2.")]
-offsets = np.cumsum([0] + [p.numel() for p in params])
-block = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in sub])
-record["restricted"] = [hessop.eigsh(H2, k=2, seed=6).eigenvalues.tolist(),
-                        np.sort(np.linalg.eigvalsh(dense[np.ix_(block, block)]))[::-1][:2].tolist(), H2.split.rows,
-                        int(block.size)]
+# loss_at shifts this rank's shards only, and puts them back exactly, even when the loss raises (Ctrl-C)
+theta = H.parameters().clone()
+flat = torch.cat([p.reshape(-1) for p in params]).numpy()
+d = torch.from_numpy(H.split.scatter(v[:, 0]))
+record["loss_at"] = [H.loss_at(theta + 0.01 * d), dense_loss(flat + 0.01 * v[:, 0])]
+restored = torch.equal(H.parameters(), theta)
+
+
+def interrupted():
+    raise KeyboardInterrupt
+
+
+H.backend.loss_sum = interrupted  # on both ranks, after the shift: as if Ctrl-C came mid-loss
+try:
+    H.backend.loss_at(theta + d)
+except KeyboardInterrupt:
+    pass
+del H.backend.loss_sum
+record["restored"] = [restored, torch.equal(H.parameters(), theta)]
+try:  # one rank passes another shape: every rank raises, none waits in a forward
+    H.loss_at(theta[:-1] if rank == 1 else theta)
+except ValueError as exc:
+    record["loss_at_shape"] = str(exc)
 try:
     H @ np.ones(n)
 except TypeError as exc:
@@ -99,26 +121,65 @@ try:
     _ = H.blocks
 except TypeError as exc:
     record["blocks"] = str(exc)
-try:
-    hessop.cli.analyze.refuse_sharded(model)
-except Exception as exc:  # noqa: BLE001 - recorded for the test
-    record["cli"] = [type(exc).__name__, str(exc)]
 ddp = DistributedDataParallel(copy.deepcopy(plain))
 D = hessop.hessian(ddp, loss, mine)
 record["ddp"] = [D.comm.size, float(np.abs(D @ v[:, 0] - dense @ v[:, 0]).max()), D.split is None]
-# the same model sharded over one rank (a mesh of this rank alone), all the data: the same seeds
-# must give the same numbers, since vectors are drawn in parameter order whatever the number of ranks
+
+# hessop analyze of the same model and data, every step (factories in fsdp_factories.py), then a
+# resume of that run as if its landscapes had been lost, with weights the factory now perturbs
+root = Path(sys.argv[1])
+out = root / "report"
+factories = Path(__file__).with_name("fsdp_factories.py")
+argv = ["analyze", "--model", f"{factories}:sharded_model", "--data", f"{factories}:data", "--out", str(out),
+        "--budget", "small", "--eig", "5", "--trace", "--density", "--landscape", "--layerwise", "--quiet"]
+seen = {}  # what each rank computed in the steps, to compare across ranks (rank 0 alone writes the report)
+for name in ("eigenvalues", "trace"):
+    def kept(*args, _step=STEPS[name], _name=name, **kwargs):
+        seen[_name] = _step(*args, **kwargs)
+        return seen[_name]
+    STEPS[name] = kept
+record["cli_codes"] = [main(argv)]
+record["cli_numbers"] = [seen["eigenvalues"]["eigenvalues"], seen["trace"]["trace"]]
+if rank == 0:
+    (root / "first.json").write_text((out / "report.json").read_text())
+    state = json.loads((out / "state.json").read_text())
+    for name in ("landscape_1d", "landscape_2d"):
+        del state["steps"][name]
+    (out / "state.json").write_text(json.dumps(state))
+dist.barrier()
+record["cli_codes"].append(main([*argv, "--resume"]))
+indices = [None] * world
+dist.all_gather_object(indices, idx.tolist())
+if rank == 0:  # the eigenvectors each rank kept, put together, and the landscapes along them, against the dense model
+    report = json.loads((out / "report.json").read_text())
+    steps = report["steps"]
+    parts = [np.load(out / "arrays" / f"eigenvectors.rank{r}of{world}.npy") for r in range(world)]
+    X = np.zeros((n, parts[0].shape[1]))
+    for r, part in enumerate(parts):
+        X[indices[r]] = part
+    lam = np.array(steps["eigenvalues"]["eigenvalues"])
+    record["cli_vectors"] = {"rows": [int(part.shape[0]) for part in parts],
+                             "residual": float(np.abs(dense @ X - X * lam).max())}
+    line = [[dense_loss(flat + a * X[:, i]) for a in curve["alphas"]]
+            for i, curve in enumerate(steps["landscape_1d"]["curves"])]
+    plane = steps["landscape_2d"]
+    grid = [[dense_loss(flat + a * X[:, 0] + b * X[:, 1]) for b in plane["betas"]] for a in plane["alphas"]]
+    record["cli_landscapes"] = {
+        "center": [steps["landscape_1d"]["center_loss"], float(loss_of(*params))],
+        "line_error": float(np.abs(np.array([c["losses"] for c in steps["landscape_1d"]["curves"]]) - line).max()),
+        "plane_error": float(np.abs(np.array(plane["losses"]) - grid).max()),
+        "slopes": [[c["slope"] for c in steps["landscape_1d"]["curves"]], (full_g @ X[:, :2]).tolist()]}
+# the same model sharded over one rank (a mesh of this rank alone), all the data in the command line's
+# two batches: its seeds must give the command line's numbers, since vectors are drawn in parameter
+# order whatever the number of ranks
 alone = [dist.new_group([r]) for r in range(world)][rank]
-one = copy.deepcopy(plain)
-mesh1 = DeviceMesh.from_group(alone, "cpu")
-for layer in one:
-    if isinstance(layer, nn.Linear):
-        fully_shard(layer, mesh=mesh1)
-fully_shard(one, mesh=mesh1)
-H1 = hessop.hessian(one, loss, [(x_all[a:b], y_all[a:b]) for a, b in ((0, 14), (14, 26), (26, 40))])
-r1 = hessop.eigsh(H1, k=5, seed=3)
+one = shard(plain_model(), DeviceMesh.from_group(alone, "cpu"))
+H1 = hessop.hessian(one, loss, [(x_all[:26], y_all[:26]), (x_all[26:], y_all[26:])])
+small = BUDGETS["small"]
+r1 = hessop.eigsh(H1, k=5, which="LA", tol=small.eig_tol, seed=step_seed(0, "eigenvalues"))
+t1 = hessop.trace(H1, max_matvecs=small.trace_max_matvecs, rtol=small.trace_rtol, seed=step_seed(0, "trace"))
 record["one_rank"] = {"rows": H1.split.rows, "eigenvalues": r1.eigenvalues.tolist(), "num_matvecs": r1.num_matvecs,
-                      "trace": hessop.trace(H1, max_matvecs=40, seed=4).estimate}
+                      "trace": t1.estimate}
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as fh:
     json.dump(record, fh)
 dist.barrier()

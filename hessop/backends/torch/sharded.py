@@ -29,6 +29,11 @@ take the same steps; :attr:`ShardedTorchBackend.product_error` is the estimate, 
 the solvers report no residual below it. Per rank a product holds the gradient
 pass and three local vectors (θ's shards, one gradient, the result).
 
+*Other weights.* :meth:`ShardedTorchBackend.loss_at` (the loss landscapes) sets
+this rank's shards to its rows of the point, evaluates, and writes the shards
+back in a ``finally``: exactly the model's again, even after an exception or
+Ctrl-C, as after every product.
+
 *Weights.* Each rank's loss is ``Σ_b w_b loss_b`` over its batches (the batch
 weights of :mod:`hessop.backends.base`); FSDP2 divides the reduce-scattered
 gradient by the number of ranks, which is multiplied back, and the operator
@@ -51,6 +56,7 @@ from torch import nn
 
 from ..._array import namespace
 from ..._warnings import warn
+from ...comm.base import mark
 from ...distributed import as_comm
 from ...split import RowSplit
 from ..base import Backend
@@ -187,8 +193,20 @@ class ShardedTorchBackend(Backend):
 
     # -- layout -------------------------------------------------------------------------------------
     def _params(self) -> list:
+        from torch.distributed.fsdp import FSDPModule  # imported already: the model is sharded
+        from torch.distributed.tensor import DTensor
+
         named = dict(self.model.named_parameters())
-        return [named[n] for n in self.param_names]
+        params = [named[n] for n in self.param_names]
+        if any(not isinstance(p, DTensor) for p in params):
+            # a group sharded with reshard_after_forward=False keeps its whole parameters registered after
+            # a forward without backward (the loss): put its shards back, as its next backward would
+            for m in self.model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+            named = dict(self.model.named_parameters())
+            params = [named[n] for n in self.param_names]
+        return params
 
     def _locals(self) -> list[torch.Tensor]:
         return [p.to_local() for p in self._params()]
@@ -251,6 +269,27 @@ class ShardedTorchBackend(Backend):
 
     def grad_sum(self) -> torch.Tensor:
         return self._gradient()
+
+    def loss_at(self, flat: torch.Tensor) -> float:
+        """``Σ_b w_b L_b`` with this rank's shards set to ``flat`` (this rank's rows), then restored exactly.
+
+        Collective, like every forward of an FSDP2 model: each rank passes its own rows of the same
+        point. A rank passed a vector of the wrong shape makes every rank raise (one 1-float
+        all-reduce), before any forward could leave the others waiting.
+        """
+        rows = sum(self._local_sizes)
+        bad = getattr(flat, "ndim", 0) != 1 or int(flat.shape[0]) != rows
+        if float(self.comm.allreduce_max(np.array([float(bad)]))[0]):
+            raise mark(ValueError(
+                f"loss_at takes this rank's {rows} rows of a split vector; "
+                + (f"this rank was passed shape {tuple(getattr(flat, 'shape', ()))}" if bad
+                   else "another rank was passed a vector of another shape")))
+        theta = self.flat_params().clone()
+        try:  # restored whatever happens (an exception, Ctrl-C): the copy is exact
+            self._shift(flat.to(dtype=self.dtype, device=self.device))
+            return self.loss_sum()
+        finally:
+            self._shift(theta)
 
     def _shift(self, flat: torch.Tensor, v: torch.Tensor | None = None, h: float = 0.0) -> None:
         """Set this rank's shards to ``flat + h v`` in place, shard by shard (FSDP2 gathers them at the next
