@@ -79,3 +79,14 @@ def two_rank_job(tmp_path_factory):
     pytest.importorskip("torch")
     specs = ["comm_basics.py", "faults.py", "split.py:results", "split.py:faults"]
     return Job(2, specs, tmp_path_factory.mktemp("two_ranks"))
+
+
+@pytest.fixture(scope="session")
+def torchrun_job(tmp_path_factory):
+    """One ``torchrun --nproc-per-node 2`` launch (gloo): the data-parallel checks over ``TorchDistComm``
+    (``hessian.py``), then the FSDP2 model and ``hessop analyze`` of it (``fsdp.py``, which ends the job with a
+    fault on purpose). Its tests form the ``torchrun_job`` group."""
+    from launch import Job, torchrun
+
+    pytest.importorskip("torch")
+    return Job(2, ["hessian.py:torchrun", "fsdp.py"], tmp_path_factory.mktemp("torchrun"), launcher=torchrun)

@@ -81,11 +81,12 @@ def run_here(script: str, out: Path, *args) -> dict:
 
 
 class Job:
-    """One ``mpiexec`` launch of several scripts through ``tests/mpi/job.py``: each script's records by name."""
+    """One launch (``mpiexec`` or ``torchrun``) of several scripts through ``tests/mpi/job.py``: each script's
+    records by name."""
 
-    def __init__(self, n: int, specs: list[str], out: Path, timeout: float = 2 * TIMEOUT):
+    def __init__(self, n: int, specs: list[str], out: Path, launcher=mpiexec, timeout: float = 2 * TIMEOUT):
         self.n, self.out = n, out
-        self.proc = mpiexec(n, "job.py", out, *specs, timeout=timeout)
+        self.proc = launcher(n, "job.py", out, *specs, timeout=timeout)
 
     def records(self, name: str) -> list[dict]:
         """The records of script run ``name`` (``faults``, ``split-results``), requiring one from every rank."""

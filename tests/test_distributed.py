@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from launch import ROOT, mpi_missing, mpiexec, needs_mpi, run_here, run_ranks, torchrun
+from launch import ROOT, mpi_missing, mpiexec, needs_mpi, run_here, run_ranks
 
 from hessop.comm import Communicator
 from hessop.distributed import (
@@ -439,20 +439,20 @@ def assert_functions_agree(ranks: list[dict], one: dict) -> None:
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.xdist_group("serial_hessian")  # one worker: the one-process reference is run once
-@pytest.mark.parametrize("n, launcher", [(3, "mpiexec"), (2, "torchrun")])
-def test_data_parallel_results_equal_the_one_process_results(n, launcher, tmp_path, serial_hessian):
-    """3 ranks under mpiexec: 3 + 2 + 2 batches of unequal sizes; 2 under torchrun: TorchDistComm on gloo.
+@pytest.mark.xdist_group("torchrun_job")  # one worker: the one-process reference and the torchrun launch, once
+@pytest.mark.parametrize("launcher", ["mpiexec", "torchrun"])
+def test_data_parallel_results_equal_the_one_process_results(launcher, tmp_path, serial_hessian, request):
+    """3 ranks under mpiexec: 3 + 2 + 2 batches of unequal sizes; 2 under torchrun: TorchDistComm on gloo (the
+    first script of the torchrun launch tests/conftest.py shares with the FSDP2 checks).
 
     One launch checks the products, estimators, solves and matrix functions of an MLP, and a token mean
-    over padded batches of unequal shapes.
-
-    (Two MPI ranks add nothing the three do not check: each launch costs seconds of start-up.)
+    over padded batches of unequal shapes. (Two MPI ranks add nothing the three do not check: each launch
+    costs seconds of start-up.)
     """
     if launcher == "torchrun":
-        ranks = run_ranks(n, "hessian.py", tmp_path, "torchrun", launcher=torchrun)
+        n, ranks = 2, request.getfixturevalue("torchrun_job").records("hessian-torchrun")
     else:
-        ranks = run_ranks(n, "hessian.py", tmp_path)
+        n, ranks = 3, run_ranks(3, "hessian.py", tmp_path)
     assert [r["local_batches"] for r in ranks] == [len(range(7)[r::n]) for r in range(n)]
     keys = ["hvp", "hmm", "loss", "grad", "dense", "arpack", "eigsh", "trace", "diag", "density",
             "probe_trace", "probe_diag", "probe_density"]

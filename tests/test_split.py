@@ -203,26 +203,19 @@ def test_jax_parameters_sharded_over_two_devices_give_the_dense_top_five_with_sh
     assert abs(sharded["trace"] - out["plain"]["trace"]) < 1e-10 * abs(out["plain"]["trace"])  # same seed, same numbers
 
 
-def torchrun(n, script, *args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           str(ROOT / "tests" / "mpi" / script), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_and_trace(tmp_path):
+@pytest.mark.xdist_group("torchrun_job")  # the launch is shared with the data-parallel checks (tests/conftest.py)
+def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_and_trace(torchrun_job):
     """Issue 21's done-when check (items 2 and 6): float64 MLP with uneven shards, each rank its data (26 and 14
     samples), through the library and through ``hessop analyze`` in the same launch (its report and its resume).
 
     The job ends with a fault on purpose (item 5): rank 1 fails in a product and torchrun ends the job.
     """
-    pytest.importorskip("torch")
-    proc = torchrun(2, "fsdp.py", tmp_path)  # a hang would raise TimeoutExpired
+    proc = torchrun_job.proc  # a hang would have raised TimeoutExpired
     assert proc.returncode != 0 and "ValueError: rank 1 lost its shard in a product" in proc.stdout + proc.stderr
-    assert all((tmp_path / f"rank{r}.json").exists() for r in range(2)), proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = torchrun_job.records("fsdp")
+    out = torchrun_job.out / "fsdp"
     for rec in ranks:
         n = rec["n"]
         assert rec["split"] and rec["shape"] == [n, n] and rec["rows"] < n
@@ -240,14 +233,14 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
         assert rec["cli_codes"] == [0, 0]  # hessop analyze, then its resume
     assert ranks[0]["product_error_estimate"] == ranks[1]["product_error_estimate"]
     assert ranks[0]["cli_numbers"] == ranks[1]["cli_numbers"]  # every rank computed the same numbers, bit for bit
-    _check_the_fsdp2_report(tmp_path, ranks[0])
+    _check_the_fsdp2_report(out, ranks[0])
 
 
-def _check_the_fsdp2_report(tmp_path, rec):
+def _check_the_fsdp2_report(out, rec):
     """``hessop analyze`` of the FSDP2 model (tests/mpi/fsdp_factories.py) against the dense Hessian."""
     n, truth = rec["n"], rec["truth"]
-    first = json.loads((tmp_path / "first.json").read_text())
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    first = json.loads((out / "first.json").read_text())
+    report = json.loads((out / "report" / "report.json").read_text())
     assert first["status"] == report["status"] == "complete" and report["info"]["processes"] == 2
     assert report["info"]["parameters"] == n and report["config"]["sharded"] == "fully_shard"
     steps = report["steps"]

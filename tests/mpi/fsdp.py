@@ -1,4 +1,6 @@
-"""Launched by tests/test_split.py with torchrun (2 gloo ranks): an FSDP2 model's Hessian, and ``hessop analyze`` of it.
+"""An FSDP2 model's Hessian and ``hessop analyze`` of it, on 2 gloo ranks under torchrun (tests/test_split.py).
+
+The last script of the ``torchrun_job`` launch of tests/conftest.py.
 
 ``python fsdp.py OUTDIR``: a float64 MLP sharded with ``fully_shard`` (uneven shards: 11 and 3 rows
 do not split evenly over 2 ranks); rank 0 holds 2 batches (26 samples) and rank 1 one batch (14),
@@ -32,7 +34,8 @@ from hessop.cli.main import main
 from hessop.cli.steps import BUDGETS, STEPS, step_seed
 
 torch.set_num_threads(1)
-dist.init_process_group("gloo")
+if not dist.is_initialized():  # tests/mpi/job.py may have run a script that started it
+    dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 model = plain_model()
 plain = copy.deepcopy(model)

@@ -41,7 +41,8 @@ outdir = sys.argv[1]
 if sys.argv[2:] == ["torchrun"]:
     from hessop.comm.torch_dist import TorchDistComm
 
-    torch.distributed.init_process_group("gloo")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
     comm = as_comm(torch.distributed.group.WORLD)  # a process group becomes a TorchDistComm
     assert isinstance(comm, TorchDistComm), comm
 else:
