@@ -8,7 +8,9 @@ The test problems are tiny, so their time goes to compiling, not to running what
 compiled. XLA compiles every eager JAX operation on a new shape (a Krylov basis that
 grows compiles at every step): without LLVM's optimisation passes and with XLA's
 older loop emitters it compiles in half the time; the programs do the same float
-operations (a sum may run in another order, within every test's tolerance). Inductor
+operations (a sum may run in another order, within every test's tolerance). XLA also shows two
+host devices, on which the sharded-JAX test places its parameters in the test process (the other
+tests use the first device, JAX's default). Inductor
 compiles in this process instead of starting a pool of compile workers per test
 process on a machine with one core for each, and takes the CPU's vector instructions
 from its flags instead of compiling a probe for each (a compiler that cannot build
@@ -23,7 +25,8 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                      "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 
