@@ -70,17 +70,19 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def two_rank_job(tmp_path_factory):
     """One ``mpiexec -n 2`` launch of the 2-rank scripts (``tests/mpi/job.py``): the communicator's collectives,
-    faults on one rank, the split solvers, and last the split faults, which end the job on purpose.
+    faults on one rank, the data-parallel checks, the split solvers, and last the split faults, which end
+    the job on purpose.
 
     Each process pays seconds of start-up (torch, JAX) once instead of once per script. Tests that use this
-    fixture are marked ``xdist_group("two_ranks")``, so that one worker runs them all after one launch.
+    fixture or :func:`torchrun_job` are marked ``xdist_group("launches")``, so that one worker runs them all
+    after one launch of each.
     """
     from launch import Job, mpi_missing
 
     if mpi_missing():
         pytest.skip(mpi_missing())
     pytest.importorskip("torch")
-    specs = ["comm_basics.py", "faults.py", "split.py:results", "split.py:faults"]
+    specs = ["comm_basics.py", "faults.py", "hessian.py", "split.py:results", "split.py:faults"]
     return Job(2, specs, tmp_path_factory.mktemp("two_ranks"))
 
 
@@ -88,7 +90,7 @@ def two_rank_job(tmp_path_factory):
 def torchrun_job(tmp_path_factory):
     """One ``torchrun --nproc-per-node 2`` launch (gloo): the data-parallel checks over ``TorchDistComm``
     (``hessian.py``), then the FSDP2 model and ``hessop analyze`` of it (``fsdp.py``, which ends the job with a
-    fault on purpose). Its tests form the ``torchrun_job`` group."""
+    fault on purpose). Its tests are in the ``launches`` group."""
     from launch import Job, torchrun
 
     pytest.importorskip("torch")

@@ -1,7 +1,7 @@
 """Communicators: serial semantics in-process, MPI collectives and data-parallel Hessians under mpiexec.
 
 The MPI tests launch the scripts in ``tests/mpi/`` (``tests/launch.py``: 2 ranks through the shared
-``two_rank_job`` of ``tests/conftest.py``, 3 for uneven shards, torchrun for gloo) and compare what every
+``two_rank_job`` and ``torchrun_job`` of ``tests/conftest.py``, 3 for the aborts) and compare what every
 rank wrote with a one-process run.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from launch import ROOT, mpi_missing, mpiexec, needs_mpi, run_here, run_ranks
+from launch import ROOT, mpi_missing, mpiexec, needs_mpi, run_here
 
 from hessop.comm import Communicator
 from hessop.distributed import (
@@ -236,7 +236,7 @@ def test_mpi_comm_of_one_process():
 # -- under mpiexec -------------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.xdist_group("two_ranks")  # one launch shared with other 2-rank scripts (tests/conftest.py)
+@pytest.mark.xdist_group("launches")  # one launch shared with other 2-rank scripts (tests/conftest.py)
 def test_collectives_on_every_array_kind(two_rank_job):
     ranks = two_rank_job.records("comm_basics")
     for rec in ranks:
@@ -272,7 +272,7 @@ def test_a_failing_rank_ends_the_job_with_its_message(mode):
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.xdist_group("two_ranks")
+@pytest.mark.xdist_group("launches")
 def test_one_ranks_bad_data_or_arguments_fail_on_every_rank(two_rank_job):
     """Issue 12, items 2-4: each case raises on *both* ranks (the script catches it and runs the next); ranks whose
     models were seeded differently are refused. Both ranks then finish the script (their records)."""
@@ -439,20 +439,18 @@ def assert_functions_agree(ranks: list[dict], one: dict) -> None:
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.xdist_group("torchrun_job")  # one worker: the one-process reference and the torchrun launch, once
+@pytest.mark.xdist_group("launches")  # one worker: the one-process reference and each launch, once
 @pytest.mark.parametrize("launcher", ["mpiexec", "torchrun"])
-def test_data_parallel_results_equal_the_one_process_results(launcher, tmp_path, serial_hessian, request):
-    """3 ranks under mpiexec: 3 + 2 + 2 batches of unequal sizes; 2 under torchrun: TorchDistComm on gloo (the
-    first script of the torchrun launch tests/conftest.py shares with the FSDP2 checks).
+def test_data_parallel_results_equal_the_one_process_results(launcher, serial_hessian, request):
+    """2 ranks, 4 + 3 batches of unequal sizes (22 and 28 samples), under mpiexec and under torchrun
+    (TorchDistComm on gloo): scripts of the launches tests/conftest.py shares with other checks.
 
-    One launch checks the products, estimators, solves and matrix functions of an MLP, and a token mean
-    over padded batches of unequal shapes. (Two MPI ranks add nothing the three do not check: each launch
-    costs seconds of start-up.)
+    Each checks the products, estimators, solves and matrix functions of an MLP, and a token mean over
+    padded batches of unequal shapes, against the one-process run and bitwise across the ranks.
     """
-    if launcher == "torchrun":
-        n, ranks = 2, request.getfixturevalue("torchrun_job").records("hessian-torchrun")
-    else:
-        n, ranks = 3, run_ranks(3, "hessian.py", tmp_path)
+    job = request.getfixturevalue("torchrun_job" if launcher == "torchrun" else "two_rank_job")
+    ranks = job.records("hessian-torchrun" if launcher == "torchrun" else "hessian")
+    n = len(ranks)
     assert [r["local_batches"] for r in ranks] == [len(range(7)[r::n]) for r in range(n)]
     keys = ["hvp", "hmm", "loss", "grad", "dense", "arpack", "eigsh", "trace", "diag", "density",
             "probe_trace", "probe_diag", "probe_density"]

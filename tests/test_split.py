@@ -138,7 +138,7 @@ def _flat(value):
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.xdist_group("two_ranks")  # the 2-rank run shares a launch with other scripts (tests/conftest.py)
+@pytest.mark.xdist_group("launches")  # the 2-rank run shares a launch with other scripts (tests/conftest.py)
 def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path, two_rank_job):
     one = run_here("split.py", tmp_path, "results")  # one rank: this process
     runs = {2: two_rank_job.records("split-results"), 4: run_ranks(4, "split.py", tmp_path, "results", "quick")}
@@ -170,7 +170,7 @@ def test_every_solver_gives_the_same_numbers_on_one_two_and_four_ranks(tmp_path,
 
 @needs_mpi
 @pytest.mark.mpi
-@pytest.mark.xdist_group("two_ranks")
+@pytest.mark.xdist_group("launches")
 def test_split_faults_fail_on_every_rank_or_end_the_job(two_rank_job):
     """The shared 2-rank job's last script: argument and layout disagreements raise on every rank, then a
     failing product on rank 1 ends the job (a hang would have raised TimeoutExpired)."""
@@ -226,7 +226,7 @@ def test_jax_parameters_sharded_over_two_devices_give_the_dense_top_five_with_sh
 
 @pytest.mark.slow
 @pytest.mark.mpi
-@pytest.mark.xdist_group("torchrun_job")  # the launch is shared with the data-parallel checks (tests/conftest.py)
+@pytest.mark.xdist_group("launches")  # the launch is shared with the data-parallel checks (tests/conftest.py)
 def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_and_trace(torchrun_job):
     """Issue 21's done-when check (items 2 and 6): float64 MLP with uneven shards, each rank its data (26 and 14
     samples), through the library and through ``hessop analyze`` in the same launch (its report and its resume).
