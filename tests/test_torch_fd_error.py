@@ -68,3 +68,30 @@ def test_solvers_report_no_residual_below_the_products_error():
     assert H.product_error > 1e-6  # before the floor: 2e-10 reported, and converged at tol=1e-6
     for result in results:
         assert (result.residual_norms >= H.product_error).all() and not result.converged.any(), result.method
+
+
+def test_the_step_and_error_are_measured_again_after_the_model_changed(monkeypatch):
+    """The step measured at the first product was kept for good, so after an optimizer's step the error estimate
+    (the solvers' residual floor) described the old weights."""
+    from hessop.backends.torch import finite_difference
+
+    ladders = []
+    measure = finite_difference.ladder
+    monkeypatch.setattr(finite_difference, "ladder", lambda *args: ladders.append(1) or measure(*args))
+    model, data = _model()
+    H = make_operator(model, _float32_inside, data, hvp="finite-difference")
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the float32 loss: the products' error is above the solvers' tolerance
+        H.apply(v)
+        H.apply(v)
+        assert len(ladders) == 1  # the same weights: the same measurement
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        for p in model.parameters():
+            p.grad = -2 * p.detach().clone()  # a step to 3x the weights
+        optimizer.step()
+        got = H.apply(v)
+    assert len(ladders) == 2  # measured again, at the new weights
+    exact = make_operator(model, _float32_inside, data, hvp="double-backward").apply(v)
+    error = float((got - exact).norm() / exact.norm())
+    assert H.product_error / 10 <= error <= H.product_error * 10, (H.product_error, error)

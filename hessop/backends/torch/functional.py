@@ -20,7 +20,8 @@ as it trains. Nothing here keeps work across products: that is :mod:`.products`'
   ``p.data.copy_()``, as hand-written training loops update weights, change neither the data
   pointer nor the version counter (``.data`` has a counter of its own), so only the values show
   them. The copy costs the memory of the model's parameters and buffers once, and each check reads
-  them twice (its cost per product: ``docs/performance.md``).
+  them twice (its cost per product: ``docs/performance.md``). A snapshot without values
+  (``values=False``) keeps none of that memory and sees every change but ``.data`` writes.
 
 A model split across processes (FSDP2) would subclass :class:`FunctionalModel`: the products
 above it see only ``current``, ``fixed``, ``closures``, ``split`` and ``flatten``.
@@ -108,15 +109,15 @@ class FunctionalModel:
 
         return model_fn, loss_of_output, f
 
-    def snapshot(self) -> Snapshot:
-        """What the model is now (:class:`Snapshot`)."""
-        return Snapshot(self.model)
+    def snapshot(self, values: bool = True) -> Snapshot:
+        """What the model is now (:class:`Snapshot`); ``values=False``: without the copy of its values."""
+        return Snapshot(self.model, values)
 
 
 class Snapshot:
     """What ``model`` is now: its modules, parameters, buffers, modes, and a copy of its values (module docstring)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, values: bool = True):
         self.model = model
         self.entries: list[tuple] = []  # (owner dict, name, object, data pointer, version) or (dict, None, length)
         self.modes = [(module, module.training) for module in model.modules()]
@@ -128,7 +129,7 @@ class Snapshot:
                 for name, obj in table.items():
                     if isinstance(obj, torch.Tensor):
                         self.entries.append((table, name, obj, obj.data_ptr(), obj._version))
-                        if id(obj) not in seen:  # a tied weight is copied once
+                        if values and id(obj) not in seen:  # a tied weight is copied once
                             seen.add(id(obj))
                             self.values.append((obj, obj.detach().clone()))
                     else:

@@ -11,7 +11,10 @@
 * ``linearized`` (:class:`.linearized.Linearized`): batches' linearised gradients;
 * ``compiled`` (:class:`.compiled.CompiledProduct`): the compiled whole product;
 * ``finite_difference`` (:class:`.finite_difference.FiniteDifference`): its step
-  and error, measured at its first product;
+  and error, measured at its first product and again at the first product after
+  the model changed (a snapshot without values, :class:`.functional.Snapshot`: an
+  optimizer's step is seen, a ``p.data`` write is not; products are right either
+  way, only the step and the error estimate could be stale);
 * ``snapshot`` (:class:`.functional.Snapshot`): the model the kept graphs and
   linearisations were built at. :meth:`Products.refresh`, called once per
   product, drops them when the model changed, whatever the change (a replaced
@@ -60,6 +63,7 @@ class Products:
         self.compiled: CompiledProduct | None = None
         self.finite_difference = FiniteDifference()
         self.snapshot: Snapshot | None = None
+        self.measured_at: Snapshot | None = None  # the model the finite difference's step was measured at
 
     # -- what is kept ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -69,11 +73,16 @@ class Products:
             self.linearized.clear()
             self.kept = None
             self.snapshot = None
+        if self.measured_at is not None and not self.measured_at.unchanged():
+            self.finite_difference = FiniteDifference()
+            self.measured_at = None
 
     def remember(self) -> None:
         """Snapshot the model once something built at its current state is kept."""
         if self.snapshot is None and (self.graphs.graphs or self.linearized.fns or self.kept is not None):
             self.snapshot = self.functional.snapshot()
+        if self.measured_at is None and self.finite_difference.factor is not None:
+            self.measured_at = self.functional.snapshot(values=False)
 
     def keep_vector_products(self, weights: list[tuple[int, float]]) -> None:
         """Set up :attr:`kept` when every batch's graph is kept and products need no cast.
