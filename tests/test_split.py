@@ -255,6 +255,27 @@ def test_an_fsdp2_model_on_two_gloo_ranks_gives_the_dense_hessians_eigenpairs_an
     assert ranks[0]["product_error_estimate"] == ranks[1]["product_error_estimate"]
     assert ranks[0]["cli_numbers"] == ranks[1]["cli_numbers"]  # every rank computed the same numbers, bit for bit
     _check_the_fsdp2_report(out, ranks[0])
+    _check_hsdp(ranks)
+
+
+def _check_hsdp(ranks):
+    """The same model and data on the 2-D (HSDP) meshes (2, 1) and (1, 2): the dense numbers, each row once."""
+    n, truth, trace = ranks[0]["n"], ranks[0]["truth"], ranks[0]["trace"]
+    replicated, sharded = zip(*(rec["hsdp"] for rec in ranks))  # per mesh: each rank's record
+    for mesh in (*replicated, *sharded):
+        assert mesh["ranks"] == 2 and mesh["product_error"] < 1e-7  # the mean over both ranks' data, not one's
+        assert mesh["converged"] and np.allclose(mesh["eigenvalues"], truth[:3], rtol=0, atol=1e-5)
+        estimate, stderr = mesh["trace"]
+        assert abs(estimate - trace) < 3 * stderr
+    # (2, 1): each rank holds every row, split over its shard group of one rank; (1, 2): each rank its own rows
+    assert [(m["rows"], m["split_ranks"], m["index"]) for m in replicated] == [(n, 1, list(range(n)))] * 2
+    assert [(m["rows"], m["split_ranks"]) for m in sharded] == [(66, 2), (47, 2)]
+    assert sorted(sharded[0]["index"] + sharded[1]["index"]) == list(range(n))
+    for mesh in (replicated, sharded):  # every rank the same numbers, bit for bit
+        assert mesh[0]["eigenvalues"] == mesh[1]["eigenvalues"] and mesh[0]["trace"] == mesh[1]["trace"]
+    # vectors drawn by parameter: the same seeds give the same numbers on both meshes, to rounding
+    assert np.allclose(replicated[0]["eigenvalues"], sharded[0]["eigenvalues"], rtol=1e-9, atol=0)
+    assert np.isclose(replicated[0]["trace"][0], sharded[0]["trace"][0], rtol=1e-9, atol=0)
 
 
 def _check_the_fsdp2_report(out, rec):
