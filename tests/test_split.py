@@ -271,6 +271,8 @@ def _check_hsdp(ranks):
     assert [(m["rows"], m["split_ranks"], m["index"]) for m in replicated] == [(n, 1, list(range(n)))] * 2
     assert [(m["rows"], m["split_ranks"]) for m in sharded] == [(66, 2), (47, 2)]
     assert sorted(sharded[0]["index"] + sharded[1]["index"]) == list(range(n))
+    for rec in ranks:  # replicas built from different weights: refused on every rank, no hang
+        assert rec["hsdp_replicas"].startswith("RankDisagreementError: the 2 replicas of the 2-D device mesh")
     for mesh in (replicated, sharded):  # every rank the same numbers, bit for bit
         assert mesh[0]["eigenvalues"] == mesh[1]["eigenvalues"] and mesh[0]["trace"] == mesh[1]["trace"]
     # vectors drawn by parameter: the same seeds give the same numbers on both meshes, to rounding

@@ -186,8 +186,9 @@ record["one_rank"] = {"rows": H1.split.rows, "eigenvalues": r1.eigenvalues.tolis
                       "trace": t1.estimate}
 # the same MLP and data on the two 2-D (HSDP) meshes two ranks make: (2, 1), each rank a replica of the whole
 # model with its own data, and (1, 2), sharded over the second dimension; the same seeds on both
-for shape in ((2, 1), (1, 2)):
-    hybrid = shard(plain_model(), init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")))
+meshes = {shape: init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")) for shape in ((2, 1), (1, 2))}
+for shape, mesh2d in meshes.items():
+    hybrid = shard(plain_model(), mesh2d)
     Hh = hessop.hessian(hybrid, loss, mine)
     at = Hh.split.index
     product = Hh.apply(torch.from_numpy(Hh.split.scatter(v[:, :2]))).numpy()
@@ -198,6 +199,13 @@ for shape in ((2, 1), (1, 2)):
         "index": at.tolist(), "product_error": float(np.abs(product - exact[at, :2]).max() / np.abs(exact).max()),
         "eigenvalues": rh.eigenvalues.tolist(), "converged": bool(np.all(rh.converged)),
         "trace": [th.estimate, th.stderr]})
+differs = plain_model()  # replicas built from different weights (fully_shard does not synchronise them)
+with torch.no_grad():
+    differs[0].bias.add_(rank)
+try:
+    hessop.hessian(shard(differs, meshes[2, 1]), loss, mine)
+except Exception as exc:  # every rank raises
+    record["hsdp_replicas"] = f"{type(exc).__name__}: {exc}"
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as fh:
     json.dump(record, fh)
 dist.barrier()

@@ -69,7 +69,7 @@ from torch import nn
 
 from ..._array import namespace
 from ..._warnings import warn
-from ...comm.base import mark
+from ...comm.base import RankDisagreementError, checksum, mark
 from ...distributed import as_comm
 from ...split import RowSplit
 from ..base import Backend
@@ -176,10 +176,28 @@ class ShardedTorchBackend(Backend):
         if -least == 0:  # known on every rank alike: all raise
             raise ValueError("a rank holds no batch of non-zero weight, but every rank of an FSDP2 model takes part "
                              "in every forward pass: give every rank at least one batch")
+        self._check_replicas()
         split = RowSplit.from_rows(sum(self._local_sizes), rows_comm, self.n)  # the same model everywhere
         self.split = replace(split, index=self.global_indices())  # draws by parameter: any number of ranks
         self.product_error: float | None = None  # measured at the first product
         self._factor: float | None = None  # the step over h₀ chosen then
+
+    def _check_replicas(self) -> None:
+        """Raise on every rank if ranks that share a shard coordinate hold different weights (one all-reduce).
+
+        ``fully_shard`` does not synchronise the weights: a model built without a fixed seed would give
+        each replica its own point, and the products' mean over the ranks would be no Hessian at all.
+        """
+        if self._replicas == 1:
+            return
+        table = np.zeros((self._shards, 5))
+        table[self._coordinate] = checksum(self.flat_params())
+        spread = np.asarray(self.comm.allreduce_max(np.concatenate([table, -table]).ravel()), dtype=np.float64)
+        if np.any(spread[: table.size] != -spread[table.size:]):
+            raise mark(RankDisagreementError(
+                f"the {self._replicas} replicas of the 2-D device mesh (ranks with the same coordinate on its shard "
+                "dimension) hold different weights: fully_shard does not synchronise them, so build the model with "
+                "the same seed (or load the same checkpoint) on every rank before fully_shard"))
 
     # -- layout -------------------------------------------------------------------------------------
     def _params(self) -> list:
