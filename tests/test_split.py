@@ -324,6 +324,22 @@ def _check_the_fsdp2_report(out, rec):
     assert abs(one["trace"] - tr["trace"]) < 1e-9 * abs(tr["trace"])
 
 
+def test_the_replicas_check_of_a_two_by_two_mesh_compares_only_ranks_of_one_shard_coordinate():
+    """Four ranks of a (2, 2) HSDP mesh: ranks 0 and 2 hold shard 0, ranks 1 and 3 shard 1 (what a
+    2-rank launch cannot build; tried by hand on 4 ranks, docs/distributed.md)."""
+    pytest.importorskip("torch")
+    from hessop.backends.torch.sharded import replica_table, replicas_differ
+
+    def differ(fingerprints):  # the entry-wise maximum over the ranks: what allreduce_max gives each
+        return replicas_differ(np.maximum.reduce([replica_table(np.asarray(f, dtype=float), r % 2, 2)
+                                                  for r, f in enumerate(fingerprints)]))
+
+    same = [[3.0, 1.0], [5.0, -2.0], [3.0, 1.0], [5.0, -2.0]]
+    assert not differ(same)  # another shard's rows are not a replica's
+    assert differ([[3.0, 1.0], [5.0, -2.0], [3.0, 1.5], [5.0, -2.0]])  # rank 2 is not rank 0's replica
+    assert differ([[3.0, 1.0], [5.0, -2.0], [3.0, 1.0], [5.0, 2.0]])
+
+
 def test_the_old_fsdp_wrapper_is_refused_with_a_sentence_naming_fully_shard():
     torch = pytest.importorskip("torch")
     from torch.distributed.fsdp import FullyShardedDataParallel

@@ -83,6 +83,20 @@ from .params import reduction_of
 SUPPORTED = ("params", "hvp", "reduction", "weight_fn", "check_determinism", "progress")
 
 
+def replica_table(fingerprint: np.ndarray, coordinate: int, shards: int) -> np.ndarray:
+    """This rank's part of the replicas' check: its fingerprint and its negative in its shard coordinate's
+    slot, ``-inf`` elsewhere, so that the entry-wise maximum over every rank gives each slot's spread."""
+    table = np.full((2, shards, fingerprint.size), -np.inf)
+    table[0, coordinate], table[1, coordinate] = fingerprint, -fingerprint
+    return table.ravel()
+
+
+def replicas_differ(reduced: np.ndarray) -> bool:
+    """Whether the maximum over every rank of :func:`replica_table` shows two replicas of a slot that differ."""
+    high, negated_low = reduced.reshape(2, -1)
+    return bool(np.any(high != -negated_low))
+
+
 class ShardedTorchBackend(Backend):
     """Hessian-vector products of an FSDP2 model on this rank's shards (module docstring).
 
@@ -190,10 +204,8 @@ class ShardedTorchBackend(Backend):
         """
         if self._replicas == 1:
             return
-        table = np.zeros((self._shards, 5))
-        table[self._coordinate] = checksum(self.flat_params())
-        spread = np.asarray(self.comm.allreduce_max(np.concatenate([table, -table]).ravel()), dtype=np.float64)
-        if np.any(spread[: table.size] != -spread[table.size:]):
+        mine = replica_table(checksum(self.flat_params()), self._coordinate, self._shards)
+        if replicas_differ(np.asarray(self.comm.allreduce_max(mine), dtype=np.float64)):
             raise mark(RankDisagreementError(
                 f"the {self._replicas} replicas of the 2-D device mesh (ranks with the same coordinate on its shard "
                 "dimension) hold different weights: fully_shard does not synchronise them, so build the model with "
