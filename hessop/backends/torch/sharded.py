@@ -24,9 +24,11 @@ a shard coordinate (replicas) hold the same rows: every reduction over a vector'
 length runs within one shard group, so each row counts once, and replicas, whose
 products FSDP2 makes equal bit for bit (its all-reduce over the replicate
 dimension) and whose random vectors are drawn by global index, compute the same
-numbers in step without talking to each other. What must span every rank (the
-forwards, the total weight, the step sizes, argument checks) uses the whole
-mesh's group, :attr:`ShardedTorchBackend.comm`.
+numbers in step without talking to each other (``fully_shard`` does not
+synchronise weights: replicas built from different ones are refused on every
+rank). What must span every rank (the forwards, the total weight, the step
+sizes, argument checks) uses the whole mesh's group,
+:attr:`ShardedTorchBackend.comm`.
 
 *Products.* FSDP2's backward gives each rank its shard of the gradient, but a
 second derivative through its reduce-scatter hooks does not exist (``grad`` of
