@@ -78,7 +78,7 @@ def hessian(
     name = backend or _detect(model, loss)
     sharded = False
     if name == "torch":  # DDP unwrapped, FSDP2 detected (comm from its mesh), the old FSDP wrapper refused
-        from .backends.torch.sharded import unwrap
+        from .backends.torch.meshes import unwrap
 
         model, comm, sharded = unwrap(model, comm)
 

@@ -176,9 +176,32 @@ def test_what_would_cast_move_or_load_a_sharded_model_is_refused_with_what_to_do
     fully_shard(part[0], mesh=init_device_mesh("cpu", (1,)))  # the first layer only, not the root
     with pytest.raises(UsageError, match=r"only part of the model .*2.weight is not sharded.*root module too"):
         check_sharded(part, Namespace(checkpoint=None, dtype=None, device=None), SerialComm())
-    hybrid = fully_shard(namespace["plain"](), mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("r", "s")))  # HSDP
-    with pytest.raises(UsageError, match="more than one dimension"):
-        check_sharded(hybrid, Namespace(checkpoint=None, dtype=None, device=None), SerialComm())
+
+
+def test_an_hsdp_model_gives_the_dense_numbers_and_other_placements_are_refused(factories):
+    """A 2-D (replicate, shard) mesh of one rank: the command line's checks accept it and the operator gives
+    the dense top eigenvalues, split over the shard dimension; a placement hessop cannot split by is refused.
+    (Two ranks, on meshes (2, 1) and (1, 2), in tests/mpi/fsdp.py.)"""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard
+
+    import hessop
+
+    namespace: dict = {}
+    exec(compile(FACTORIES, str(factories), "exec"), namespace)
+    hybrid = fully_shard(namespace["plain"](), mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("r", "s")))
+    assert tuple(map(str, next(iter(hybrid.parameters())).placements)) == ("R", "S(0)")
+    assert check_sharded(hybrid, Namespace(checkpoint=None, dtype=None, device=None), SerialComm()) == (
+        "cpu", "float64")
+    H = hessop.hessian(hybrid, torch.nn.CrossEntropyLoss(), namespace["data"]())
+    assert H.split is not None and H.split.rows == H.shape[0] == 31 and H.comm.size == 1
+    top, _ = _dense_top(factories)
+    assert np.allclose(hessop.eigsh(H, k=2, seed=0).eigenvalues, top[:2], rtol=0, atol=1e-6)
+    columns = fully_shard(namespace["plain"](), mesh=init_device_mesh("cpu", (1,)),  # weights split by column
+                          shard_placement_fn=lambda p: Shard(1) if p.ndim == 2 else None)
+    with pytest.raises(ValueError, match=r"0.weight is placed .*sharded on dimension 0 over one mesh dimension"):
+        hessop.hessian(columns, torch.nn.CrossEntropyLoss(), namespace["data"]())
 
 
 def test_comm_auto_finds_torchrun_and_torch_joins_the_group(monkeypatch, world_of_one):

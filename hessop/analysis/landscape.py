@@ -134,8 +134,8 @@ def _direction(H: Any, d: Any, name: str) -> Array:
 
     if split is None:
         check()
-    else:
-        together(split.comm, check)
+    else:  # over every rank: those of a 2-D (HSDP) mesh's other shard groups would wait in the next forward
+        together(getattr(H, "comm", split.comm), check)
     if d.dtype != H.native_dtype:
         d = H.xp.astype(d, H.native_dtype)
     return d

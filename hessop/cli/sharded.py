@@ -8,14 +8,15 @@ owns, and nothing is gathered:
   as the factory returned it. Casting or moving a sharded model is not safe, so
   ``--dtype`` and ``--device`` must match it (or be left out), and a
   ``--checkpoint`` is refused (the factory loads it before ``fully_shard``).
-  The command line's processes must be the model's: its device mesh spans the
-  ``torchrun`` job (``--comm auto`` or ``torch``).
+  The command line's processes must be the model's: its device mesh (1-D, or
+  2-D for HSDP) spans the ``torchrun`` job (``--comm auto`` or ``torch``).
 * **Weights kept for** ``--resume`` (:func:`keep_shards`): each rank saves its
   own shards (``p.to_local()``) and buffers to ``arrays/model.rank{r}of{s}.pt``
   and loads them back on resume, checked against the model's layout (names and
   local shapes). A resume on another number of ranks is refused by the run's
   configuration, which records the ranks.
-* **Eigenvectors** are kept the same way, each rank its own rows
+* **Eigenvectors** are kept the same way, each rank its own rows (on a 2-D mesh,
+  ranks that share a shard coordinate keep the same rows, each in its own file)
   (:meth:`hessop.cli.run.RunState.save_array` with ``part``); the landscapes
   read them back on their rank.
 
@@ -58,11 +59,6 @@ def mesh_size(model: Any) -> int:
     return int(next(p.device_mesh.size() for p in model.parameters() if _is_dtensor(p)))
 
 
-def mesh_dims(model: Any) -> int:
-    """The number of dimensions of the model's device mesh."""
-    return int(next(p.device_mesh.ndim for p in model.parameters() if _is_dtensor(p)))
-
-
 def check_sharded(model: Any, args: Any, comm: Any) -> tuple[str, str]:
     """Refuse what a sharded model cannot honour; return its ``(device type, dtype)`` for the run's configuration.
 
@@ -84,9 +80,6 @@ def check_sharded(model: Any, args: Any, comm: Any) -> tuple[str, str]:
     if plain:
         raise UsageError(f"--model: the factory sharded only part of the model with fully_shard ({plain[0]} is not "
                          "sharded); call fully_shard on the root module too, last")
-    if mesh_dims(model) != 1:
-        raise UsageError("--model: the factory sharded the model over a mesh of more than one dimension (HSDP); "
-                         "hessop splits vectors over a 1-D mesh: init_device_mesh(device, (world_size,))")
     if args.checkpoint:
         raise UsageError("--checkpoint cannot be loaded into a model already sharded with fully_shard; load it in "
                          "the --model factory before calling fully_shard, and leave out --checkpoint")

@@ -134,9 +134,11 @@ def density(H: Any, budget: Budget, seed: int, state: RunState, progress: bool) 
 
 def _part(H: Any) -> tuple[int, int] | None:
     """``(rank, ranks)`` for an operator whose vectors are split across processes (each keeps its own rows of
-    the eigenvectors, :meth:`RunState.save_array`), else ``None`` (rank 0 keeps the whole ones)."""
-    split = getattr(H, "split", None)
-    return None if split is None else (split.comm.rank, split.comm.size)
+    the eigenvectors, :meth:`RunState.save_array`), else ``None`` (rank 0 keeps the whole ones).
+
+    Numbered over every rank (``H.comm``), not over the ranks the vectors are split over: on a 2-D
+    (HSDP) mesh, replicas keep the same rows, each in its own file."""
+    return None if getattr(H, "split", None) is None else (H.comm.rank, H.comm.size)
 
 
 def _dot(H: Any, a: Any, b: Any) -> float:

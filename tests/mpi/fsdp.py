@@ -11,8 +11,9 @@ each rank its own batch), every step, into ``OUTDIR/report`` (the first report k
 ``OUTDIR/first.json``), and resumes that run with its landscapes dropped from its state and the
 factory's weights perturbed; rank 0 checks the saved eigenvectors and the landscapes against the
 dense model, and the eigenvalues and trace are repeated with the command line's seeds on the same
-model sharded over one rank (all the data). Each rank writes ``OUTDIR/rank<r>.json``; then rank 1
-fails inside a product, which must end the job.
+model sharded over one rank (all the data). The same model and data are then sharded over the 2-D
+(HSDP) meshes (2, 1) and (1, 2): products, top 3 eigenvalues and trace. Each rank writes
+``OUTDIR/rank<r>.json``; then rank 1 fails inside a product, which must end the job.
 """
 
 import copy
@@ -183,6 +184,28 @@ r1 = hessop.eigsh(H1, k=5, which="LA", tol=small.eig_tol, seed=step_seed(0, "eig
 t1 = hessop.trace(H1, max_matvecs=small.trace_max_matvecs, rtol=small.trace_rtol, seed=step_seed(0, "trace"))
 record["one_rank"] = {"rows": H1.split.rows, "eigenvalues": r1.eigenvalues.tolist(), "num_matvecs": r1.num_matvecs,
                       "trace": t1.estimate}
+# the same MLP and data on the two 2-D (HSDP) meshes two ranks make: (2, 1), each rank a replica of the whole
+# model with its own data, and (1, 2), sharded over the second dimension; the same seeds on both
+meshes = {shape: init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")) for shape in ((2, 1), (1, 2))}
+for shape, mesh2d in meshes.items():
+    hybrid = shard(plain_model(), mesh2d)
+    Hh = hessop.hessian(hybrid, loss, mine)
+    at = Hh.split.index
+    product = Hh.apply(torch.from_numpy(Hh.split.scatter(v[:, :2]))).numpy()
+    rh = hessop.eigsh(Hh, k=3, seed=5, certify=False, check_symmetric=False)  # the products are what is checked
+    th = hessop.trace(Hh, max_matvecs=20, seed=6)
+    record.setdefault("hsdp", []).append({
+        "shape": list(shape), "rows": Hh.split.rows, "split_ranks": Hh.split.comm.size, "ranks": Hh.comm.size,
+        "index": at.tolist(), "product_error": float(np.abs(product - exact[at, :2]).max() / np.abs(exact).max()),
+        "eigenvalues": rh.eigenvalues.tolist(), "converged": bool(np.all(rh.converged)),
+        "trace": [th.estimate, th.stderr]})
+differs = plain_model()  # replicas built from different weights (fully_shard does not synchronise them)
+with torch.no_grad():
+    differs[0].bias.add_(rank)
+try:
+    hessop.hessian(shard(differs, meshes[2, 1]), loss, mine)
+except Exception as exc:  # every rank raises
+    record["hsdp_replicas"] = f"{type(exc).__name__}: {exc}"
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as fh:
     json.dump(record, fh)
 dist.barrier()

@@ -1,21 +1,34 @@
 """Models whose parameters are split across processes: torch FSDP2 (``fully_shard``), and DDP unwrapped.
 
-:func:`unwrap` looks at what the user passed to :func:`hessop.hessian`:
+:func:`.meshes.unwrap` looks at what the user passed to :func:`hessop.hessian`:
 
 * a ``DistributedDataParallel`` module is unwrapped (its ``module``) and treated
   as data parallel over its process group, as hessop's own data parallelism;
 * the older ``FullyShardedDataParallel`` wrapper is refused with a sentence
   naming ``fully_shard``;
-* a model whose parameters are DTensors sharded on dimension 0 over a 1-D
-  device mesh (what ``torch.distributed.fsdp.fully_shard`` makes) gets a
-  :class:`ShardedTorchBackend`, and the process group comes from the mesh.
+* a model whose parameters are DTensors from ``torch.distributed.fsdp.fully_shard``
+  gets a :class:`ShardedTorchBackend`, and the process group comes from the mesh:
+  placements ``(Shard(0),)`` on a 1-D mesh, ``(Replicate(), Shard(0))`` on a 2-D
+  (HSDP) mesh, which must span the job (its group is then the default one), or
+  ``(Replicate(),)`` on a 1-D mesh (torch's ``replicate``); any other placement is
+  refused with a sentence.
 
 *Layout.* A vector of the split operator is, on each rank, the concatenation in
 parameter order of the rank's local shards (``p.to_local()``, flattened); the
-ranks' pieces follow each other in rank order (:class:`hessop.split.RowSplit`).
-So the whole vector is ordered rank by rank, not parameter by parameter;
-:meth:`ShardedTorchBackend.global_indices` maps this rank's rows to positions in
-the usual flat parameter vector.
+pieces of the ranks along the mesh's shard dimension follow each other in their
+order there (:class:`hessop.split.RowSplit`, whose communicator is that
+dimension's group). So the whole vector is ordered rank by rank, not parameter by
+parameter; :meth:`ShardedTorchBackend.global_indices` maps this rank's rows to
+positions in the usual flat parameter vector. On a 2-D mesh the ranks that share
+a shard coordinate (replicas) hold the same rows: every reduction over a vector's
+length runs within one shard group, so each row counts once, and replicas, whose
+products FSDP2 makes equal bit for bit (its all-reduce over the replicate
+dimension) and whose random vectors are drawn by global index, compute the same
+numbers in step without talking to each other (``fully_shard`` does not
+synchronise weights: replicas built from different ones are refused on every
+rank). What must span every rank (the forwards, the total weight, the step
+sizes, argument checks) uses the whole mesh's group,
+:attr:`ShardedTorchBackend.comm`.
 
 *Products.* FSDP2's backward gives each rank its shard of the gradient, but a
 second derivative through its reduce-scatter hooks does not exist (``grad`` of
@@ -25,7 +38,8 @@ the local shards in place: ``(g(θ + h v) - g(θ - h v)) / 2h``. The first produ
 chooses the step and measures the products' relative error as
 ``hvp="finite-difference"`` does (:mod:`.finite_difference`: a ladder of steps from
 ``h₀ ‖v‖ = ε^(1/3) (1 + ‖θ‖)``), with every norm summed over the ranks so that all
-take the same steps; :attr:`ShardedTorchBackend.product_error` is the estimate, and
+take the same steps (on a 2-D mesh the sums over every rank, divided by the replicas
+of each row); :attr:`ShardedTorchBackend.product_error` is the estimate, and
 the solvers report no residual below it. Per rank a product holds the gradient
 pass and three local vectors (θ's shards, one gradient, the result).
 
@@ -38,14 +52,15 @@ Ctrl-C, as after every product.
 weights of :mod:`hessop.backends.base`); FSDP2 divides the reduce-scattered
 gradient by the number of ranks, which is multiplied back, and the operator
 divides by the total weight of all ranks, so the product is exact for any
-split of the data (tokens, padding). Every forward of an FSDP2 model is a
+split of the data (tokens, padding); on a 2-D mesh FSDP2 divides by every rank of the
+mesh (reduce-scatter over the shard dimension, all-reduce over the replicate one), and the
+gradient is the mean over all their data. Every forward of an FSDP2 model is a
 collective, so ranks with fewer batches make zero-weight passes until all have
 made the same number.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -56,7 +71,7 @@ from torch import nn
 
 from ..._array import namespace
 from ..._warnings import warn
-from ...comm.base import mark
+from ...comm.base import RankDisagreementError, checksum, mark
 from ...distributed import as_comm
 from ...split import RowSplit
 from ..base import Backend
@@ -64,52 +79,24 @@ from .checks import check_train_mode
 from .data import Batches, arguments, target_of
 from .finite_difference import SOLVER_TOLERANCE, ladder
 from .losses import Counter, adapt_loss, loss_of_model
+from .meshes import layout_ok, shard_dim, whole_group
 from .params import reduction_of
 
 SUPPORTED = ("params", "hvp", "reduction", "weight_fn", "check_determinism", "progress")
 
 
-def unwrap(model: Any, comm: Any) -> tuple[Any, Any, bool]:
-    """``(model, comm, sharded)``: DDP unwrapped, FSDP2 detected (its process group), old FSDP refused."""
-    import torch.distributed as dist
-
-    if not isinstance(model, nn.Module) or not dist.is_available():
-        return model, comm, False
-    from torch.nn.parallel import DistributedDataParallel
-
-    # A wrapper or a DTensor exists only once its module was imported: looking it up in sys.modules
-    # spares every process that builds a Hessian the import of torch.distributed.tensor (a second or so).
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    if fsdp is not None and isinstance(model, fsdp.FullyShardedDataParallel):
-        raise TypeError(
-            "hessop does not support the FullyShardedDataParallel wrapper (FSDP1): shard the model with "
-            "torch.distributed.fsdp.fully_shard (FSDP2), whose parameters hessop splits the vectors along"
-        )
-    if isinstance(model, DistributedDataParallel):
-        return model.module, (model.process_group if comm is None else comm), False
-    meshes = _meshes(model)
-    if not meshes:
-        return model, comm, False
-    if len(meshes) > 1 or meshes[0].ndim != 1:
-        raise ValueError(
-            "hessop splits vectors over a 1-D device mesh (fully_shard over init_device_mesh(device, (world,))); "
-            f"this model's parameters live on {len(meshes)} mesh(es) of {meshes[0].ndim} dimension(s)"
-        )
-    group = meshes[0].get_group()
-    if comm is not None and as_comm(comm).size != as_comm(group).size:
-        raise ValueError("comm= names other processes than the model's device mesh; leave comm=None for an FSDP2 model")
-    return model, group, True
+def replica_table(fingerprint: np.ndarray, coordinate: int, shards: int) -> np.ndarray:
+    """This rank's part of the replicas' check: its fingerprint and its negative in its shard coordinate's
+    slot, ``-inf`` elsewhere, so that the entry-wise maximum over every rank gives each slot's spread."""
+    table = np.full((2, shards, fingerprint.size), -np.inf)
+    table[0, coordinate], table[1, coordinate] = fingerprint, -fingerprint
+    return table.ravel()
 
 
-def _meshes(model: nn.Module) -> list:
-    tensor = sys.modules.get("torch.distributed.tensor")
-    if tensor is None:  # no DTensor can exist yet
-        return []
-    meshes: list = []
-    for p in model.parameters():
-        if isinstance(p, tensor.DTensor) and all(p.device_mesh is not m for m in meshes):
-            meshes.append(p.device_mesh)
-    return meshes
+def replicas_differ(reduced: np.ndarray) -> bool:
+    """Whether the maximum over every rank of :func:`replica_table` shows two replicas of a slot that differ."""
+    high, negated_low = reduced.reshape(2, -1)
+    return bool(np.any(high != -negated_low))
 
 
 class ShardedTorchBackend(Backend):
@@ -118,7 +105,8 @@ class ShardedTorchBackend(Backend):
     Parameters
     ----------
     model : torch.nn.Module
-        Sharded with ``fully_shard`` (parameters are DTensors ``Shard(0)`` on a 1-D mesh).
+        Sharded with ``fully_shard`` (parameters are DTensors ``Shard(0)`` on a 1-D mesh, or
+        ``(Replicate(), Shard(0))`` on a 2-D mesh).
     loss, data, reduction, weight_fn
         As :class:`~hessop.backends.torch.TorchBackend`; each rank passes its own data.
     params : sequence of names, optional
@@ -138,7 +126,7 @@ class ShardedTorchBackend(Backend):
         if hvp not in ("auto", "finite-difference"):
             raise ValueError(f"an FSDP2 model's products are finite differences of its gradients (second "
                              f"derivatives do not pass its hooks); pass hvp='auto', not {hvp!r}")
-        from torch.distributed.tensor import DTensor, Shard
+        from torch.distributed.tensor import DTensor
 
         self._init = dict(loss=loss, data=data, reduction=reduction, weight_fn=weight_fn,
                           check_determinism=check_determinism, progress=progress)
@@ -149,18 +137,35 @@ class ShardedTorchBackend(Backend):
         if unknown or not names:
             raise ValueError(f"params {unknown or names} name no parameter of the model; parameters are named like "
                              f"{list(named)[:4]}")
+        placements = set()
         for n in names:
             p = named[n]
-            if not isinstance(p, DTensor) or tuple(p.placements) != (Shard(0),):
-                raise ValueError(f"parameter {n} is not sharded on dimension 0 by fully_shard; shard every module "
-                                 "whose parameters hessop differentiates (or pass params= the sharded ones)")
+            if not isinstance(p, DTensor):
+                raise ValueError(f"parameter {n} is not sharded by fully_shard; shard every module whose parameters "
+                                 "hessop differentiates (or pass params= the sharded ones)")
+            if not layout_ok(p.placements):
+                raise ValueError(f"parameter {n} is placed {tuple(p.placements)} on its device mesh; hessop splits "
+                                 "vectors of parameters sharded on dimension 0 over one mesh dimension and replicated "
+                                 "over the others: fully_shard over a 1-D mesh, or over a 2-D (replicate, shard) one")
+            placements.add(tuple(p.placements))
+        if len(placements) > 1:
+            raise ValueError(f"the parameters are placed in {len(placements)} ways on the device mesh "
+                             f"({sorted(map(str, placements))}); shard every module over the same mesh")
         self.param_names = names
         self.param_shapes = [tuple(int(d) for d in named[n].shape) for n in names]
         self.param_sizes = [int(np.prod(s, dtype=np.int64)) for s in self.param_shapes]
         self.module_names = [n.rpartition(".")[0] or n for n in names]
         mesh = getattr(named[names[0]], "device_mesh")  # noqa: B009 - a DTensor's, unknown to nn.Parameter
-        self.comm = as_comm(mesh.get_group())
+        dim = shard_dim(placements.pop())
+        # every rank of the mesh: its forwards, the weights' totals, the step norms; FSDP2 averages over all
+        self.comm = as_comm(whole_group(mesh))
         self._world = int(mesh.size())
+        # the ranks a vector is split over: ranks with another coordinate on the other (replicate)
+        # dimension hold the same rows, and compute the same numbers, in step, on their own
+        self._shards = 1 if dim is None else int(mesh.size(dim))
+        self._coordinate = 0 if dim is None else int(mesh.get_local_rank(dim))
+        self._replicas = self._world // self._shards
+        rows_comm = self.comm if self._replicas == 1 else as_comm(None if dim is None else mesh.get_group(dim))
         local = self._locals()
         self.device, self.dtype = local[0].device, local[0].dtype
         if self.dtype in (torch.float16, torch.bfloat16):
@@ -180,16 +185,33 @@ class ShardedTorchBackend(Backend):
         self.local_count = self.batches.count(counter.samples_only)
         mine = float(sum(1 for _ in self.batches.weighted()))
         self._filler = self.batches.first() if mine else None
-        # the collectives last, so that a rank-local error above cannot leave the others waiting in them
-        self.split = RowSplit.from_rows(sum(self._local_sizes), self.comm, self.n)  # the same model everywhere
+        # the collectives last, so that a rank-local error above cannot leave the others waiting in them;
+        # the first over every rank, the rows' (a group of the shard dimension) only once all passed it
         most, least = self.comm.allreduce_max(np.array([mine, -mine]))
         self._passes = int(most)  # forwards every rank makes: every FSDP2 forward is a collective
         if -least == 0:  # known on every rank alike: all raise
             raise ValueError("a rank holds no batch of non-zero weight, but every rank of an FSDP2 model takes part "
                              "in every forward pass: give every rank at least one batch")
-        self.split = replace(self.split, index=self.global_indices())  # draws by parameter: any number of ranks
+        self._check_replicas()
+        split = RowSplit.from_rows(sum(self._local_sizes), rows_comm, self.n)  # the same model everywhere
+        self.split = replace(split, index=self.global_indices())  # draws by parameter: any number of ranks
         self.product_error: float | None = None  # measured at the first product
         self._factor: float | None = None  # the step over h₀ chosen then
+
+    def _check_replicas(self) -> None:
+        """Raise on every rank if ranks that share a shard coordinate hold different weights (one all-reduce).
+
+        ``fully_shard`` does not synchronise the weights: a model built without a fixed seed would give
+        each replica its own point, and the products' mean over the ranks would be no Hessian at all.
+        """
+        if self._replicas == 1:
+            return
+        mine = replica_table(checksum(self.flat_params()), self._coordinate, self._shards)
+        if replicas_differ(np.asarray(self.comm.allreduce_max(mine), dtype=np.float64)):
+            raise mark(RankDisagreementError(
+                f"the {self._replicas} replicas of the 2-D device mesh (ranks with the same coordinate on its shard "
+                "dimension) hold different weights: fully_shard does not synchronise them, so build the model with "
+                "the same seed (or load the same checkpoint) on every rank before fully_shard"))
 
     # -- layout -------------------------------------------------------------------------------------
     def _params(self) -> list:
@@ -214,10 +236,10 @@ class ShardedTorchBackend(Backend):
     def _first_row(self, p, local: torch.Tensor) -> int:
         """Index along dimension 0 of this rank's first row of ``p`` (``torch.chunk``'s split, as FSDP2's)."""
         rows = int(p.shape[0])
-        chunk = -(-rows // self._world)
-        start = min(self.comm.rank * chunk, rows)
+        chunk = -(-rows // self._shards)
+        start = min(self._coordinate * chunk, rows)
         if int(local.shape[0]) != max(0, min(rows - start, chunk)):
-            raise ValueError(f"cannot read the layout of {p.shape} sharded over {self._world} ranks "
+            raise ValueError(f"cannot read the layout of {p.shape} sharded over {self._shards} ranks "
                              f"(this rank holds {tuple(local.shape)})")
         return start
 
@@ -261,7 +283,9 @@ class ShardedTorchBackend(Backend):
                          else g.to_local().detach().reshape(-1))
         out = torch.cat(parts)
         self.model.zero_grad(set_to_none=True)
-        return out.mul_(float(self._world))  # FSDP2 divides the reduce-scattered sum by the ranks
+        # FSDP2 divides the sum over every rank of the mesh by their number (reduce-scatter over the
+        # shard dimension, then all-reduce over the replicate one): multiplied back
+        return out.mul_(float(self._world))
 
     def loss_sum(self) -> float:
         with torch.no_grad():
@@ -309,9 +333,8 @@ class ShardedTorchBackend(Backend):
         """
         cols = V[:, None] if V.ndim == 1 else V
         theta = self.flat_params().clone()
-        sums = np.concatenate([[float(theta.double().square().sum())],
-                               cols.double().square().sum(dim=0).cpu().numpy()])
-        sums = np.asarray(self.comm.allreduce(sums), dtype=np.float64)  # ‖θ‖², ‖v_j‖² over all ranks
+        sums = self._whole_sums([float(theta.double().square().sum()),
+                                 *cols.double().square().sum(dim=0).cpu().numpy()])  # ‖θ‖², ‖v_j‖²
         eps = float(torch.finfo(self.dtype).eps)
         out = torch.zeros_like(cols)
         try:
@@ -347,11 +370,20 @@ class ShardedTorchBackend(Backend):
         takes the same steps): the difference at the step of least estimated error, the step over ``h0``,
         and the estimate."""
         def relative_change(current: torch.Tensor, following: torch.Tensor) -> float:
-            local = [float(current.double().square().sum()), float((current - following).double().square().sum())]
-            scale2, change2 = np.asarray(self.comm.allreduce(np.array(local)), dtype=np.float64)
+            scale2, change2 = self._whole_sums([float(current.double().square().sum()),
+                                                float((current - following).double().square().sum())])
             return float(np.sqrt(change2 / scale2)) if scale2 > 0 else 0.0
 
         return ladder(lambda h: self._difference(theta, v, h), h0, relative_change)
+
+    def _whole_sums(self, local: Sequence[float]) -> np.ndarray:
+        """Sums over the whole vectors of this rank's sums over its rows, alike on every rank of the mesh.
+
+        Over every rank (not the rows' communicator), so that every rank takes the same steps and makes
+        the same number of gradient passes; each row is held by the same number of replicas, divided out.
+        """
+        sums = np.asarray(self.comm.allreduce(np.asarray(local, dtype=np.float64)), dtype=np.float64)
+        return sums / self._replicas if self._replicas > 1 else sums
 
     def _warn_error(self, eps: float) -> None:
         tolerance = max(SOLVER_TOLERANCE, 100 * eps)
