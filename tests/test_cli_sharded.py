@@ -231,3 +231,31 @@ def test_a_rank_writes_its_own_part_and_reads_back_only_its_own(tmp_path):
         state.load_array("eigenvectors", rows=3, part=(1, 3))  # cut for another number of ranks
     with pytest.raises(UsageError, match="is damaged"):
         state.load_array("eigenvectors", rows=4, part=(1, 2))  # another layout's rows
+
+
+def test_a_sharded_models_step_is_measured_again_after_the_weights_changed(factories, monkeypatch):
+    """FSDP2's finite differences kept the step (and the error estimate, the solvers' residual floor) measured
+    at the first product for good; the shifts hessop itself makes and undoes (``loss_at``) do not count."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    import hessop
+    from hessop.backends.torch import sharded
+
+    ladders = []
+    measure = sharded.ladder
+    monkeypatch.setattr(sharded, "ladder", lambda *args: ladders.append(1) or measure(*args))
+    namespace: dict = {}
+    exec(compile(FACTORIES, str(factories), "exec"), namespace)
+    model = fully_shard(namespace["plain"](), mesh=init_device_mesh("cpu", (1,)))
+    H = hessop.hessian(model, torch.nn.CrossEntropyLoss(), namespace["data"]())
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    H.apply(v)
+    H.loss_at(H.parameters() + 0.1 * v)
+    H.apply(v)
+    assert len(ladders) == 1  # the same weights: the same step
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)  # as an optimizer's step would change them in place
+    H.apply(v)
+    assert len(ladders) == 2 and H.product_error is not None  # measured again, at the new weights

@@ -195,8 +195,9 @@ class ShardedTorchBackend(Backend):
         self._check_replicas()
         split = RowSplit.from_rows(sum(self._local_sizes), rows_comm, self.n)  # the same model everywhere
         self.split = replace(split, index=self.global_indices())  # draws by parameter: any number of ranks
-        self.product_error: float | None = None  # measured at the first product
+        self.product_error: float | None = None  # measured at the first product (again once the weights changed)
         self._factor: float | None = None  # the step over h₀ chosen then
+        self._left: list[tuple[int, int]] = []  # the parameters' and shards' versions as hessop last left them
 
     def _check_replicas(self) -> None:
         """Raise on every rank if ranks that share a shard coordinate hold different weights (one all-reduce).
@@ -313,7 +314,7 @@ class ShardedTorchBackend(Backend):
             self._shift(flat.to(dtype=self.dtype, device=self.device))
             return self.loss_sum()
         finally:
-            self._shift(theta)
+            self._restore(theta)
 
     def _shift(self, flat: torch.Tensor, v: torch.Tensor | None = None, h: float = 0.0) -> None:
         """Set this rank's shards to ``flat + h v`` in place, shard by shard (FSDP2 gathers them at the next
@@ -325,16 +326,30 @@ class ShardedTorchBackend(Backend):
                 if step is not None:
                     t.add_(step.reshape(t.shape), alpha=h)
 
+    def _restore(self, theta: torch.Tensor) -> None:
+        """Put the shards back to ``theta`` and note the versions: a later change is the user's."""
+        self._shift(theta)
+        self._left = self._versions()
+
+    def _versions(self) -> list[tuple[int, int]]:
+        """Each parameter's version counter and its shard's (an in-place step on a DTensor counts in the first,
+        a write to its local shard in the second)."""
+        return [(p._version, p.to_local()._version) for p in self._params()]
+
     def hvp_sum(self, V: torch.Tensor) -> torch.Tensor:
         """``Σ_b w_b H_b V`` on this rank's rows: two gradient passes per column (central difference).
 
         The first product measures the step and the products' error as ``hvp="finite-difference"``
-        does (:mod:`.finite_difference`), with norms over all ranks: :attr:`product_error`.
+        does (:mod:`.finite_difference`), with norms over all ranks: :attr:`product_error`; so does the
+        first product after the weights changed on any rank (an optimizer's step; not ``.data`` writes).
         """
         cols = V[:, None] if V.ndim == 1 else V
         theta = self.flat_params().clone()
-        sums = self._whole_sums([float(theta.double().square().sum()),
-                                 *cols.double().square().sum(dim=0).cpu().numpy()])  # ‖θ‖², ‖v_j‖²
+        moved = self._factor is not None and self._versions() != self._left
+        moved_anywhere, *sums = self._whole_sums([float(moved), float(theta.double().square().sum()),
+                                                  *cols.double().square().sum(dim=0).cpu().numpy()])  # ‖θ‖², ‖v_j‖²
+        if moved_anywhere > 0:  # known on every rank alike: every rank measures again, in step
+            self._factor = self.product_error = None
         eps = float(torch.finfo(self.dtype).eps)
         out = torch.zeros_like(cols)
         try:
@@ -349,7 +364,7 @@ class ShardedTorchBackend(Backend):
                 else:
                     self._difference(theta, v, h0 * self._factor, out[:, j])
         finally:
-            self._shift(theta)
+            self._restore(theta)
         return out[:, 0] if V.ndim == 1 else out
 
     def _difference(self, theta: torch.Tensor, v: torch.Tensor, h: float,
