@@ -328,7 +328,7 @@ def test_the_replicas_check_of_a_two_by_two_mesh_compares_only_ranks_of_one_shar
     """Four ranks of a (2, 2) HSDP mesh: ranks 0 and 2 hold shard 0, ranks 1 and 3 shard 1 (what a
     2-rank launch cannot build; tried by hand on 4 ranks, docs/distributed.md)."""
     pytest.importorskip("torch")
-    from hessop.backends.torch.sharded import replica_table, replicas_differ
+    from hessop.backends.torch.meshes import replica_table, replicas_differ
 
     def differ(fingerprints):  # the entry-wise maximum over the ranks: what allreduce_max gives each
         return replicas_differ(np.maximum.reduce([replica_table(np.asarray(f, dtype=float), r % 2, 2)

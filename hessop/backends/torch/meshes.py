@@ -6,7 +6,9 @@ communicators: :func:`whole_group`, every rank of the mesh (forwards, weights,
 agreement checks), and the group of its shard dimension (:func:`shard_dim`), which
 a vector is split over. :func:`layout_ok` says which placements hessop splits
 vectors by: ``Shard(0)`` on at most one mesh dimension and ``Replicate()`` on the
-others.
+others. :func:`first_row` is where a rank's shard of a parameter starts, and
+:func:`replica_table` / :func:`replicas_differ` the one all-reduce that tells
+whether the replicas of a 2-D mesh hold the same weights.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ...distributed import as_comm
@@ -104,3 +107,29 @@ def _meshes(model: nn.Module) -> list:
         if isinstance(p, tensor.DTensor) and all(p.device_mesh != m for m in meshes):  # equal meshes may be two objects
             meshes.append(p.device_mesh)
     return meshes
+
+
+def first_row(p: Any, local: Any, coordinate: int, shards: int) -> int:
+    """Index along dimension 0 of the first row of ``p`` held at ``coordinate`` of ``shards`` on the mesh's
+    shard dimension (``torch.chunk``'s split, as FSDP2's), checked against the ``local`` shard held."""
+    rows = int(p.shape[0])
+    chunk = -(-rows // shards)
+    start = min(coordinate * chunk, rows)
+    if int(local.shape[0]) != max(0, min(rows - start, chunk)):
+        raise ValueError(f"cannot read the layout of {p.shape} sharded over {shards} ranks "
+                         f"(this rank holds {tuple(local.shape)})")
+    return start
+
+
+def replica_table(fingerprint: np.ndarray, coordinate: int, shards: int) -> np.ndarray:
+    """This rank's part of the replicas' check: its fingerprint and its negative in its shard coordinate's
+    slot, ``-inf`` elsewhere, so that the entry-wise maximum over every rank gives each slot's spread."""
+    table = np.full((2, shards, fingerprint.size), -np.inf)
+    table[0, coordinate], table[1, coordinate] = fingerprint, -fingerprint
+    return table.ravel()
+
+
+def replicas_differ(reduced: np.ndarray) -> bool:
+    """Whether the maximum over every rank of :func:`replica_table` shows two replicas of a slot that differ."""
+    high, negated_low = reduced.reshape(2, -1)
+    return bool(np.any(high != -negated_low))

@@ -79,24 +79,10 @@ from .checks import check_train_mode
 from .data import Batches, arguments, target_of
 from .finite_difference import SOLVER_TOLERANCE, ladder
 from .losses import Counter, adapt_loss, loss_of_model
-from .meshes import layout_ok, shard_dim, whole_group
+from .meshes import first_row, layout_ok, replica_table, replicas_differ, shard_dim, whole_group
 from .params import reduction_of
 
 SUPPORTED = ("params", "hvp", "reduction", "weight_fn", "check_determinism", "progress")
-
-
-def replica_table(fingerprint: np.ndarray, coordinate: int, shards: int) -> np.ndarray:
-    """This rank's part of the replicas' check: its fingerprint and its negative in its shard coordinate's
-    slot, ``-inf`` elsewhere, so that the entry-wise maximum over every rank gives each slot's spread."""
-    table = np.full((2, shards, fingerprint.size), -np.inf)
-    table[0, coordinate], table[1, coordinate] = fingerprint, -fingerprint
-    return table.ravel()
-
-
-def replicas_differ(reduced: np.ndarray) -> bool:
-    """Whether the maximum over every rank of :func:`replica_table` shows two replicas of a slot that differ."""
-    high, negated_low = reduced.reshape(2, -1)
-    return bool(np.any(high != -negated_low))
 
 
 class ShardedTorchBackend(Backend):
@@ -173,7 +159,7 @@ class ShardedTorchBackend(Backend):
                              "model before sharding it")
         self.xp = namespace(torch.empty(0, dtype=self.dtype, device=self.device))
         self._local_sizes = [int(t.numel()) for t in local]
-        self._starts = [self._first_row(named[n], t) for n, t in zip(names, local)]
+        self._starts = [first_row(named[n], t, self._coordinate, self._shards) for n, t in zip(names, local)]
         self.loss_fn = None if loss is None else adapt_loss(loss)
         self.reduction = reduction_of(loss, reduction)
         self.normalize = self.reduction == "mean"
@@ -233,16 +219,6 @@ class ShardedTorchBackend(Backend):
 
     def _locals(self) -> list[torch.Tensor]:
         return [p.to_local() for p in self._params()]
-
-    def _first_row(self, p, local: torch.Tensor) -> int:
-        """Index along dimension 0 of this rank's first row of ``p`` (``torch.chunk``'s split, as FSDP2's)."""
-        rows = int(p.shape[0])
-        chunk = -(-rows // self._shards)
-        start = min(self._coordinate * chunk, rows)
-        if int(local.shape[0]) != max(0, min(rows - start, chunk)):
-            raise ValueError(f"cannot read the layout of {p.shape} sharded over {self._shards} ranks "
-                             f"(this rank holds {tuple(local.shape)})")
-        return start
 
     def global_indices(self) -> np.ndarray:
         """For each of this rank's rows, its index in the usual flat vector (parameters in order, row-major)."""
