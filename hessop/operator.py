@@ -19,8 +19,7 @@ a communicator adds them across processes.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -29,6 +28,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ._array import Array, device_of, from_numpy, import_cupy, numpy_dtype, same_device, to_numpy
 from ._collective import summed
+from ._names import restrict_names
 from .backends.base import Backend
 from .comm.base import Communicator, mark
 from .distributed import as_comm
@@ -272,7 +272,7 @@ class HessianOperator(NativeOperator):
             raise ValueError("restrict needs at least one parameter name, module prefix or regex")
         names = self.backend.param_names
         chosen = restrict_names(names, *patterns)
-        unmatched = [p for p in patterns if not any(_selects(p, name) for name in names)]
+        unmatched = [p for p in patterns if not restrict_names(names, p)]
         if unmatched:
             raise ValueError(
                 f"restrict: {unmatched} match no parameter; parameters are named like {names[:4]}"
@@ -396,17 +396,3 @@ def as_operator(A: Any) -> CallableOperator:
 
 def _is_sparse(A: Any) -> bool:
     return hasattr(A, "tocsr") and hasattr(A, "nnz")
-
-
-def _selects(pattern: str, name: str) -> bool:
-    if name == pattern or name.startswith(pattern + "."):
-        return True
-    try:
-        return re.fullmatch(pattern, name) is not None
-    except re.error:
-        return False
-
-
-def restrict_names(names: Sequence[str], *patterns: str) -> list[str]:
-    """The subset of ``names`` selected by ``patterns`` (the rule :meth:`HessianOperator.restrict` uses)."""
-    return [name for name in names if any(_selects(p, name) for p in patterns)]

@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._names import restrict_names
 from .._warnings import warn
-from ..operator import restrict_names
 
 __all__ = ["resolve_blocks"]
 

@@ -25,7 +25,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..operator import restrict_names
+from .._names import restrict_names
 
 __all__ = ["HessianTraceRegularizer", "parameter_layers"]
 
