@@ -43,9 +43,7 @@ def is_sharded(model: Any) -> bool:
 
 def _first_local(model: Any) -> Any:
     """This rank's shard of the model's first sharded parameter."""
-    from torch.distributed.tensor import DTensor
-
-    return next(p.to_local() for p in model.parameters() if isinstance(p, DTensor))
+    return next(p.to_local() for p in model.parameters() if _is_dtensor(p))
 
 
 def _is_dtensor(p: Any) -> bool:
@@ -100,9 +98,7 @@ def check_sharded(model: Any, args: Any, comm: Any) -> tuple[str, str]:
 
 def _owned(model: Any) -> dict[str, Any]:
     """What this rank owns of the model, by name: its parameters' local shards and its buffers."""
-    from torch.distributed.tensor import DTensor
-
-    out = {name: (p.to_local() if isinstance(p, DTensor) else p) for name, p in model.named_parameters()}
+    out = {name: (p.to_local() if _is_dtensor(p) else p) for name, p in model.named_parameters()}
     out.update({f"buffer:{name}": b for name, b in model.named_buffers()})
     return out
 
